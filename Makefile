@@ -1,0 +1,41 @@
+# sipcar: the two commands a newcomer needs are `make run` and `make test` (README.md).
+
+GO ?= go
+STATICCHECK_VERSION ?= v0.8.2
+GOBIN ?= $(shell $(GO) env GOPATH)/bin
+
+.PHONY: all build run test deps lint unit fuzz bench
+
+all: build
+
+build:
+	$(GO) build -o bin/sipcar ./cmd/sipcar
+
+run: build
+	./bin/sipcar
+
+# test installs what the tests need (Debian packages, staticcheck), checks formatting, vet and
+# staticcheck, then runs every test with the race detector. Run it as root: the end-to-end tests
+# build network namespaces.
+test: deps lint unit
+
+deps:
+	bash .ci/deps
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$out" ]; then echo "gofmt would change: $$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GOBIN)/staticcheck ./...
+
+unit:
+	$(GO) test -race -count=1 ./...
+
+# fuzz runs every fuzz target for FUZZTIME each (default 30s).
+FUZZTIME ?= 30s
+fuzz:
+	$(GO) test ./rewrite -run '^$$' -fuzz '^FuzzRewriteSIP$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./rewrite -run '^$$' -fuzz '^FuzzRewriteSDP$$' -fuzztime $(FUZZTIME)
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./...

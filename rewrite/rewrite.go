@@ -1,0 +1,746 @@
+package rewrite
+
+import (
+	"bytes"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+)
+
+// Edit is one change the rewriter made: the bytes Start:End of the input message (Old) were
+// replaced by New. An insertion has Start == End; a removal has an empty New. Applying the edits
+// of a [Result] to the input gives its Out; undoing them gives the input back.
+type Edit struct {
+	Field      Field // the address field edited; FieldNone for Content-Length, ports, removed lines
+	What       string
+	Start, End int
+	Old, New   []byte
+}
+
+// Result is what [Rewrite] produced. Its slices are reused by the next Rewrite into the same
+// Result; a caller that keeps them must copy.
+type Result struct {
+	// Out is the rewritten message.
+	Out []byte
+	// Streams are the media streams the message's SDP described, in order.
+	Streams []Stream
+	// Edits are the changes from the input to Out, in order of position.
+	Edits []Edit
+
+	pending []pendingEdit
+	arena   []byte
+	media   []sdpMedia
+	parts   []sdpPart
+	strip   []span
+}
+
+type pendingEdit struct {
+	field      Field
+	what       string
+	start, end int
+	new        span // in arena
+}
+
+// Rewrite translates the message m, which came from side from, writing the result into res.
+// Every address literal in the Request-URI, Via (sent-by, received/rport, maddr), Contact,
+// Record-Route, Route and Path is passed to tr.Translate, every relayed SDP stream to tr.Media,
+// and the answers are spliced into the original bytes; ICE attributes are removed from SDP (see
+// iceAttribute) and Content-Length is recomputed. Nothing else changes.
+//
+// The SDP is checked before the translator is asked anything, so a malformed body makes no
+// binding. An error from the translator is returned wrapped, with no output; the caller releases
+// whatever the translator allocated for this message.
+func Rewrite(res *Result, m *Message, from Side, tr Translator) error {
+	res.reset()
+	if from != Inside && from != Outside {
+		return fmt.Errorf("rewrite: invalid side %d", from)
+	}
+	if err := res.planBody(m); err != nil {
+		return err
+	}
+	w := rewriter{res: res, raw: m.raw, from: from, tr: tr}
+	if err := w.headers(m); err != nil {
+		return err
+	}
+	if err := w.sdp(); err != nil {
+		return err
+	}
+	w.contentLength(m)
+	res.build(m.raw)
+	return nil
+}
+
+func (r *Result) reset() {
+	r.Out = r.Out[:0]
+	r.Streams = r.Streams[:0]
+	r.Edits = r.Edits[:0]
+	r.pending = r.pending[:0]
+	r.arena = r.arena[:0]
+	r.media = r.media[:0]
+	r.parts = r.parts[:0]
+	r.strip = r.strip[:0]
+}
+
+// planBody finds the SDP bodies of m (the body itself or multipart parts) and plans them.
+func (r *Result) planBody(m *Message) error {
+	if m.body.len() == 0 {
+		return nil
+	}
+	var ct []byte
+	if m.ctHeader >= 0 {
+		h := m.hdrs[m.ctHeader]
+		ct = m.raw[h.value.start:h.value.end]
+	}
+	encoded := false
+	if m.ceHeader >= 0 {
+		h := m.hdrs[m.ceHeader]
+		encoded = !equalFold(m.raw[h.value.start:h.value.end], "identity")
+	}
+	return r.planEntity(m.raw, ct, m.body, encoded, span{}, 0)
+}
+
+// maxMultipartDepth bounds nested multipart bodies.
+const maxMultipartDepth = 4
+
+func (r *Result) planEntity(raw, ct []byte, body span, encoded bool, lenHdr span, depth int) error {
+	mt := mediaType(ct)
+	switch {
+	case equalFold(mt, "application/sdp") || (ct == nil && bytes.HasPrefix(raw[body.start:body.end], []byte("v=0"))):
+		if encoded {
+			return &Error{Kind: ErrUnsupported, Where: "body", Offset: body.start, Reason: "SDP with a Content-Encoding cannot be translated"}
+		}
+		return r.planSDP(raw, body, len(r.parts), lenHdr)
+	case hasPrefixFold(mt, "multipart/"):
+		if encoded {
+			return nil
+		}
+		if depth >= maxMultipartDepth {
+			return malformed("body", body.start, "multipart nested too deep")
+		}
+		boundary := contentTypeParam(ct, "boundary")
+		if len(boundary) == 0 {
+			return malformed("Content-Type", body.start, "multipart without a boundary")
+		}
+		return eachPart(raw, body, boundary, func(hdrs, content span) error {
+			pct, plen, penc := partHeaders(raw, hdrs)
+			return r.planEntity(raw, pct, content, penc, plen, depth+1)
+		})
+	}
+	return nil
+}
+
+// mediaType returns the type/subtype of a Content-Type value, without parameters.
+func mediaType(ct []byte) []byte {
+	if i := bytes.IndexByte(ct, ';'); i >= 0 {
+		ct = ct[:i]
+	}
+	return trimRightLWS(trimLeftLWS(ct))
+}
+
+// contentTypeParam returns a Content-Type parameter's value, unquoted.
+func contentTypeParam(ct []byte, name string) []byte {
+	i := bytes.IndexByte(ct, ';')
+	if i < 0 {
+		return nil
+	}
+	v := paramValue(ct, span{i, len(ct)}, name)
+	if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
+		v = v[1 : len(v)-1]
+	}
+	return v
+}
+
+// eachPart calls fn with the header block and content of every part of the multipart body at
+// b. The line break before a delimiter belongs to the delimiter (RFC 2046).
+func eachPart(raw []byte, b span, boundary []byte, fn func(hdrs, content span) error) error {
+	var delim [80]byte
+	if len(boundary) > 70 {
+		return malformed("Content-Type", b.start, "multipart boundary longer than 70 characters")
+	}
+	d := append(append(delim[:0], '-', '-'), boundary...)
+	// Find the first delimiter: at the start of the body or after a line break.
+	pos := -1
+	for i := b.start; i+len(d) <= b.end; {
+		j := bytes.Index(raw[i:b.end], d)
+		if j < 0 {
+			break
+		}
+		at := i + j
+		if at == b.start || raw[at-1] == '\n' {
+			pos = at
+			break
+		}
+		i = at + 1
+	}
+	if pos < 0 {
+		return malformed("body", b.start, "multipart body without its boundary")
+	}
+	for {
+		after := pos + len(d)
+		if after+2 <= b.end && raw[after] == '-' && raw[after+1] == '-' {
+			return nil // close delimiter
+		}
+		nl := bytes.IndexByte(raw[after:b.end], '\n')
+		if nl < 0 {
+			return malformed("body", after, "multipart delimiter line not terminated")
+		}
+		partStart := after + nl + 1
+		next := -1
+		for i := partStart; i < b.end; {
+			j := bytes.Index(raw[i:b.end], d)
+			if j < 0 {
+				break
+			}
+			at := i + j
+			if raw[at-1] == '\n' {
+				next = at
+				break
+			}
+			i = at + 1
+		}
+		if next < 0 {
+			return malformed("body", partStart, "multipart body without a close delimiter")
+		}
+		partEnd := next - 1 // before LF
+		if partEnd > partStart && raw[partEnd-1] == '\r' {
+			partEnd--
+		}
+		if partEnd < partStart {
+			partEnd = partStart
+		}
+		// Part headers end at the first empty line; a part may have none.
+		hdrEnd, content := partStart, partStart
+		if !(partStart < partEnd && (raw[partStart] == '\r' || raw[partStart] == '\n')) {
+			k := bytes.Index(raw[partStart:partEnd], []byte("\n\r\n"))
+			k2 := bytes.Index(raw[partStart:partEnd], []byte("\n\n"))
+			switch {
+			case k >= 0 && (k2 < 0 || k < k2):
+				hdrEnd, content = partStart+k+1, partStart+k+3
+			case k2 >= 0:
+				hdrEnd, content = partStart+k2+1, partStart+k2+2
+			default:
+				return malformed("body", partStart, "multipart part without an empty line after its headers")
+			}
+		} else {
+			content = partStart + 1
+			if raw[partStart] == '\r' {
+				content++
+			}
+		}
+		if content > partEnd {
+			content = partEnd
+		}
+		if err := fn(span{partStart, hdrEnd}, span{content, partEnd}); err != nil {
+			return err
+		}
+		pos = next
+	}
+}
+
+// partHeaders reads Content-Type, Content-Length and Content-Encoding of a multipart part.
+func partHeaders(raw []byte, h span) (ct []byte, clen span, encoded bool) {
+	for pos := h.start; pos < h.end; {
+		nl := bytes.IndexByte(raw[pos:h.end], '\n')
+		end := h.end
+		if nl >= 0 {
+			end = pos + nl + 1
+		}
+		line := trimEOL(raw[pos:end])
+		if c := bytes.IndexByte(line, ':'); c > 0 {
+			name := trimRightLWS(line[:c])
+			vs := pos + c + 1
+			v := trimRightLWS(trimLeftLWS(line[c+1:]))
+			vs += len(line[c+1:]) - len(trimLeftLWS(line[c+1:]))
+			switch kindOf(name) {
+			case hContentType:
+				ct = v
+			case hContentLength:
+				clen = span{vs, vs + len(v)}
+			case hContentEncoding:
+				encoded = !equalFold(v, "identity")
+			}
+		}
+		pos = end
+	}
+	return ct, clen, encoded
+}
+
+// rewriter carries one Rewrite call.
+type rewriter struct {
+	res  *Result
+	raw  []byte
+	from Side
+	tr   Translator
+}
+
+func (w *rewriter) edit(field Field, what string, s span, fill func(dst []byte) []byte) {
+	a := len(w.res.arena)
+	w.res.arena = fill(w.res.arena)
+	w.res.pending = append(w.res.pending, pendingEdit{field: field, what: what, start: s.start, end: s.end, new: span{a, len(w.res.arena)}})
+}
+
+func (w *rewriter) headers(m *Message) error {
+	if m.request {
+		u, err := parseURI(w.raw, m.ruri, "Request-URI")
+		if err != nil {
+			return err
+		}
+		if err := w.uri(FieldRequestURI, &u); err != nil {
+			return err
+		}
+	}
+	for _, h := range m.hdrs {
+		var field Field
+		switch h.kind {
+		case hVia:
+			if err := eachVia(w.raw, h.value, w.via); err != nil {
+				return err
+			}
+			continue
+		case hContact:
+			field = FieldContact
+		case hRecordRoute:
+			field = FieldRecordRoute
+		case hRoute:
+			field = FieldRoute
+		case hPath:
+			field = FieldPath
+		default:
+			continue
+		}
+		err := eachNameAddr(w.raw, h.value, h.kind, func(na *nameAddr) error {
+			if na.star {
+				return nil
+			}
+			u, err := parseURI(w.raw, na.uri, field.String())
+			if err != nil {
+				return err
+			}
+			return w.uri(field, &u)
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// uri translates the host and port of a sip: or sips: URI.
+func (w *rewriter) uri(field Field, u *uriInfo) error {
+	if !u.sip || !u.hp.isIP() {
+		return nil
+	}
+	transport := ""
+	switch {
+	case u.transport.len() > 0:
+		transport = transportName(w.raw[u.transport.start:u.transport.end])
+	case u.secure:
+		transport = "tls"
+	}
+	return w.hostPort(field, transport, &u.hp)
+}
+
+// defaultPort is the port a SIP URI or Via without one means.
+func defaultPort(transport string) uint16 {
+	if transport == "tls" || transport == "wss" || transport == "tls-sctp" {
+		return 5061
+	}
+	return 5060
+}
+
+func (w *rewriter) hostPort(field Field, transport string, hp *hostPort) error {
+	a := Addr{Field: field, From: w.from, Transport: transport}
+	port := hp.portNum
+	if hp.port.len() == 0 {
+		port, a.PortImplicit = defaultPort(transport), true
+	}
+	a.AddrPort = netip.AddrPortFrom(hp.addr, port)
+	to, ok, err := w.tr.Translate(a)
+	if err != nil {
+		return fmt.Errorf("translate %s %s: %w", field, a.AddrPort, err)
+	}
+	if !ok || to == a.AddrPort {
+		return nil
+	}
+	if to.Addr() != hp.addr {
+		bracket := to.Addr().Is6()
+		hs := hp.host
+		if hp.bracket {
+			hs = span{hs.start - 1, hs.end + 1}
+		}
+		w.edit(field, "host", hs, func(dst []byte) []byte {
+			if bracket {
+				dst = append(dst, '[')
+			}
+			dst = to.Addr().AppendTo(dst)
+			if bracket {
+				dst = append(dst, ']')
+			}
+			return dst
+		})
+	}
+	switch {
+	case to.Port() == port:
+	case hp.port.len() > 0:
+		w.edit(field, "port", hp.port, func(dst []byte) []byte {
+			return strconv.AppendUint(dst, uint64(to.Port()), 10)
+		})
+	default:
+		end := hp.host.end
+		if hp.bracket {
+			end++
+		}
+		w.edit(field, "port", span{end, end}, func(dst []byte) []byte {
+			return strconv.AppendUint(append(dst, ':'), uint64(to.Port()), 10)
+		})
+	}
+	return nil
+}
+
+func (w *rewriter) via(p *viaParm) error {
+	transport := transportName(w.raw[p.transport.start:p.transport.end])
+	if p.sentBy.isIP() {
+		if err := w.hostPort(FieldVia, transport, &p.sentBy); err != nil {
+			return err
+		}
+	}
+	if p.received.len() > 0 {
+		if err := w.received(transport, p); err != nil {
+			return err
+		}
+	}
+	if p.maddr.len() > 0 {
+		ms := p.maddr
+		b := w.raw[ms.start:ms.end]
+		if len(b) > 2 && b[0] == '[' && b[len(b)-1] == ']' {
+			ms = span{ms.start + 1, ms.end - 1}
+		}
+		if ip, ok := parseIP(w.raw[ms.start:ms.end]); ok {
+			if err := w.bareAddr(FieldViaMaddr, transport, ms, ip); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// received translates "received" and, when it carries a value, "rport": together they are the
+// address a response is sent to.
+func (w *rewriter) received(transport string, p *viaParm) error {
+	rs := p.received
+	b := w.raw[rs.start:rs.end]
+	if len(b) > 2 && b[0] == '[' && b[len(b)-1] == ']' {
+		rs = span{rs.start + 1, rs.end - 1}
+	}
+	ip, ok := parseIP(w.raw[rs.start:rs.end])
+	if !ok {
+		return nil
+	}
+	a := Addr{Field: FieldViaReceived, From: w.from, Transport: transport}
+	var port uint16
+	switch {
+	case p.rport.len() > 0:
+		n, _ := parseUint(w.raw[p.rport.start:p.rport.end], 65535)
+		port = uint16(n)
+	case p.sentBy.port.len() > 0:
+		port, a.PortImplicit = p.sentBy.portNum, true
+	default:
+		port, a.PortImplicit = defaultPort(transport), true
+	}
+	a.AddrPort = netip.AddrPortFrom(ip, port)
+	to, ok, err := w.tr.Translate(a)
+	if err != nil {
+		return fmt.Errorf("translate %s %s: %w", a.Field, a.AddrPort, err)
+	}
+	if !ok || to == a.AddrPort {
+		return nil
+	}
+	if to.Addr() != ip {
+		w.edit(FieldViaReceived, "address", rs, to.Addr().AppendTo)
+	}
+	if p.rport.len() > 0 && to.Port() != port {
+		w.edit(FieldViaReceived, "rport", p.rport, func(dst []byte) []byte {
+			return strconv.AppendUint(dst, uint64(to.Port()), 10)
+		})
+	}
+	return nil
+}
+
+// bareAddr translates an address that stands without a port.
+func (w *rewriter) bareAddr(field Field, transport string, s span, ip netip.Addr) error {
+	a := Addr{Field: field, From: w.from, Transport: transport, AddrPort: netip.AddrPortFrom(ip, 0)}
+	to, ok, err := w.tr.Translate(a)
+	if err != nil {
+		return fmt.Errorf("translate %s %s: %w", field, ip, err)
+	}
+	if ok && to.Addr() != ip {
+		w.edit(field, "address", s, to.Addr().AppendTo)
+	}
+	return nil
+}
+
+// sdp translates the planned SDP bodies.
+func (w *rewriter) sdp() error {
+	res := w.res
+	for i := range res.media {
+		m := &res.media[i]
+		p := &res.parts[m.part]
+		c := &p.sessC
+		if m.c.ok {
+			c = &m.c
+		}
+		s := Stream{
+			Part:      m.part,
+			Index:     m.index,
+			Media:     string(w.raw[m.media.start:m.media.end]),
+			Proto:     string(w.raw[m.proto.start:m.proto.end]),
+			Mux:       m.mux,
+			Direction: p.sessDir,
+		}
+		if m.dirSet {
+			s.Direction = m.dir
+		}
+		if c.ip.IsValid() {
+			s.RTP = netip.AddrPortFrom(c.ip, m.portNum)
+			s.RTCP = netip.AddrPortFrom(c.ip, m.portNum+1)
+			if m.rtcpPort.len() > 0 {
+				s.RTCP = netip.AddrPortFrom(c.ip, m.rtcpPortNum)
+				if m.rtcp.ip.IsValid() {
+					s.RTCP = netip.AddrPortFrom(m.rtcp.ip, m.rtcpPortNum)
+				}
+			}
+			if m.mux {
+				s.RTCP = s.RTP
+			}
+		}
+		switch {
+		case m.portNum == 0:
+			s.Disposition = Rejected
+		case isTCPProto(w.raw[m.proto.start:m.proto.end]):
+			s.Disposition = NotRelayed
+		case c.ok && c.ip.IsValid() && c.ip.IsUnspecified(), s.Direction == Inactive:
+			s.Disposition = Held
+		case !c.usable():
+			s.Disposition = NotRelayed
+		default:
+			s.Disposition = Relayed
+		}
+		m.stream = len(res.Streams)
+		res.Streams = append(res.Streams, s)
+	}
+	// Relayed streams first, so that a session c= shared with them takes the relay address.
+	for i := range res.media {
+		m := &res.media[i]
+		s := &res.Streams[m.stream]
+		if s.Disposition != Relayed {
+			continue
+		}
+		b, err := w.tr.Media(w.from, s)
+		if err != nil {
+			return fmt.Errorf("translate %s stream %d: %w", s.Media, s.Index, err)
+		}
+		if !b.RTP.IsValid() {
+			return fmt.Errorf("translate %s stream %d: translator gave no address", s.Media, s.Index)
+		}
+		s.Binding = b
+		w.mediaEdits(m, s)
+	}
+	for pi := range res.parts {
+		p := &res.parts[pi]
+		if err := w.sessionAddrs(pi, p); err != nil {
+			return err
+		}
+	}
+	for i := range res.media {
+		m := &res.media[i]
+		s := &res.Streams[m.stream]
+		if s.Disposition == Relayed {
+			continue
+		}
+		if m.c.usable() {
+			if err := w.sdpConn(FieldSDPConnection, &m.c); err != nil {
+				return err
+			}
+		}
+		if m.rtcp.usable() {
+			if err := w.sdpConn(FieldSDPConnection, &m.rtcp); err != nil {
+				return err
+			}
+		}
+	}
+	for _, s := range res.strip {
+		w.edit(FieldNone, "ICE attribute removed", s, func(dst []byte) []byte { return dst })
+	}
+	return nil
+}
+
+// mediaEdits writes a relayed stream's binding into its m=, c= and a=rtcp lines.
+func (w *rewriter) mediaEdits(m *sdpMedia, s *Stream) {
+	b := s.Binding
+	if b.RTP.Port() != m.portNum {
+		w.edit(FieldNone, "SDP m= port", m.port, func(dst []byte) []byte {
+			return strconv.AppendUint(dst, uint64(b.RTP.Port()), 10)
+		})
+	}
+	if m.c.ok {
+		w.connEdit(FieldSDPConnection, &m.c, b.RTP.Addr())
+	}
+	if m.rtcpPort.len() > 0 {
+		port := b.RTCPPort
+		if m.mux && m.rtcpPortNum == m.portNum {
+			port = b.RTP.Port()
+		}
+		if port != m.rtcpPortNum {
+			w.edit(FieldNone, "SDP a=rtcp port", m.rtcpPort, func(dst []byte) []byte {
+				return strconv.AppendUint(dst, uint64(port), 10)
+			})
+		}
+		if m.rtcp.ok && m.rtcp.ip.IsValid() {
+			w.connEdit(FieldSDPConnection, &m.rtcp, b.RTP.Addr())
+		}
+	} else if !m.mux && b.RTCPPort != b.RTP.Port()+1 {
+		// The peer would assume RTP + 1 (RFC 3605): say where RTCP goes.
+		p := &w.res.parts[m.part]
+		w.edit(FieldNone, "SDP a=rtcp added", span{m.sectionEnd, m.sectionEnd}, func(dst []byte) []byte {
+			if m.sectionEnd > 0 && w.raw[m.sectionEnd-1] != '\n' {
+				dst = appendEOL(dst, p.crlf)
+			}
+			dst = strconv.AppendUint(append(dst, "a=rtcp:"...), uint64(b.RTCPPort), 10)
+			return appendEOL(dst, p.crlf)
+		})
+	}
+}
+
+func appendEOL(dst []byte, crlf bool) []byte {
+	if crlf {
+		return append(dst, '\r', '\n')
+	}
+	return append(dst, '\n')
+}
+
+// sessionAddrs translates a part's o= and session-level c=.
+func (w *rewriter) sessionAddrs(pi int, p *sdpPart) error {
+	if p.origin.usable() {
+		if err := w.sdpConn(FieldSDPOrigin, &p.origin); err != nil {
+			return err
+		}
+	}
+	if !p.sessC.ok {
+		return nil
+	}
+	// The session c= is in force for every stream without its own; if any of them is relayed,
+	// it must name the relay address, and all of them must agree on it.
+	var relay netip.Addr
+	for i := range w.res.media {
+		m := &w.res.media[i]
+		s := &w.res.Streams[m.stream]
+		if m.part != pi || m.c.ok || s.Disposition != Relayed {
+			continue
+		}
+		a := s.Binding.RTP.Addr()
+		if relay.IsValid() && relay != a {
+			return fmt.Errorf("translate SDP c=: streams sharing the session address were given %s and %s", relay, a)
+		}
+		relay = a
+	}
+	if relay.IsValid() {
+		w.connEdit(FieldSDPConnection, &p.sessC, relay)
+		return nil
+	}
+	if p.sessC.usable() {
+		return w.sdpConn(FieldSDPConnection, &p.sessC)
+	}
+	return nil
+}
+
+// sdpConn asks the translator for an SDP address that is not a relayed stream's.
+func (w *rewriter) sdpConn(field Field, c *connField) error {
+	a := Addr{Field: field, From: w.from, AddrPort: netip.AddrPortFrom(c.ip, 0)}
+	to, ok, err := w.tr.Translate(a)
+	if err != nil {
+		return fmt.Errorf("translate %s %s: %w", field, c.ip, err)
+	}
+	if ok {
+		w.connEdit(field, c, to.Addr())
+	}
+	return nil
+}
+
+// connEdit writes ip into an SDP address field, and its address type when the family changes.
+func (w *rewriter) connEdit(field Field, c *connField, ip netip.Addr) {
+	if ip == c.ip {
+		return
+	}
+	want := "IP4"
+	if ip.Is6() {
+		want = "IP6"
+	}
+	if !equalFold(w.raw[c.addrtype.start:c.addrtype.end], want) {
+		w.edit(field, "SDP address type", c.addrtype, func(dst []byte) []byte { return append(dst, want...) })
+	}
+	w.edit(field, "SDP address", c.addr, ip.AppendTo)
+}
+
+// contentLength sets the Content-Length of the message (and of multipart parts that have one)
+// to the length of the rewritten body.
+func (w *rewriter) contentLength(m *Message) {
+	res := w.res
+	slices.SortFunc(res.pending, func(a, b pendingEdit) int { return a.start - b.start })
+	growth := func(s span) int {
+		n := 0
+		for _, e := range res.pending {
+			if e.start >= s.start && e.end <= s.end {
+				n += e.new.len() - (e.end - e.start)
+			}
+		}
+		return n
+	}
+	for _, p := range res.parts {
+		if p.lenHdr.len() > 0 {
+			if d := growth(p.body); d != 0 {
+				n := p.body.len() + d
+				w.edit(FieldNone, "part Content-Length", p.lenHdr, func(dst []byte) []byte {
+					return strconv.AppendUint(dst, uint64(n), 10)
+				})
+			}
+		}
+	}
+	d := growth(m.body)
+	n := m.body.len() + d
+	switch {
+	case m.clHeader >= 0:
+		h := m.hdrs[m.clHeader]
+		if old, _ := parseUint(m.raw[h.value.start:h.value.end], 1<<31-1); int(old) != n {
+			w.edit(FieldNone, "Content-Length", h.value, func(dst []byte) []byte {
+				return strconv.AppendUint(dst, uint64(n), 10)
+			})
+		}
+	case d != 0:
+		w.edit(FieldNone, "Content-Length added", span{m.blank.start, m.blank.start}, func(dst []byte) []byte {
+			return appendEOL(strconv.AppendUint(append(dst, "Content-Length: "...), uint64(n), 10), m.crlf)
+		})
+	}
+	slices.SortStableFunc(res.pending, func(a, b pendingEdit) int { return a.start - b.start })
+}
+
+// build applies the pending edits to raw.
+func (r *Result) build(raw []byte) {
+	last := 0
+	for _, e := range r.pending {
+		r.Out = append(r.Out, raw[last:e.start]...)
+		r.Out = append(r.Out, r.arena[e.new.start:e.new.end]...)
+		last = e.end
+	}
+	r.Out = append(r.Out, raw[last:]...)
+	for _, e := range r.pending {
+		r.Edits = append(r.Edits, Edit{
+			Field: e.field,
+			What:  e.what,
+			Start: e.start,
+			End:   e.end,
+			Old:   raw[e.start:e.end],
+			New:   r.arena[e.new.start:e.new.end:e.new.end],
+		})
+	}
+}

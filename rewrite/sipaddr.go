@@ -1,0 +1,477 @@
+package rewrite
+
+import (
+	"bytes"
+	"net/netip"
+)
+
+// hostPort is where a host and an optional port stand in a message, with the address when the
+// host is an IP literal.
+type hostPort struct {
+	host    span // without the brackets of an IPv6 reference
+	bracket bool // the host is an IPv6 reference in brackets
+	port    span // digits only; empty when no port was written
+	addr    netip.Addr
+	portNum uint16
+}
+
+// isIP reports whether the host is an IP literal (as opposed to a host name).
+func (h *hostPort) isIP() bool { return h.addr.IsValid() }
+
+// uriInfo is what the rewriter needs of a URI.
+type uriInfo struct {
+	sip       bool // a sip: or sips: URI (others are left alone)
+	secure    bool // sips:
+	hp        hostPort
+	transport span // value of the transport parameter, empty if absent
+}
+
+// parseURI reads the URI at s. Only sip: and sips: URIs are parsed past their scheme; others are
+// accepted as they are.
+func parseURI(raw []byte, s span, where string) (uriInfo, error) {
+	var u uriInfo
+	b := raw[s.start:s.end]
+	colon := bytes.IndexByte(b, ':')
+	if colon <= 0 || !isScheme(b[:colon]) {
+		return u, malformed(where, s.start, "URI has no scheme")
+	}
+	scheme := b[:colon]
+	switch {
+	case equalFold(scheme, "sip"):
+	case equalFold(scheme, "sips"):
+		u.secure = true
+	default:
+		return u, nil
+	}
+	u.sip = true
+	for i, c := range b {
+		if c <= ' ' || c >= 0x7f {
+			return u, malformed(where, s.start+i, "URI contains white space or a control character")
+		}
+	}
+	start := s.start + colon + 1
+	if at := bytes.IndexByte(raw[start:s.end], '@'); at >= 0 {
+		if at == 0 {
+			return u, malformed(where, start, "URI has an empty user part")
+		}
+		start += at + 1
+	}
+	hp, end, err := parseHostPort(raw, start, s.end, where)
+	if err != nil {
+		return u, err
+	}
+	u.hp = hp
+	// URI parameters, then headers.
+	i := end
+	for i < s.end && raw[i] == ';' {
+		nameStart := i + 1
+		j := nameStart
+		for j < s.end && raw[j] != ';' && raw[j] != '?' && raw[j] != '=' {
+			j++
+		}
+		name := raw[nameStart:j]
+		vs, ve := j, j
+		if j < s.end && raw[j] == '=' {
+			vs = j + 1
+			ve = vs
+			for ve < s.end && raw[ve] != ';' && raw[ve] != '?' {
+				ve++
+			}
+		}
+		if len(name) == 0 {
+			return u, malformed(where, nameStart, "URI has an empty parameter")
+		}
+		if equalFold(name, "transport") {
+			u.transport = span{vs, ve}
+		}
+		i = ve
+	}
+	if i < s.end && raw[i] != '?' {
+		return u, malformed(where, i, "unexpected character after the host")
+	}
+	return u, nil
+}
+
+// parseHostPort reads host [":" port] at raw[i:end], stopping at the first character that cannot
+// be part of it, and returns where it stopped. White space around the colon is allowed (Via
+// sent-by uses SIP's COLON, which may have LWS around it).
+func parseHostPort(raw []byte, i, end int, where string) (hostPort, int, error) {
+	var hp hostPort
+	if i < end && raw[i] == '[' {
+		close := bytes.IndexByte(raw[i:end], ']')
+		if close < 0 {
+			return hp, i, malformed(where, i, "IPv6 reference without ']'")
+		}
+		a, ok := parseIP(raw[i+1 : i+close])
+		if !ok || !a.Is6() {
+			return hp, i, malformed(where, i, "invalid IPv6 reference")
+		}
+		hp.host, hp.bracket, hp.addr = span{i + 1, i + close}, true, a
+		i += close + 1
+	} else {
+		j := i
+		for j < end && (isAlpha(raw[j]) || isDigit(raw[j]) || raw[j] == '-' || raw[j] == '.' || raw[j] == '_') {
+			j++
+		}
+		if j == i {
+			return hp, i, malformed(where, i, "missing host")
+		}
+		hp.host = span{i, j}
+		if a, ok := parseIP(raw[i:j]); ok {
+			hp.addr = a
+		} else if looksNumeric(raw[i:j]) {
+			return hp, i, malformed(where, i, "invalid IPv4 address")
+		}
+		i = j
+	}
+	k := skipLWS(raw, i, end)
+	if k < end && raw[k] == ':' {
+		p := skipLWS(raw, k+1, end)
+		q := p
+		for q < end && isDigit(raw[q]) {
+			q++
+		}
+		n, ok := parseUint(raw[p:q], 65535)
+		if q == p || !ok {
+			return hp, p, malformed(where, p, "invalid port")
+		}
+		hp.port, hp.portNum = span{p, q}, uint16(n)
+		i = q
+	}
+	return hp, i, nil
+}
+
+// looksNumeric reports a host made of digits and dots only, which must then be an IPv4 address.
+func looksNumeric(b []byte) bool {
+	for _, c := range b {
+		if !isDigit(c) && c != '.' {
+			return false
+		}
+	}
+	return true
+}
+
+// viaParm is one via-parm of a Via header value.
+type viaParm struct {
+	transport span
+	sentBy    hostPort
+	received  span // value of received, empty if absent
+	rport     span // value of rport, empty if absent or without value
+	maddr     span // value of maddr, empty if absent
+	hasRport  bool
+}
+
+// eachVia calls fn for every comma-separated via-parm in the Via value at v.
+func eachVia(raw []byte, v span, fn func(*viaParm) error) error {
+	i := v.start
+	for {
+		var p viaParm
+		i = skipLWS(raw, i, v.end)
+		// sent-protocol: name SLASH version SLASH transport, SLASH allowing LWS around it.
+		for part := 0; part < 3; part++ {
+			j := i
+			for j < v.end && tokenChars[raw[j]] {
+				j++
+			}
+			if j == i {
+				return malformed("Via", i, "invalid sent-protocol")
+			}
+			if part == 2 {
+				p.transport = span{i, j}
+			}
+			i = skipLWS(raw, j, v.end)
+			if part < 2 {
+				if i >= v.end || raw[i] != '/' {
+					return malformed("Via", i, "invalid sent-protocol")
+				}
+				i = skipLWS(raw, i+1, v.end)
+			}
+		}
+		if i == p.transport.end {
+			return malformed("Via", i, "no white space before sent-by")
+		}
+		hp, j, err := parseHostPort(raw, i, v.end, "Via")
+		if err != nil {
+			return err
+		}
+		p.sentBy = hp
+		i = skipLWS(raw, j, v.end)
+		for i < v.end && raw[i] == ';' {
+			i = skipLWS(raw, i+1, v.end)
+			ns := i
+			for i < v.end && tokenChars[raw[i]] {
+				i++
+			}
+			if i == ns {
+				return malformed("Via", ns, "empty parameter")
+			}
+			name := span{ns, i}
+			i = skipLWS(raw, i, v.end)
+			val := span{i, i}
+			hasVal := false
+			if i < v.end && raw[i] == '=' {
+				i = skipLWS(raw, i+1, v.end)
+				vs := i
+				if i < v.end && raw[i] == '"' {
+					e := quotedEnd(raw, i, v.end)
+					if e < 0 {
+						return malformed("Via", i, "unterminated quoted string")
+					}
+					i = e
+				} else {
+					for i < v.end && (tokenChars[raw[i]] || raw[i] == ':' || raw[i] == '[' || raw[i] == ']') {
+						i++
+					}
+				}
+				if i == vs {
+					return malformed("Via", vs, "parameter without a value after '='")
+				}
+				val, hasVal = span{vs, i}, true
+				i = skipLWS(raw, i, v.end)
+			}
+			n := raw[name.start:name.end]
+			switch {
+			case equalFold(n, "received"):
+				if !hasVal {
+					return malformed("Via", name.start, "received without a value")
+				}
+				p.received = val
+			case equalFold(n, "rport"):
+				p.hasRport, p.rport = true, val
+				if hasVal {
+					if _, ok := parseUint(raw[val.start:val.end], 65535); !ok {
+						return malformed("Via", val.start, "rport is not a port")
+					}
+				}
+			case equalFold(n, "maddr"):
+				if !hasVal {
+					return malformed("Via", name.start, "maddr without a value")
+				}
+				p.maddr = val
+			}
+		}
+		if err := fn(&p); err != nil {
+			return err
+		}
+		if i >= v.end {
+			return nil
+		}
+		if raw[i] != ',' {
+			return malformed("Via", i, "unexpected character")
+		}
+		i++
+	}
+}
+
+// quotedEnd returns the index just past the quoted string starting at raw[i] == '"', or -1.
+func quotedEnd(raw []byte, i, end int) int {
+	for j := i + 1; j < end; j++ {
+		switch raw[j] {
+		case '\\':
+			j++
+		case '"':
+			return j + 1
+		}
+	}
+	return -1
+}
+
+// nameAddr is one element of a Contact, Route, Record-Route, Path, From or To value.
+type nameAddr struct {
+	star   bool // Contact: *
+	uri    span
+	angled bool
+	params span // header parameters after the URI, from the first ';'
+}
+
+// eachNameAddr calls fn for every comma-separated name-addr or addr-spec in the value at v.
+// From and To take exactly one; Route, Record-Route and Path require angle brackets.
+func eachNameAddr(raw []byte, v span, kind hdrKind, fn func(*nameAddr) error) error {
+	where := headerName(kind)
+	i := v.start
+	count := 0
+	for {
+		var na nameAddr
+		i = skipLWS(raw, i, v.end)
+		if i >= v.end {
+			return malformed(where, i, "empty value")
+		}
+		switch {
+		case raw[i] == '*' && kind == hContact:
+			na.star = true
+			i = skipLWS(raw, i+1, v.end)
+		default:
+			// A display name (quoted string or tokens) ends at '<'; without '<' it is an addr-spec.
+			j := i
+			if raw[j] == '"' {
+				e := quotedEnd(raw, j, v.end)
+				if e < 0 {
+					return malformed(where, j, "unterminated quoted display name")
+				}
+				j = skipLWS(raw, e, v.end)
+				if j >= v.end || raw[j] != '<' {
+					return malformed(where, j, "quoted display name not followed by <URI>")
+				}
+			} else {
+				for j < v.end && raw[j] != '<' && raw[j] != ',' && raw[j] != ';' && raw[j] != '"' {
+					j++
+				}
+			}
+			if j < v.end && raw[j] == '<' {
+				if raw[i] != '"' && !isDisplayTokens(raw[i:j]) {
+					return malformed(where, i, "display name is neither tokens nor a quoted string")
+				}
+				e := bytes.IndexByte(raw[j:v.end], '>')
+				if e < 0 {
+					return malformed(where, j, "'<' without '>'")
+				}
+				na.uri, na.angled = span{j + 1, j + e}, true
+				i = j + e + 1
+			} else {
+				if kind == hRoute || kind == hRecordRoute || kind == hPath {
+					return malformed(where, i, "URI not in angle brackets")
+				}
+				e := i
+				for e < v.end && raw[e] != ';' && raw[e] != ',' && !isLWS(raw[e]) {
+					e++
+				}
+				na.uri = span{i, e}
+				if bytes.IndexByte(raw[i:e], '?') >= 0 {
+					return malformed(where, i, "URI with headers must be in angle brackets")
+				}
+				i = e
+			}
+			if _, err := parseURI(raw, na.uri, where); err != nil {
+				return err
+			}
+			i = skipLWS(raw, i, v.end)
+		}
+		ps := i
+		for i < v.end && raw[i] == ';' {
+			i = skipLWS(raw, i+1, v.end)
+			ns := i
+			for i < v.end && tokenChars[raw[i]] {
+				i++
+			}
+			if i == ns {
+				return malformed(where, ns, "empty parameter")
+			}
+			i = skipLWS(raw, i, v.end)
+			if i < v.end && raw[i] == '=' {
+				i = skipLWS(raw, i+1, v.end)
+				vs := i
+				if i < v.end && raw[i] == '"' {
+					e := quotedEnd(raw, i, v.end)
+					if e < 0 {
+						return malformed(where, i, "unterminated quoted string")
+					}
+					i = e
+				} else {
+					for i < v.end && (tokenChars[raw[i]] || raw[i] == ':' || raw[i] == '[' || raw[i] == ']') {
+						i++
+					}
+				}
+				if i == vs {
+					return malformed(where, vs, "parameter without a value after '='")
+				}
+				i = skipLWS(raw, i, v.end)
+			}
+		}
+		na.params = span{ps, i}
+		count++
+		if (kind == hFrom || kind == hTo) && count > 1 {
+			return malformed(where, i, "more than one address")
+		}
+		if err := fn(&na); err != nil {
+			return err
+		}
+		if i >= v.end {
+			return nil
+		}
+		if raw[i] != ',' || kind == hFrom || kind == hTo {
+			return malformed(where, i, "unexpected character")
+		}
+		i++
+	}
+}
+
+// isDisplayTokens reports whether b is empty or tokens separated by LWS (an unquoted display
+// name).
+func isDisplayTokens(b []byte) bool {
+	for _, c := range b {
+		if !tokenChars[c] && !isLWS(c) {
+			return false
+		}
+	}
+	return true
+}
+
+func headerName(k hdrKind) string {
+	switch k {
+	case hVia:
+		return "Via"
+	case hContact:
+		return "Contact"
+	case hRecordRoute:
+		return "Record-Route"
+	case hRoute:
+		return "Route"
+	case hPath:
+		return "Path"
+	case hFrom:
+		return "From"
+	case hTo:
+		return "To"
+	}
+	return "header"
+}
+
+// nameAddrParam returns the value of header parameter name of a single name-addr value (From,
+// To), or nil.
+func nameAddrParam(v []byte, name string) []byte {
+	var out []byte
+	_ = eachNameAddr(v, span{0, len(v)}, hTo, func(na *nameAddr) error {
+		out = paramValue(v, na.params, name)
+		return nil
+	})
+	return out
+}
+
+// paramValue returns the value of parameter name among ";name=value" parameters at s.
+func paramValue(raw []byte, s span, name string) []byte {
+	i := s.start
+	for i < s.end {
+		if raw[i] != ';' {
+			i++
+			continue
+		}
+		i = skipLWS(raw, i+1, s.end)
+		ns := i
+		for i < s.end && tokenChars[raw[i]] {
+			i++
+		}
+		match := equalFold(raw[ns:i], name)
+		i = skipLWS(raw, i, s.end)
+		if i < s.end && raw[i] == '=' {
+			i = skipLWS(raw, i+1, s.end)
+			vs := i
+			if i < s.end && raw[i] == '"' {
+				if e := quotedEnd(raw, i, s.end); e > 0 {
+					i = e
+				} else {
+					i = s.end
+				}
+			} else {
+				for i < s.end && raw[i] != ';' && !isLWS(raw[i]) {
+					i++
+				}
+			}
+			if match {
+				return raw[vs:i]
+			}
+		} else if match {
+			return raw[i:i]
+		}
+	}
+	return nil
+}

@@ -1,0 +1,195 @@
+package rewrite
+
+import "net/netip"
+
+// Side names one of sipcar's two sides.
+type Side uint8
+
+// The two sides. The zero Side is invalid, so that a forgotten field is an error, not Inside.
+const (
+	Inside Side = iota + 1
+	Outside
+)
+
+// Other returns the side across from s.
+func (s Side) Other() Side {
+	switch s {
+	case Inside:
+		return Outside
+	case Outside:
+		return Inside
+	}
+	return 0
+}
+
+func (s Side) String() string {
+	switch s {
+	case Inside:
+		return "inside"
+	case Outside:
+		return "outside"
+	}
+	return "invalid side"
+}
+
+// Field says where in a message an address stands. A [Translator] uses it to tell an address
+// at which the sender asks to be reached (Via, Contact, Record-Route, Path) from one that names
+// where the message goes (Request-URI, Route).
+type Field uint8
+
+// Fields of a SIP message and its SDP that carry addresses. FieldNone marks edits that change
+// no address (Content-Length, a removed ICE attribute, an SDP port).
+const (
+	FieldNone          Field = 0
+	FieldRequestURI    Field = iota // the Request-URI of a request
+	FieldVia                        // a Via sent-by
+	FieldViaReceived                // a Via received parameter, with rport's value when it has one
+	FieldViaMaddr                   // a Via maddr parameter (an address without a port)
+	FieldContact                    // a Contact URI
+	FieldRecordRoute                // a Record-Route URI
+	FieldRoute                      // a Route URI
+	FieldPath                       // a Path URI
+	FieldSDPOrigin                  // the address of SDP o= (no port)
+	FieldSDPConnection              // an SDP c= (or a=rtcp) address
+)
+
+var fieldNames = [...]string{
+	FieldNone:          "none",
+	FieldRequestURI:    "Request-URI",
+	FieldVia:           "Via",
+	FieldViaReceived:   "Via received",
+	FieldViaMaddr:      "Via maddr",
+	FieldContact:       "Contact",
+	FieldRecordRoute:   "Record-Route",
+	FieldRoute:         "Route",
+	FieldPath:          "Path",
+	FieldSDPOrigin:     "SDP o=",
+	FieldSDPConnection: "SDP c=",
+}
+
+func (f Field) String() string {
+	if int(f) < len(fieldNames) && fieldNames[f] != "" {
+		return fieldNames[f]
+	}
+	return "invalid field"
+}
+
+// Addr is one address literal a message names, outside of relayed media streams.
+type Addr struct {
+	Field Field
+	// From is the side the message came from.
+	From Side
+	// Transport is the transport the address is reached over, lower case ("udp", "tcp", "tls",
+	// "sctp", "ws", "wss"), from the Via protocol or the URI's transport parameter and scheme;
+	// empty for SDP addresses.
+	Transport string
+	// AddrPort is the address. Its port is 0 for fields that carry none (maddr, SDP); for a SIP
+	// URI or Via without a port it is the default port of the transport (5060, or 5061 for TLS),
+	// and PortImplicit is set.
+	AddrPort     netip.AddrPort
+	PortImplicit bool
+}
+
+// Direction is an SDP stream's media direction attribute.
+type Direction uint8
+
+// Media directions (RFC 3264). SendRecv is the default when the SDP names none.
+const (
+	SendRecv Direction = iota
+	SendOnly
+	RecvOnly
+	Inactive
+)
+
+func (d Direction) String() string {
+	switch d {
+	case SendOnly:
+		return "sendonly"
+	case RecvOnly:
+		return "recvonly"
+	case Inactive:
+		return "inactive"
+	}
+	return "sendrecv"
+}
+
+// Disposition says what the rewriter did with a media stream.
+type Disposition uint8
+
+// Stream dispositions.
+const (
+	// Relayed: the stream's addresses were replaced by a binding the translator gave.
+	Relayed Disposition = iota + 1
+	// Rejected: m= port 0; nothing to relay.
+	Rejected
+	// Held: c= 0.0.0.0 (or ::) or a=inactive; no binding was asked for. A held stream whose c=
+	// named a real address has that address translated like SDP o=.
+	Held
+	// NotRelayed: a stream over TCP (TCP/MSRP, TCP/BFCP, TCP/TLS/...) that sipcar reports but does
+	// not relay; its c= address is translated like SDP o=.
+	NotRelayed
+)
+
+func (d Disposition) String() string {
+	switch d {
+	case Relayed:
+		return "relayed"
+	case Rejected:
+		return "rejected"
+	case Held:
+		return "held"
+	case NotRelayed:
+		return "not relayed"
+	}
+	return "invalid disposition"
+}
+
+// Stream is one SDP media description (m= line) of a message.
+type Stream struct {
+	// Part is the index of the SDP body the stream is in: 0 for a message whose body is SDP, the
+	// index among the application/sdp parts for a multipart body.
+	Part int
+	// Index is the position of the m= line within its SDP body, from 0.
+	Index int
+	// Media is the media type of the m= line ("audio", "video", "image", "application").
+	Media string
+	// Proto is the transport protocol of the m= line ("RTP/AVP", "RTP/SAVP", "udptl", ...).
+	Proto string
+	// RTP is the address the sender wants the stream's media sent to: the c= address in force and
+	// the m= port.
+	RTP netip.AddrPort
+	// RTCP is where the sender wants RTCP: a=rtcp when given, else RTP's address and port + 1;
+	// equal to RTP when Mux is set.
+	RTCP netip.AddrPort
+	// Mux is set when the stream offers or accepts a=rtcp-mux.
+	Mux       bool
+	Direction Direction
+	// Disposition is set by the rewriter; Binding is the binding written for a Relayed stream.
+	Disposition Disposition
+	Binding     MediaBinding
+}
+
+// MediaBinding is the address a relayed media stream is advertised at on the far side.
+type MediaBinding struct {
+	// RTP is sipcar's address and relay port for RTP on the side the message goes to.
+	RTP netip.AddrPort
+	// RTCPPort is the relay port for RTCP, conventionally RTP's port + 1.
+	RTCPPort uint16
+}
+
+// Translator decides which address stands for which. The relay backs it with the server map.
+//
+// The rewriter calls it once for every address literal a message names (host names are left
+// alone) and once for every media stream to relay. A Translator may allocate bindings as it
+// answers; if [Rewrite] then fails, it returns the error without output and the caller must
+// release what the translator allocated for that message, so that nothing is left half-done.
+type Translator interface {
+	// Translate returns the address to write in place of a. ok false leaves the text as it was
+	// (an address already reachable from the far side, a third party's). When a's port is 0, only
+	// the returned address is written.
+	Translate(a Addr) (to netip.AddrPort, ok bool, err error)
+	// Media returns the binding to advertise for a stream the sender wants relayed; from is the
+	// side the message came from. It is called only for streams with a port and an address
+	// (not held, not rejected, not TCP).
+	Media(from Side, s *Stream) (MediaBinding, error)
+}
