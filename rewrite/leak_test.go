@@ -39,7 +39,7 @@ func insideLeaks(msg []byte, nets []netip.Prefix) string {
 	for _, h := range m.hdrs {
 		switch h.kind {
 		case hVia:
-			_ = eachVia(raw, h.value, func(p *viaParm) error {
+			_ = eachVia(raw, h.value, func(p viaParm) error {
 				if p.sentBy.isIP() && inside(p.sentBy.addr) && leak == "" {
 					leak = "Via " + string(raw[p.sentBy.host.start:p.sentBy.host.end])
 				}
@@ -48,7 +48,7 @@ func insideLeaks(msg []byte, nets []netip.Prefix) string {
 				return nil
 			})
 		case hContact, hRecordRoute, hRoute, hPath:
-			_ = eachNameAddr(raw, h.value, h.kind, func(na *nameAddr) error {
+			_ = eachNameAddr(raw, h.value, h.kind, func(na nameAddr) error {
 				if !na.star {
 					uri(headerName(h.kind), na.uri)
 				}

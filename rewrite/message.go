@@ -29,6 +29,7 @@ const (
 	hContentEncoding
 	hMaxForwards
 	hExpires
+	hDate
 )
 
 // header is one header field line (with its folded continuation lines).
@@ -194,10 +195,27 @@ func (m *Message) parseStatusLine(line []byte) error {
 }
 
 func checkVersion(v []byte, off int) error {
+	// SIP-Version = "SIP" "/" 1*DIGIT "." 1*DIGIT
+	i := len("SIP/")
 	if !hasPrefixFold(v, "SIP/") {
 		return malformed("start line", off, "no SIP version")
 	}
-	if len(v) != len("SIP/2.0") || v[4] != '2' || v[5] != '.' || v[6] != '0' {
+	d1 := i
+	for i < len(v) && isDigit(v[i]) {
+		i++
+	}
+	if i == d1 || i >= len(v) || v[i] != '.' {
+		return malformed("start line", off, "SIP version is not SIP/<digits>.<digits>")
+	}
+	i++
+	d2 := i
+	for i < len(v) && isDigit(v[i]) {
+		i++
+	}
+	if i == d2 || i != len(v) {
+		return malformed("start line", off, "SIP version is not SIP/<digits>.<digits> alone")
+	}
+	if string(v[len("SIP/"):]) != "2.0" {
 		return &Error{Kind: ErrVersion, Where: "start line", Offset: off, Reason: "version " + strconv.Quote(string(v)) + " is not SIP/2.0"}
 	}
 	return nil
@@ -294,6 +312,12 @@ func (m *Message) parseHeaders() error {
 				return malformed("Max-Forwards", h.value.start, "not a number from 0 to 255")
 			}
 			m.maxFwd = int(n)
+		case hDate:
+			// RFC 3261 allows only RFC 1123 dates in GMT; a proxy that forwards it should not
+			// forward another time zone (RFC 4475 section 3.1.2.12).
+			if !bytes.HasSuffix(v, []byte(" GMT")) {
+				return malformed("Date", h.value.start, "not an RFC 1123 date in GMT")
+			}
 		case hExpires:
 			if _, ok := parseUint(v, 1<<32-1); !ok {
 				return malformed("Expires", h.value.start, "not a number of seconds below 2^32")
@@ -383,17 +407,21 @@ func (m *Message) checkRequired() error {
 // that passes Parse can be rewritten without a syntax error.
 func (m *Message) checkAddressHeaders() error {
 	if m.request {
-		if _, err := parseURI(m.raw, m.ruri, "Request-URI"); err != nil {
+		u, err := parseURI(m.raw, m.ruri, "Request-URI")
+		if err != nil {
 			return err
+		}
+		if u.headers {
+			return malformed("Request-URI", m.ruri.start, "headers are not allowed in a Request-URI")
 		}
 	}
 	for _, h := range m.hdrs {
 		var err error
 		switch h.kind {
 		case hVia:
-			err = eachVia(m.raw, h.value, func(*viaParm) error { return nil })
+			err = eachVia(m.raw, h.value, func(viaParm) error { return nil })
 		case hContact, hRecordRoute, hRoute, hPath, hFrom, hTo:
-			err = eachNameAddr(m.raw, h.value, h.kind, func(*nameAddr) error { return nil })
+			err = eachNameAddr(m.raw, h.value, h.kind, func(nameAddr) error { return nil })
 		}
 		if err != nil {
 			return err
@@ -522,6 +550,9 @@ func kindOf(name []byte) hdrKind {
 		}
 		if equalFold(name, "path") {
 			return hPath
+		}
+		if equalFold(name, "date") {
+			return hDate
 		}
 	case 5:
 		if equalFold(name, "route") {

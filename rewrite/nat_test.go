@@ -14,15 +14,15 @@ import (
 type natTranslator struct {
 	insideNets []netip.Prefix
 	// sipcar's own addresses: the inside-facing one and the public one, per family.
-	insideAddr, publicAddr     netip.Addr
-	insideAddr6, publicAddr6   netip.Addr
-	anchorOutside              bool // give outside signaling addresses inside-facing bindings too
-	nextSig, nextMedia         map[Side]uint16
-	fwd                        map[sigKey]netip.AddrPort // (side, original) -> sipcar's address on the other side
-	rev                        map[sigKey]netip.AddrPort // (side sipcar's address faces, sipcar address) -> original
-	media                      []MediaBinding
-	translated                 []Addr
-	failMedia                  error
+	insideAddr, publicAddr   netip.Addr
+	insideAddr6, publicAddr6 netip.Addr
+	anchorOutside            bool // give outside signaling addresses inside-facing bindings too
+	nextSig, nextMedia       map[Side]uint16
+	fwd                      map[sigKey]netip.AddrPort // (side, original) -> sipcar's address on the other side
+	rev                      map[sigKey]netip.AddrPort // (side sipcar's address faces, sipcar address) -> original
+	media                    []MediaBinding
+	translated               []Addr
+	failMedia                error
 }
 
 type sigKey struct {
@@ -87,7 +87,7 @@ func (n *natTranslator) Translate(a Addr) (netip.AddrPort, bool, error) {
 	if orig, ok := n.rev[sigKey{a.From, a.AddrPort}]; ok {
 		return orig, true, nil
 	}
-	if a.Field == FieldRequestURI || a.Field == FieldRoute || !n.onSide(a.From, a.AddrPort.Addr()) {
+	if !n.onSide(a.From, a.AddrPort.Addr()) {
 		return netip.AddrPort{}, false, nil
 	}
 	k := sigKey{a.From, a.AddrPort}

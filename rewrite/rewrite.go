@@ -309,7 +309,7 @@ func (w *rewriter) headers(m *Message) error {
 		default:
 			continue
 		}
-		err := eachNameAddr(w.raw, h.value, h.kind, func(na *nameAddr) error {
+		err := eachNameAddr(w.raw, h.value, h.kind, func(na nameAddr) error {
 			if na.star {
 				return nil
 			}
@@ -398,7 +398,7 @@ func (w *rewriter) hostPort(field Field, transport string, hp *hostPort) error {
 	return nil
 }
 
-func (w *rewriter) via(p *viaParm) error {
+func (w *rewriter) via(p viaParm) error {
 	transport := transportName(w.raw[p.transport.start:p.transport.end])
 	if p.sentBy.isIP() {
 		if err := w.hostPort(FieldVia, transport, &p.sentBy); err != nil {
@@ -406,7 +406,7 @@ func (w *rewriter) via(p *viaParm) error {
 		}
 	}
 	if p.received.len() > 0 {
-		if err := w.received(transport, p); err != nil {
+		if err := w.received(transport, &p); err != nil {
 			return err
 		}
 	}
@@ -493,8 +493,8 @@ func (w *rewriter) sdp() error {
 		s := Stream{
 			Part:      m.part,
 			Index:     m.index,
-			Media:     string(w.raw[m.media.start:m.media.end]),
-			Proto:     string(w.raw[m.proto.start:m.proto.end]),
+			Media:     intern(w.raw[m.media.start:m.media.end]),
+			Proto:     intern(w.raw[m.proto.start:m.proto.end]),
 			Mux:       m.mux,
 			Direction: p.sessDir,
 		}
@@ -558,12 +558,12 @@ func (w *rewriter) sdp() error {
 		if s.Disposition == Relayed {
 			continue
 		}
-		if m.c.usable() {
+		if m.c.named() {
 			if err := w.sdpConn(FieldSDPConnection, &m.c); err != nil {
 				return err
 			}
 		}
-		if m.rtcp.usable() {
+		if m.rtcp.named() {
 			if err := w.sdpConn(FieldSDPConnection, &m.rtcp); err != nil {
 				return err
 			}
@@ -621,7 +621,7 @@ func appendEOL(dst []byte, crlf bool) []byte {
 
 // sessionAddrs translates a part's o= and session-level c=.
 func (w *rewriter) sessionAddrs(pi int, p *sdpPart) error {
-	if p.origin.usable() {
+	if p.origin.named() {
 		if err := w.sdpConn(FieldSDPOrigin, &p.origin); err != nil {
 			return err
 		}
@@ -648,7 +648,7 @@ func (w *rewriter) sessionAddrs(pi int, p *sdpPart) error {
 		w.connEdit(FieldSDPConnection, &p.sessC, relay)
 		return nil
 	}
-	if p.sessC.usable() {
+	if p.sessC.named() {
 		return w.sdpConn(FieldSDPConnection, &p.sessC)
 	}
 	return nil
@@ -718,7 +718,8 @@ func (w *rewriter) contentLength(m *Message) {
 		}
 	case d != 0:
 		w.edit(FieldNone, "Content-Length added", span{m.blank.start, m.blank.start}, func(dst []byte) []byte {
-			return appendEOL(strconv.AppendUint(append(dst, "Content-Length: "...), uint64(n), 10), m.crlf)
+			// End the new line as the empty line after it ends: mixed line endings exist.
+			return appendEOL(strconv.AppendUint(append(dst, "Content-Length: "...), uint64(n), 10), m.blank.len() == 2)
 		})
 	}
 	slices.SortStableFunc(res.pending, func(a, b pendingEdit) int { return a.start - b.start })
@@ -743,4 +744,15 @@ func (r *Result) build(raw []byte) {
 			New:   r.arena[e.new.start:e.new.end:e.new.end],
 		})
 	}
+}
+
+// intern returns common SDP media types and protocols without allocating.
+func intern(b []byte) string {
+	for _, s := range [...]string{"audio", "video", "image", "application", "message", "text",
+		"RTP/AVP", "RTP/SAVP", "RTP/AVPF", "RTP/SAVPF", "UDP/TLS/RTP/SAVP", "UDP/TLS/RTP/SAVPF", "udptl", "UDPTL", "TCP/MSRP"} {
+		if string(b) == s {
+			return s
+		}
+	}
+	return string(b)
 }

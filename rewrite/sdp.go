@@ -20,7 +20,14 @@ type connField struct {
 	suffix   bool // multicast "/ttl[/n]" follows the address
 }
 
-// usable reports a unicast IP literal that is not the unspecified (hold) address.
+// named reports an IP literal other than the unspecified (hold) address: one to translate,
+// whatever follows it.
+func (c *connField) named() bool {
+	return c.ok && c.ip.IsValid() && !c.ip.IsUnspecified()
+}
+
+// usable reports a unicast IP literal that is not the unspecified (hold) address: one a stream
+// can be relayed to.
 func (c *connField) usable() bool {
 	return c.ok && c.ip.IsValid() && !c.ip.IsUnspecified() && !c.ip.IsMulticast() && !c.suffix
 }

@@ -22,6 +22,7 @@ func (h *hostPort) isIP() bool { return h.addr.IsValid() }
 type uriInfo struct {
 	sip       bool // a sip: or sips: URI (others are left alone)
 	secure    bool // sips:
+	headers   bool // has a "?" headers component
 	hp        hostPort
 	transport span // value of the transport parameter, empty if absent
 }
@@ -89,6 +90,7 @@ func parseURI(raw []byte, s span, where string) (uriInfo, error) {
 	if i < s.end && raw[i] != '?' {
 		return u, malformed(where, i, "unexpected character after the host")
 	}
+	u.headers = i < s.end
 	return u, nil
 }
 
@@ -103,6 +105,9 @@ func parseHostPort(raw []byte, i, end int, where string) (hostPort, int, error) 
 			return hp, i, malformed(where, i, "IPv6 reference without ']'")
 		}
 		a, ok := parseIP(raw[i+1 : i+close])
+		if !ok {
+			a, ok = parseIPv6ABNFBug(raw[i+1 : i+close])
+		}
 		if !ok || !a.Is6() {
 			return hp, i, malformed(where, i, "invalid IPv6 reference")
 		}
@@ -117,10 +122,12 @@ func parseHostPort(raw []byte, i, end int, where string) (hostPort, int, error) 
 			return hp, i, malformed(where, i, "missing host")
 		}
 		hp.host = span{i, j}
-		if a, ok := parseIP(raw[i:j]); ok {
+		if looksNumeric(raw[i:j]) {
+			a, ok := parseIP(raw[i:j])
+			if !ok {
+				return hp, i, malformed(where, i, "invalid IPv4 address")
+			}
 			hp.addr = a
-		} else if looksNumeric(raw[i:j]) {
-			return hp, i, malformed(where, i, "invalid IPv4 address")
 		}
 		i = j
 	}
@@ -142,6 +149,7 @@ func parseHostPort(raw []byte, i, end int, where string) (hostPort, int, error) 
 }
 
 // looksNumeric reports a host made of digits and dots only, which must then be an IPv4 address.
+// (A host name's last label cannot start with a digit, RFC 1123 section 2.1.)
 func looksNumeric(b []byte) bool {
 	for _, c := range b {
 		if !isDigit(c) && c != '.' {
@@ -162,7 +170,7 @@ type viaParm struct {
 }
 
 // eachVia calls fn for every comma-separated via-parm in the Via value at v.
-func eachVia(raw []byte, v span, fn func(*viaParm) error) error {
+func eachVia(raw []byte, v span, fn func(viaParm) error) error {
 	i := v.start
 	for {
 		var p viaParm
@@ -250,7 +258,7 @@ func eachVia(raw []byte, v span, fn func(*viaParm) error) error {
 				p.maddr = val
 			}
 		}
-		if err := fn(&p); err != nil {
+		if err := fn(p); err != nil {
 			return err
 		}
 		if i >= v.end {
@@ -286,7 +294,7 @@ type nameAddr struct {
 
 // eachNameAddr calls fn for every comma-separated name-addr or addr-spec in the value at v.
 // From and To take exactly one; Route, Record-Route and Path require angle brackets.
-func eachNameAddr(raw []byte, v span, kind hdrKind, fn func(*nameAddr) error) error {
+func eachNameAddr(raw []byte, v span, kind hdrKind, fn func(nameAddr) error) error {
 	where := headerName(kind)
 	i := v.start
 	count := 0
@@ -382,7 +390,7 @@ func eachNameAddr(raw []byte, v span, kind hdrKind, fn func(*nameAddr) error) er
 		if (kind == hFrom || kind == hTo) && count > 1 {
 			return malformed(where, i, "more than one address")
 		}
-		if err := fn(&na); err != nil {
+		if err := fn(na); err != nil {
 			return err
 		}
 		if i >= v.end {
@@ -430,7 +438,7 @@ func headerName(k hdrKind) string {
 // To), or nil.
 func nameAddrParam(v []byte, name string) []byte {
 	var out []byte
-	_ = eachNameAddr(v, span{0, len(v)}, hTo, func(na *nameAddr) error {
+	_ = eachNameAddr(v, span{0, len(v)}, hTo, func(na nameAddr) error {
 		out = paramValue(v, na.params, name)
 		return nil
 	})
@@ -474,4 +482,18 @@ func paramValue(raw []byte, s span, name string) []byte {
 		}
 	}
 	return nil
+}
+
+// parseIPv6ABNFBug reads an IPv6 reference with three colons before an embedded IPv4 address
+// ("2001:db8:::192.0.2.1"), which RFC 3261's ABNF allows by mistake and RFC 5118 section 4.10
+// asks implementations to tolerate.
+func parseIPv6ABNFBug(b []byte) (netip.Addr, bool) {
+	i := bytes.Index(b, []byte(":::"))
+	if i < 0 || len(b) > 45 {
+		return netip.Addr{}, false
+	}
+	var buf [45]byte
+	n := copy(buf[:], b[:i+2])
+	n += copy(buf[n:], b[i+3:])
+	return parseIP(buf[:n])
 }
