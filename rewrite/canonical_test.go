@@ -48,3 +48,36 @@ func wantStreams(t *testing.T, r *Result, want ...Stream) {
 		}
 	}
 }
+
+// The other direction (destination NAT, sidecar mode): the PBX 172.18.0.2 sits in a docker
+// network behind sipcar, published as 203.0.113.1; phone 203.0.113.50 outside registers, the PBX
+// calls it, the phone answers and hangs up. The PBX sees the phone at sipcar's inside-facing
+// binding 172.18.0.1:6222; the phone sees the PBX at the public binding 203.0.113.1:2222.
+func TestCanonicalDestinationNAT(t *testing.T) {
+	nat := newNAT()
+	nat.insideNets = []netip.Prefix{netip.MustParsePrefix("172.18.0.0/16")}
+	nat.insideAddr, nat.publicAddr = netip.MustParseAddr("172.18.0.1"), netip.MustParseAddr("203.0.113.1")
+	nat.anchorOutside = true
+	ap := netip.MustParseAddrPort
+	phone, pbx := ap("203.0.113.50:5062"), ap("172.18.0.2:5060")
+	runScenario(t, "dnat", nat, []step{
+		{name: "01-register", from: Outside, check: func(t *testing.T, r *Result) {
+			if got := nat.fwd[sigKey{Outside, phone}]; got != ap("172.18.0.1:6222") {
+				t.Errorf("phone's binding = %v, want 172.18.0.1:6222", got)
+			}
+		}},
+		{name: "02-register-200", from: Inside},
+		{name: "03-invite", from: Inside, check: func(t *testing.T, r *Result) {
+			if got := nat.fwd[sigKey{Inside, pbx}]; got != ap("203.0.113.1:2222") {
+				t.Errorf("PBX's binding = %v, want 203.0.113.1:2222", got)
+			}
+			wantStreams(t, r, Stream{Media: "audio", Proto: "RTP/AVP", RTP: ap("172.18.0.2:10000"), RTCP: ap("172.18.0.2:10001"),
+				Disposition: Relayed, Binding: MediaBinding{RTP: ap("203.0.113.1:3334"), RTCPPort: 3335}})
+		}},
+		{name: "04-200", from: Outside, check: func(t *testing.T, r *Result) {
+			wantStreams(t, r, Stream{Media: "audio", Proto: "RTP/AVP", RTP: ap("203.0.113.50:40000"), RTCP: ap("203.0.113.50:40001"),
+				Disposition: Relayed, Binding: MediaBinding{RTP: ap("172.18.0.1:5334"), RTCPPort: 5335}})
+		}},
+		{name: "05-bye", from: Outside},
+	})
+}

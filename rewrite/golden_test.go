@@ -63,7 +63,7 @@ func runScenario(t *testing.T, dir string, tr Translator, steps []step) {
 	}
 }
 
-var testInsideNets = []netip.Prefix{netip.MustParsePrefix("192.168.1.0/24"), netip.MustParsePrefix("2001:db8:a::/64")}
+var testInsideNets = []netip.Prefix{netip.MustParsePrefix("192.168.1.0/24"), netip.MustParsePrefix("2001:db8:a::/64"), netip.MustParsePrefix("172.18.0.0/16")}
 
 // checkInvariants checks what holds for every rewrite: undoing the edits gives the input back,
 // the output parses (with this package and with sipgo), and its Content-Length is its body's.

@@ -48,6 +48,7 @@ const inlineHeaders = 40
 // in the bytes it was parsed from. It refers to those bytes and is valid while they are unchanged.
 // A Message may be reused for another Parse; it is not safe for concurrent use while parsing.
 type Message struct {
+	parsed  bool   // Parse succeeded
 	raw     []byte // exactly the message, from its start line to the end of its body
 	skipped int    // CRLFs before the start line that Parse ignored
 
@@ -111,7 +112,11 @@ func Parse(raw []byte, m *Message) error {
 	if err := m.checkRequired(); err != nil {
 		return err
 	}
-	return m.checkAddressHeaders()
+	if err := m.checkAddressHeaders(); err != nil {
+		return err
+	}
+	m.parsed = true
+	return nil
 }
 
 func trimEOL(line []byte) []byte {

@@ -116,3 +116,5 @@ func (n *natTranslator) Media(from Side, s *Stream) (MediaBinding, error) {
 var errNoPorts = errors.New("no relay ports left")
 
 func (n *natTranslator) String() string { return fmt.Sprintf("nat %v", n.fwd) }
+
+func mustAP(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }

@@ -2,6 +2,7 @@ package rewrite
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -55,6 +56,9 @@ func Rewrite(res *Result, m *Message, from Side, tr Translator) error {
 	res.reset()
 	if from != Inside && from != Outside {
 		return fmt.Errorf("rewrite: invalid side %d", from)
+	}
+	if !m.parsed {
+		return errors.New("rewrite: message was not parsed")
 	}
 	if err := res.planBody(m); err != nil {
 		return err
