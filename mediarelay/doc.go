@@ -2,4 +2,46 @@
 // server map: it receives in batches (recvmmsg), forwards each packet in place to the peer the
 // binding names, sends in batches (sendmmsg) from the relay port of the other side, latches on
 // the real source of each stream (symmetric RTP) and keeps per-stream counters.
+//
+// It is the data plane only. Package pinhole decides which relay ports a stream gets and how
+// long they live; package relay tells this package about them:
+//
+//	r, _ := mediarelay.New(mediarelay.Config{PortMin: 20000, PortMax: 29999, Events: ev})
+//	go r.Run(ctx)                                // workers and housekeeping; closes r on return
+//	c, _ := r.Reserve("udp", relayAddr)           // pinhole's port reservation hook, per port
+//	s, _ := r.AddStream(spec)                     // leg A (inside) <-> leg B (outside)
+//	r.UpdateStream(s, spec)                       // the answer, a re-INVITE, hold
+//	r.RemoveStream(s); c.Close()                  // BYE, CANCEL, idle: stream first, then ports
+//
+// # Receiving
+//
+// Fan-in (the fast path, with CAP_NET_ADMIN): New installs the nftables table inet sipcar,
+// whose TPROXY rule steers UDP addressed to any local address within the port range to one
+// transparent SO_REUSEPORT socket per worker (IP_TRANSPARENT, IP_RECVORIGDSTADDR); the
+// original destination port of each packet names its endpoint in a lock-free table indexed
+// by port. The table is replaced at start (so one left by a crash goes away) and removed by
+// Close. Fallback (without the privilege, said once in the log): every reserved port's socket
+// is read by a worker's epoll set. Both modes share everything after the receive.
+//
+// # Sending
+//
+// Fan-in workers write IPv4/IPv6 and UDP headers in the headroom in front of each received
+// payload and send a whole batch with one sendmmsg on a raw socket (the payload is never
+// copied), or, with [SendPerPort], send runs of packets from each relay port's own socket.
+// The benchmark (integration/bench) chose the default.
+//
+// # Latching
+//
+// Each relay port learns its peer (see [LatchLearn], [LatchStrict]); packets to a leg go to
+// its latched source, or to its SDP address until one is learned. Packets from other sources
+// are dropped and counted (RTP bleed). A leg whose peer is not known yet (an offer without
+// answer) receives nothing, but its own packets are relayed as soon as they latch it: early
+// media works.
+//
+// # Concurrency
+//
+// The packet path takes no lock that the control plane holds: the forwarding table and each
+// endpoint's peer are atomic pointers to immutable values, counters are atomic or guarded by
+// a per-endpoint mutex no other worker contends for. All exported methods are safe for
+// concurrent use. Linux only.
 package mediarelay

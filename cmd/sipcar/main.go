@@ -1,13 +1,114 @@
-// Command sipcar is a SIP-aware NAT relay. This build has no SIP transport yet (the relay issue
-// is open); it says so and exits with a non-zero status rather than pretend to relay calls.
+// Command sipcar is a SIP-aware NAT relay: a userspace SIP ALG that runs as a sidecar next to a
+// PBX or transparently on a NAT gateway. It is configured by SIPCAR_* environment variables;
+// `sipcar -h` lists them.
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
 	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/sipcar/sipcar/relay"
 )
 
 func main() {
-	fmt.Fprintln(os.Stderr, "sipcar: the SIP relay is not built yet (see README.md, Status); nothing to run")
-	os.Exit(1)
+	os.Exit(run(os.Args[1:], os.Environ(), os.Stdout, os.Stderr))
+}
+
+func run(args, environ []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		switch args[0] {
+		case "-h", "-help", "--help", "help":
+			printHelp(stdout)
+			return 0
+		case "show":
+			return show(args[1:], environ, stdout, stderr)
+		default:
+			fmt.Fprintf(stderr, "sipcar: unknown argument %q (try sipcar -h)\n", args[0])
+			return 2
+		}
+	}
+	cfg, err := loadConfig(environ)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 2
+	}
+	level, _ := parseLevel(cfg.LogLevel)
+	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewTextHandler(stderr, opts)
+	if cfg.LogFormat == "json" {
+		h = slog.NewJSONHandler(stderr, opts)
+	}
+	log := slog.New(h)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	rc, err := cfg.relayConfig(ctx, log)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 2
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	rc.Registerer = reg
+	r, err := relay.New(rc)
+	if err != nil {
+		fmt.Fprintln(stderr, "sipcar:", err)
+		return 1
+	}
+
+	relayCtx, stopRelay := context.WithCancel(context.Background())
+	defer stopRelay()
+	done := make(chan error, 1)
+	go func() { done <- r.Run(relayCtx) }()
+
+	var admin *http.Server
+	if cfg.AdminAddr.IsValid() {
+		admin = &http.Server{Addr: cfg.AdminAddr.String(), Handler: adminHandler(r, reg), ReadHeaderTimeout: 5 * time.Second}
+		go func() {
+			if err := admin.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("admin endpoint", "addr", cfg.AdminAddr, "err", err)
+			}
+		}()
+	}
+
+	select {
+	case err := <-done:
+		if err != nil {
+			fmt.Fprintln(stderr, "sipcar:", err)
+			return 1
+		}
+		return 0
+	case <-ctx.Done():
+	}
+	// SIGTERM: take no new calls, let the ones in progress end, then close.
+	log.Info("draining", "calls", r.ActiveCalls(), "timeout", cfg.DrainTimeout)
+	r.Drain()
+	deadline := time.Now().Add(cfg.DrainTimeout)
+	for r.ActiveCalls() > 0 && time.Now().Before(deadline) {
+		time.Sleep(200 * time.Millisecond)
+	}
+	stopRelay()
+	err = <-done
+	if admin != nil {
+		shut, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = admin.Shutdown(shut)
+		cancel()
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "sipcar:", err)
+		return 1
+	}
+	log.Info("stopped")
+	return 0
 }

@@ -1,0 +1,388 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// The payload after the 12-byte RTP header: send time, stream index, magic, run.
+const (
+	offSendTime = 12
+	offStream   = 20
+	offMagic    = 24
+	offRun      = 28
+	minPacket   = 32
+	magic       = 0x52544c44 // "RTLD"
+
+	batch     = 64
+	headroom  = 48 // IPv6 + UDP header, written in front of the payload
+	slotBytes = 2048
+	histMax   = 200_000 // latency histogram: 1 us buckets up to 200 ms, then one overflow bucket
+	nftTable  = "rtpload"
+)
+
+// stream is one direction of a call: from an endpoint to the relay, arriving at the other
+// endpoint.
+type stream struct {
+	src, dst netip.AddrPort
+	arrive   netip.AddrPort
+}
+
+type generator struct {
+	o       options
+	calls   int
+	streams []stream
+	raw     [2]int // per family: 0 IPv4, 1 IPv6; -1 unused
+	fanIn   [2]int
+	nft     bool
+	base    time.Time
+	runID   uint32 // tells this run's packets from those a relay still queues from an earlier one
+
+	warmupNs            int64
+	sent, sendErrors    atomic.Uint64
+	stopRecv            atomic.Bool
+	mu                  sync.Mutex // guards the receivers' merged results
+	hist                []uint64
+	received, misrouted uint64
+	stale               uint64
+}
+
+func fam(a netip.AddrPort) int {
+	if a.Addr().Is4() {
+		return 0
+	}
+	return 1
+}
+
+func newGenerator(calls []call, o options) (*generator, error) {
+	g := &generator{o: o, calls: len(calls), raw: [2]int{-1, -1}, fanIn: [2]int{-1, -1}, hist: make([]uint64, histMax+1)}
+	minPort, maxPort := uint16(65535), uint16(0)
+	for _, c := range calls {
+		g.streams = append(g.streams, stream{src: c.a, dst: c.relayA, arrive: c.b}, stream{src: c.b, dst: c.relayB, arrive: c.a})
+		for _, e := range []netip.AddrPort{c.a, c.b} {
+			minPort, maxPort = min(minPort, e.Port()), max(maxPort, e.Port())
+		}
+	}
+	var tport [2]uint16
+	for _, s := range g.streams {
+		f := fam(s.src)
+		if g.raw[f] >= 0 {
+			continue
+		}
+		var err error
+		if g.raw[f], err = openRaw(f == 0); err != nil {
+			g.close()
+			return nil, err
+		}
+		if o.flat {
+			continue // flat-out counts arrivals in nftables
+		}
+		if g.fanIn[f], tport[f], err = openFanIn(f == 0); err != nil {
+			g.close()
+			return nil, err
+		}
+	}
+	if err := runNft(nftScript(minPort, maxPort, tport, o.flat)); err != nil {
+		g.close()
+		return nil, err
+	}
+	g.nft = true
+	return g, nil
+}
+
+func (g *generator) close() {
+	for f := range 2 {
+		for _, fd := range []int{g.raw[f], g.fanIn[f]} {
+			if fd >= 0 {
+				unix.Close(fd)
+			}
+		}
+	}
+	if g.nft {
+		_ = runNft(fmt.Sprintf("table inet %s\ndelete table inet %s\n", nftTable, nftTable))
+	}
+}
+
+// run sends for the warm-up and the measurement, waits for late packets, and reports.
+func (g *generator) run(ctx context.Context) (result, error) {
+	g.base = time.Now()
+	g.runID = uint32(g.base.UnixNano()) | 1
+	g.warmupNs = int64(g.o.warmup)
+	var wg sync.WaitGroup
+	for f := range 2 {
+		if g.fanIn[f] >= 0 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				g.receive(g.fanIn[f])
+			}()
+		}
+	}
+	var counted uint64
+	var countErr error
+	countDone := make(chan struct{})
+	if g.o.flat {
+		// Count arrivals during the measurement only: reset at the end of the warm-up, read
+		// when sending stops.
+		go func() {
+			defer close(countDone)
+			select {
+			case <-time.After(g.o.warmup):
+			case <-ctx.Done():
+				return
+			}
+			if _, countErr = resetCounter(); countErr != nil {
+				return
+			}
+			select {
+			case <-time.After(g.o.duration):
+			case <-ctx.Done():
+			}
+			counted, countErr = resetCounter()
+		}()
+	} else {
+		close(countDone)
+	}
+	g.send(ctx)
+	<-countDone
+	if countErr != nil {
+		return result{}, countErr
+	}
+	if g.o.flat {
+		g.received = counted
+	}
+	select {
+	case <-time.After(g.o.drain):
+	case <-ctx.Done():
+	}
+	g.stopRecv.Store(true)
+	wg.Wait()
+
+	r := result{Calls: g.calls, Streams: len(g.streams), Flat: g.o.flat, Seconds: g.o.duration.Seconds(),
+		Sent: g.sent.Load(), SendErrors: g.sendErrors.Load(), Received: g.received, Misrouted: g.misrouted, Stale: g.stale}
+	if r.Sent > r.Received {
+		r.Lost = r.Sent - r.Received
+	}
+	if r.Sent > 0 {
+		r.LossPercent = 100 * float64(r.Lost) / float64(r.Sent)
+	}
+	r.SentPPS = float64(r.Sent) / r.Seconds
+	r.RecvPPS = float64(r.Received) / r.Seconds
+	r.P50us, r.P99us, r.P999us, r.MaxUs = g.percentile(0.5), g.percentile(0.99), g.percentile(0.999), g.percentile(1)
+	return r, nil
+}
+
+func (g *generator) percentile(q float64) float64 {
+	var total uint64
+	for _, n := range g.hist {
+		total += n
+	}
+	if total == 0 {
+		return 0
+	}
+	want := uint64(q * float64(total))
+	want = max(want, 1)
+	var seen uint64
+	for us, n := range g.hist {
+		seen += n
+		if seen >= want {
+			return float64(us)
+		}
+	}
+	return histMax
+}
+
+// send emits packet i of the run to stream i mod len(streams) at time i/rate (flat-out
+// without a rate: as fast as sendmmsg takes them), in batches of up to 64.
+func (g *generator) send(ctx context.Context) {
+	n := len(g.streams)
+	rate := g.o.pps * float64(n)
+	if g.o.rate > 0 {
+		rate = g.o.rate
+	}
+	unlimited := g.o.flat && g.o.rate == 0
+	end := g.o.warmup + g.o.duration
+	var slots [batch][slotBytes]byte
+	var iov [batch]unix.Iovec
+	var names [batch]unix.RawSockaddrInet6
+	var msgs [batch]unix.Mmsghdr
+	var byFam [2][]int
+	idx := 0
+	for ctx.Err() == nil {
+		elapsed := time.Since(g.base)
+		if elapsed >= end {
+			return
+		}
+		due := idx + batch
+		if !unlimited {
+			due = int(elapsed.Seconds()*rate) + 1
+			if due <= idx {
+				time.Sleep(time.Duration(float64(idx)/rate*float64(time.Second)) - elapsed)
+				continue
+			}
+		}
+		for idx < due {
+			k := min(due-idx, batch)
+			stamp := int64(time.Since(g.base))
+			byFam[0], byFam[1] = byFam[0][:0], byFam[1][:0]
+			for j := range k {
+				si := (idx + j) % n
+				s := &g.streams[si]
+				seq := uint32((idx + j) / n)
+				start := g.build(slots[j][:], s, si, seq, stamp)
+				pkt := slots[j][start : headroom+g.o.size]
+				iov[j] = unix.Iovec{Base: &pkt[0], Len: uint64(len(pkt))}
+				names[j] = rawName(s.dst)
+				msgs[j].Hdr = unix.Msghdr{Name: (*byte)(unsafe.Pointer(&names[j])), Namelen: nameLen(s.dst), Iov: &iov[j], Iovlen: 1}
+				byFam[fam(s.dst)] = append(byFam[fam(s.dst)], j)
+			}
+			var sent, failed int
+			for f := range 2 {
+				if len(byFam[f]) == 0 {
+					continue
+				}
+				var group [batch]unix.Mmsghdr
+				for i, j := range byFam[f] {
+					group[i] = msgs[j]
+				}
+				s, e := sendmmsg(g.raw[f], group[:len(byFam[f])])
+				sent, failed = sent+s, failed+e
+			}
+			if stamp >= g.warmupNs {
+				g.sent.Add(uint64(sent))
+				g.sendErrors.Add(uint64(failed))
+			}
+			idx += k
+		}
+	}
+}
+
+// build writes packet seq of stream si into slot and returns where it starts.
+func (g *generator) build(slot []byte, s *stream, si int, seq uint32, stamp int64) int {
+	p := slot[headroom : headroom+g.o.size]
+	p[0], p[1] = 0x80, 0
+	binary.BigEndian.PutUint16(p[2:], uint16(seq))
+	binary.BigEndian.PutUint32(p[4:], seq*160)
+	binary.BigEndian.PutUint32(p[8:], uint32(si+1))
+	binary.BigEndian.PutUint64(p[offSendTime:], uint64(stamp))
+	binary.BigEndian.PutUint32(p[offStream:], uint32(si))
+	binary.BigEndian.PutUint32(p[offMagic:], magic)
+	binary.BigEndian.PutUint32(p[offRun:], g.runID)
+	return putHeaders(slot, g.o.size, s.src, s.dst)
+}
+
+// receive reads packets from a fan-in socket until told to stop and records their latency.
+func (g *generator) receive(fd int) {
+	var slots [batch][slotBytes]byte
+	var iov [batch]unix.Iovec
+	var ctrl [batch][64]byte
+	var msgs [batch]unix.Mmsghdr
+	hist := make([]uint64, histMax+1)
+	var received, misrouted, stale uint64
+	for !g.stopRecv.Load() {
+		for j := range batch {
+			iov[j] = unix.Iovec{Base: &slots[j][0], Len: slotBytes}
+			msgs[j].Hdr = unix.Msghdr{Iov: &iov[j], Iovlen: 1, Control: &ctrl[j][0], Controllen: 64}
+		}
+		n, _, e := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&msgs[0])), batch,
+			unix.MSG_WAITFORONE, 0, 0)
+		if e != 0 {
+			continue // the receive timeout: look at the stop flag
+		}
+		now := int64(time.Since(g.base))
+		for j := range int(n) {
+			p := slots[j][:msgs[j].Len]
+			if len(p) < minPacket || binary.BigEndian.Uint32(p[offMagic:]) != magic {
+				misrouted++
+				continue
+			}
+			if binary.BigEndian.Uint32(p[offRun:]) != g.runID {
+				stale++
+				continue
+			}
+			si := int(binary.BigEndian.Uint32(p[offStream:]))
+			if si >= len(g.streams) || origDst(ctrl[j][:msgs[j].Hdr.Controllen]) != g.streams[si].arrive {
+				misrouted++
+				continue
+			}
+			stamp := int64(binary.BigEndian.Uint64(p[offSendTime:]))
+			if stamp < g.warmupNs {
+				continue
+			}
+			received++
+			us := (now - stamp) / 1000
+			hist[min(max(us, 0), histMax)]++
+		}
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.received += received
+	g.misrouted += misrouted
+	g.stale += stale
+	for i, n := range hist {
+		g.hist[i] += n
+	}
+}
+
+// nftScript returns the rules that deliver every endpoint port to the fan-in sockets on
+// tport, or, flat-out, count arrivals (counter "rx") and drop them: receiving them in
+// userspace would cost the generator as much as the relay spends forwarding them.
+func nftScript(minPort, maxPort uint16, tport [2]uint16, flat bool) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "table inet %s\ndelete table inet %s\ntable inet %s {\n", nftTable, nftTable, nftTable)
+	if flat {
+		fmt.Fprintf(&b, "\tcounter rx {}\n\tchain pre {\n\t\ttype filter hook prerouting priority raw; policy accept;\n")
+		fmt.Fprintf(&b, "\t\tudp dport %d-%d fib daddr type local counter name \"rx\" drop\n\t}\n}\n", minPort, maxPort)
+		return b.String()
+	}
+	b.WriteString("\tchain pre {\n\t\ttype filter hook prerouting priority mangle; policy accept;\n")
+	if tport[0] != 0 {
+		fmt.Fprintf(&b, "\t\tmeta nfproto ipv4 udp dport %d-%d fib daddr type local tproxy ip to :%d\n", minPort, maxPort, tport[0])
+	}
+	if tport[1] != 0 {
+		fmt.Fprintf(&b, "\t\tmeta nfproto ipv6 udp dport %d-%d fib daddr type local tproxy ip6 to :%d\n", minPort, maxPort, tport[1])
+	}
+	b.WriteString("\t}\n}\n")
+	return b.String()
+}
+
+// resetCounter reads and zeroes the flat-out arrival counter.
+func resetCounter() (uint64, error) {
+	out, err := exec.Command("nft", "reset", "counter", "inet", nftTable, "rx").CombinedOutput()
+	if err != nil {
+		return 0, fmt.Errorf("nft reset counter: %w: %s", err, bytes.TrimSpace(out))
+	}
+	f := strings.Fields(string(out))
+	for i := 0; i+1 < len(f); i++ {
+		if f[i] == "packets" {
+			var n uint64
+			if _, err := fmt.Sscan(f[i+1], &n); err != nil {
+				return 0, fmt.Errorf("nft reset counter: %q: %w", out, err)
+			}
+			return n, nil
+		}
+	}
+	return 0, fmt.Errorf("nft reset counter: no packet count in %q", out)
+}
+
+func runNft(script string) error {
+	cmd := exec.Command("nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(script)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("nft: %w: %s", err, strings.TrimSpace(out.String()))
+	}
+	return nil
+}

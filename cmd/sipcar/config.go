@@ -1,0 +1,319 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+
+	"github.com/sipcar/sipcar/mediarelay"
+	"github.com/sipcar/sipcar/pinhole"
+	"github.com/sipcar/sipcar/relay"
+)
+
+// config is sipcar's configuration: every field is one SIPCAR_ environment variable.
+type config struct {
+	Mode              string            `env:"MODE" envDefault:"upstream" help:"upstream (sidecar next to a PBX) or transparent (NAT gateway)"`
+	Upstream          sipURI            `env:"UPSTREAM" help:"the PBX, as a SIP URI: sip:pbx:5060;transport=udp (upstream mode)"`
+	PublicAddr        netip.Addr        `env:"PUBLIC_ADDR" help:"the address the world reaches sipcar at (required)"`
+	InsideAddr        netip.Addr        `env:"INSIDE_ADDR" help:"sipcar's inside-facing address (default: PUBLIC_ADDR)"`
+	InsideNets        []netip.Prefix    `env:"INSIDE_NETS" help:"CIDRs of the inside, comma-separated (default in upstream mode: the upstream's address)"`
+	ListenUDP         listenAddr        `env:"LISTEN_UDP" envDefault:":5060" help:"UDP SIP listener; empty disables"`
+	ListenTCP         listenAddr        `env:"LISTEN_TCP" envDefault:":5060" help:"TCP SIP listener; empty disables"`
+	ListenTLS         listenAddr        `env:"LISTEN_TLS" envDefault:"" help:"TLS SIP listener (e.g. :5061); needs TLS_CERT and TLS_KEY"`
+	TLSCert           string            `env:"TLS_CERT" help:"PEM certificate chain presented to phones"`
+	TLSKey            string            `env:"TLS_KEY" help:"PEM private key of TLS_CERT"`
+	TLSCA             string            `env:"TLS_CA" help:"PEM CA bundle that TLS next hops are verified against (default: system roots)"`
+	TLSInsecure       bool              `env:"TLS_INSECURE" envDefault:"false" help:"do not verify TLS next hops (testing only)"`
+	RTPPorts          pinhole.PortRange `env:"RTP_PORTS" envDefault:"20000-29999" help:"relay port range for RTP/RTCP pairs"`
+	SIPPorts          pinhole.PortRange `env:"SIP_PORTS" envDefault:"40000-49999" help:"port range of signaling bindings"`
+	SignalingTTL      time.Duration     `env:"SIGNALING_TTL" envDefault:"2m" help:"a signaling binding's lifetime after its last message"`
+	MediaTTL          time.Duration     `env:"MEDIA_TTL" envDefault:"50s" help:"a media pair's lifetime until its first packet"`
+	MediaIdleTTL      time.Duration     `env:"MEDIA_IDLE_TTL" envDefault:"60s" help:"a media pair's lifetime after its last packet"`
+	MaxCalls          int               `env:"MAX_CALLS" envDefault:"0" help:"cap on calls with media (0: the port range is the cap)"`
+	MaxCallsPerSource int               `env:"MAX_CALLS_PER_SOURCE" envDefault:"100" help:"cap on calls with media per source address (-1: none)"`
+	MediaMode         string            `env:"MEDIA_MODE" envDefault:"auto" help:"auto, fanin (nftables TPROXY, needs CAP_NET_ADMIN) or fallback (a socket per port)"`
+	AdminAddr         listenAddr        `env:"ADMIN_ADDR" envDefault:"127.0.0.1:9060" help:"admin HTTP endpoint (/healthz /readyz /metrics /servermap /sessions); empty disables"`
+	DrainTimeout      time.Duration     `env:"DRAIN_TIMEOUT" envDefault:"30s" help:"on SIGTERM, how long calls may go on before sipcar closes"`
+	LogLevel          string            `env:"LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`
+	LogFormat         string            `env:"LOG_FORMAT" envDefault:"text" help:"text or json"`
+}
+
+const envPrefix = "SIPCAR_"
+
+// sipURI is a SIP URI naming a host (an IP or a name, resolved once at start-up) and a port.
+type sipURI struct {
+	Host      string
+	Port      uint16
+	Transport string
+}
+
+func (u *sipURI) UnmarshalText(b []byte) error {
+	s := string(b)
+	if s == "" {
+		return nil
+	}
+	rest, ok := strings.CutPrefix(strings.ToLower(s), "sip:")
+	if !ok {
+		if rest, ok = strings.CutPrefix(strings.ToLower(s), "sips:"); !ok {
+			return errors.New("want a SIP URI such as sip:pbx:5060;transport=udp")
+		}
+		u.Transport = "tls"
+	}
+	if at := strings.LastIndexByte(rest, '@'); at >= 0 {
+		rest = rest[at+1:]
+	}
+	hostport, params, _ := strings.Cut(rest, ";")
+	for _, p := range strings.Split(params, ";") {
+		if v, ok := strings.CutPrefix(p, "transport="); ok {
+			u.Transport = v
+		}
+	}
+	if u.Transport == "" {
+		u.Transport = "udp"
+	}
+	if u.Transport != "udp" && u.Transport != "tcp" && u.Transport != "tls" {
+		return fmt.Errorf("transport %q: want udp, tcp or tls", u.Transport)
+	}
+	host, port, err := net.SplitHostPort(hostport)
+	if err != nil {
+		host, port = strings.Trim(hostport, "[]"), "5060"
+		if u.Transport == "tls" {
+			port = "5061"
+		}
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil || n == 0 || host == "" {
+		return fmt.Errorf("%q: want a host and a port from 1 to 65535", hostport)
+	}
+	u.Host, u.Port = host, uint16(n)
+	return nil
+}
+
+// listenAddr is host:port, :port (every address) or empty (disabled).
+type listenAddr struct{ netip.AddrPort }
+
+func (l *listenAddr) UnmarshalText(b []byte) error {
+	s := strings.TrimSpace(string(b))
+	if s == "" {
+		l.AddrPort = netip.AddrPort{}
+		return nil
+	}
+	if strings.HasPrefix(s, ":") {
+		s = "0.0.0.0" + s
+	}
+	a, err := netip.ParseAddrPort(s)
+	if err != nil {
+		return errors.New("want host:port, :port, or empty to disable")
+	}
+	l.AddrPort = a
+	return nil
+}
+
+// loadConfig reads the configuration from environ (KEY=value pairs). Its error lists every wrong
+// variable, one per line, by its name.
+func loadConfig(environ []string) (config, error) {
+	cfg, err := env.ParseAsWithOptions[config](env.Options{Prefix: envPrefix, Environment: env.ToMap(environ)})
+	var lines []string
+	if err != nil {
+		var agg env.AggregateError
+		if errors.As(err, &agg) {
+			for _, e := range agg.Errors {
+				lines = append(lines, describe(e))
+			}
+		} else {
+			lines = append(lines, err.Error())
+		}
+	}
+	bad := func(name, msg string) {
+		for _, l := range lines {
+			if strings.HasPrefix(l, envPrefix+name+":") {
+				return // already said why this variable is wrong
+			}
+		}
+		lines = append(lines, envPrefix+name+": "+msg)
+	}
+	switch cfg.Mode {
+	case "upstream":
+		if cfg.Upstream.Host == "" {
+			bad("UPSTREAM", "required in upstream mode: the PBX, e.g. sip:pbx:5060;transport=udp")
+		}
+	case "transparent":
+		if len(cfg.InsideNets) == 0 {
+			bad("INSIDE_NETS", "required in transparent mode: the CIDRs of the LAN behind the gateway")
+		}
+	default:
+		bad("MODE", fmt.Sprintf("%q: want upstream or transparent", cfg.Mode))
+	}
+	if !cfg.PublicAddr.IsValid() {
+		bad("PUBLIC_ADDR", "required: the address the world reaches sipcar at, e.g. 203.0.113.1")
+	}
+	if cfg.ListenTLS.IsValid() && (cfg.TLSCert == "" || cfg.TLSKey == "") {
+		bad("LISTEN_TLS", "needs SIPCAR_TLS_CERT and SIPCAR_TLS_KEY")
+	}
+	if cfg.RTPPorts.Len() < 2 {
+		bad("RTP_PORTS", "want a range of at least one even/odd pair, e.g. 20000-29999")
+	}
+	if cfg.MediaMode != "auto" && cfg.MediaMode != "fanin" && cfg.MediaMode != "fallback" {
+		bad("MEDIA_MODE", fmt.Sprintf("%q: want auto, fanin or fallback", cfg.MediaMode))
+	}
+	if _, err := parseLevel(cfg.LogLevel); err != nil {
+		bad("LOG_LEVEL", err.Error())
+	}
+	if cfg.LogFormat != "text" && cfg.LogFormat != "json" {
+		bad("LOG_FORMAT", fmt.Sprintf("%q: want text or json", cfg.LogFormat))
+	}
+	if len(lines) > 0 {
+		return cfg, errors.New(strings.Join(lines, "\n"))
+	}
+	return cfg, nil
+}
+
+// describe turns one error of the env library into a line that names the variable, not the Go
+// field (the library names fields in ParseError).
+func describe(err error) string {
+	var pe env.ParseError
+	if errors.As(err, &pe) {
+		if f, ok := reflect.TypeFor[config]().FieldByName(pe.Name); ok {
+			msg := pe.Err.Error()
+			var inner interface{ Unwrap() error }
+			if errors.As(pe.Err, &inner) && inner.Unwrap() != nil {
+				msg = inner.Unwrap().Error()
+			}
+			return envPrefix + f.Tag.Get("env") + ": " + msg
+		}
+	}
+	return err.Error()
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, fmt.Errorf("%q: want debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+// printHelp lists every variable with its default.
+func printHelp(w io.Writer) {
+	fmt.Fprintln(w, "sipcar: a SIP-aware NAT relay (userspace SIP ALG). Configured by environment variables:")
+	fmt.Fprintln(w)
+	t := reflect.TypeFor[config]()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		def := f.Tag.Get("envDefault")
+		if def == "" {
+			def = "(none)"
+		}
+		fmt.Fprintf(w, "  %s%-22s default %-16s %s\n", envPrefix, f.Tag.Get("env"), def, f.Tag.Get("help"))
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Commands: sipcar (run), sipcar show servermap|sessions (from a running instance's admin endpoint).")
+}
+
+// relayConfig turns the configuration into the relay's, resolving the upstream's name.
+func (c config) relayConfig(ctx context.Context, log *slog.Logger) (relay.Config, error) {
+	rc := relay.Config{
+		InsideNets: c.InsideNets,
+		ListenUDP:  c.ListenUDP.AddrPort,
+		ListenTCP:  c.ListenTCP.AddrPort,
+		ListenTLS:  c.ListenTLS.AddrPort,
+		Logger:     log,
+	}
+	if c.Mode == "transparent" {
+		rc.Mode = relay.Transparent
+	}
+	if c.Upstream.Host != "" {
+		ip, err := resolve(ctx, c.Upstream.Host)
+		if err != nil {
+			return rc, fmt.Errorf("%sUPSTREAM: %w", envPrefix, err)
+		}
+		rc.Upstream = netip.AddrPortFrom(ip, c.Upstream.Port)
+		rc.UpstreamTransport = c.Upstream.Transport
+		if len(rc.InsideNets) == 0 {
+			rc.InsideNets = []netip.Prefix{netip.PrefixFrom(ip, ip.BitLen())}
+		}
+	}
+	inside := c.InsideAddr
+	if !inside.IsValid() {
+		inside = c.PublicAddr
+	}
+	rc.Map = pinhole.Config{
+		Inside:            addrs(inside),
+		Public:            addrs(c.PublicAddr),
+		MediaPorts:        c.RTPPorts,
+		SignalingPorts:    c.SIPPorts,
+		SignalingLifetime: c.SignalingTTL,
+		MediaSetup:        c.MediaTTL,
+		MediaIdle:         c.MediaIdleTTL,
+		MaxCalls:          c.MaxCalls,
+		MaxCallsPerSource: c.MaxCallsPerSource,
+	}
+	rc.Media = mediarelay.Config{IdleTimeout: c.MediaIdleTTL, Logger: log}
+	switch c.MediaMode {
+	case "fanin":
+		rc.Media.Mode = mediarelay.ModeFanIn
+	case "fallback":
+		rc.Media.Mode = mediarelay.ModeFallback
+	}
+	if c.ListenTLS.IsValid() {
+		cert, err := tls.LoadX509KeyPair(c.TLSCert, c.TLSKey)
+		if err != nil {
+			return rc, fmt.Errorf("%sTLS_CERT/%sTLS_KEY: %w", envPrefix, envPrefix, err)
+		}
+		rc.TLS = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
+	}
+	client := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: c.TLSInsecure}
+	if c.TLSCA != "" {
+		pem, err := os.ReadFile(c.TLSCA)
+		if err != nil {
+			return rc, fmt.Errorf("%sTLS_CA: %w", envPrefix, err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return rc, fmt.Errorf("%sTLS_CA: no PEM certificate in %s", envPrefix, c.TLSCA)
+		}
+		client.RootCAs = pool
+	}
+	rc.ClientTLS = client
+	return rc, nil
+}
+
+func addrs(a netip.Addr) pinhole.Addrs {
+	if a.Is4() || a.Is4In6() {
+		return pinhole.Addrs{IPv4: a.Unmap()}
+	}
+	return pinhole.Addrs{IPv6: a}
+}
+
+func resolve(ctx context.Context, host string) (netip.Addr, error) {
+	if ip, err := netip.ParseAddr(host); err == nil {
+		return ip, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil || len(ips) == 0 {
+		return netip.Addr{}, fmt.Errorf("resolve %s: %v", host, err)
+	}
+	return ips[0].Unmap(), nil
+}
+
+func netipLoopback(l listenAddr) netip.AddrPort {
+	if l.Addr().Is6() {
+		return netip.AddrPortFrom(netip.IPv6Loopback(), l.Port())
+	}
+	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), l.Port())
+}

@@ -1,0 +1,205 @@
+#!/usr/bin/env bash
+# Media relay benchmark: sipcar's mediarelay (fan-in and fallback), rtpengine in userspace
+# mode, and a minimal C recvmmsg/sendmmsg forwarder, measured in one run on this machine with
+# cmd/rtpload. Prints one table.
+#
+# Topology: two network namespaces made here and removed on exit.
+#   gen   198.18.0.2 (ga0) == in0  198.18.0.1   relay
+#   gen 198.51.100.2 (gb0) == out0 198.51.100.1 relay
+# rtpload (gen) plays both ends of every call; the relay under test runs in relay. The relay
+# is pinned to CPU 0 and the generator to CPU 1.
+#
+# Usage (root): integration/bench/run.sh [-q]   (-q: short runs, for a smoke test)
+# Environment: CALLS="500 1000 2000" (load points), SECONDS_PER_RUN=10, SAT_CALLS=500,
+# RELAYS="sipcar-fanin sipcar-fallback rtpengine cfwd".
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+calls_list=${CALLS:-"500 1000 2000"}
+run_secs=${SECONDS_PER_RUN:-10}
+sat_calls=${SAT_CALLS:-500}
+relays=${RELAYS:-"sipcar-fanin sipcar-fallback rtpengine cfwd"}
+if [ "${1:-}" = "-q" ]; then calls_list=${CALLS:-"500"}; run_secs=${SECONDS_PER_RUN:-2}; fi
+max_calls=0
+for c in $calls_list $sat_calls; do [ "$c" -gt "$max_calls" ] && max_calls=$c; done
+
+[ "$(id -u)" = 0 ] || { echo "run as root (namespaces, nftables, raw sockets)" >&2; exit 1; }
+if ! command -v rtpengine >/dev/null || ! command -v gcc >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rtpengine-daemon gcc libc6-dev >&2
+fi
+for tool in ip nft taskset gcc go; do
+  command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
+done
+
+work=$(mktemp -d)
+tag="scb$$"
+gen="${tag}g"
+relay="${tag}r"
+relay_pid=""
+cleanup() {
+  if [ -n "$relay_pid" ]; then kill "$relay_pid" 2>/dev/null || true; wait "$relay_pid" 2>/dev/null || true; fi
+  ip netns del "$gen" 2>/dev/null || true
+  ip netns del "$relay" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "building..." >&2
+(cd "$root" && go build -o "$work/rtpload" ./cmd/rtpload && go build -o "$work/relayd" ./integration/bench/relayd \
+  && go build -o "$work/ngctl" ./integration/bench/ngctl)
+gcc -O2 -Wall -Wextra -o "$work/cfwd" "$here/cfwd.c"
+
+# --- namespaces -------------------------------------------------------------------------
+for ns in "$gen" "$relay"; do
+  ip netns add "$ns"
+  ip -n "$ns" link set lo up
+  ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+done
+ip link add in0 netns "$relay" address 02:00:00:00:01:01 type veth peer name ga0 netns "$gen" address 02:00:00:00:01:02
+ip link add out0 netns "$relay" address 02:00:00:00:02:01 type veth peer name gb0 netns "$gen" address 02:00:00:00:02:02
+ip -n "$relay" addr add 198.18.0.1/24 dev in0
+ip -n "$relay" addr add 198.51.100.1/24 dev out0
+ip -n "$gen" addr add 198.18.0.2/24 dev ga0
+ip -n "$gen" addr add 198.51.100.2/24 dev gb0
+for l in "$relay in0" "$relay out0" "$gen ga0" "$gen gb0"; do set -- $l; ip -n "$1" link set "$2" up; done
+ip -n "$relay" neigh replace 198.18.0.2 lladdr 02:00:00:00:01:02 dev in0 nud permanent
+ip -n "$relay" neigh replace 198.51.100.2 lladdr 02:00:00:00:02:02 dev out0 nud permanent
+ip -n "$gen" neigh replace 198.18.0.1 lladdr 02:00:00:00:01:01 dev ga0 nud permanent
+ip -n "$gen" neigh replace 198.51.100.1 lladdr 02:00:00:00:02:01 dev gb0 nud permanent
+
+# Static call layout for sipcar and the C forwarder: call i uses relay ports 20000+4i (A,
+# +1 RTCP) and 20002+4i (B); the endpoints are 198.18.0.2:30000+2i and 198.51.100.2:40000+2i.
+static_pairs="$work/pairs-static"
+for ((i = 0; i < max_calls; i++)); do
+  echo "198.18.0.2:$((30000 + 2 * i)) 198.18.0.1:$((20000 + 4 * i)) 198.51.100.2:$((40000 + 2 * i)) 198.51.100.1:$((20002 + 4 * i))"
+done >"$static_pairs"
+
+# --- measuring ----------------------------------------------------------------------------
+clk_tck=$(getconf CLK_TCK)
+# busy jiffies of CPU 0 (user nice system irq softirq steal): the relay's core, including the
+# kernel's work for its packets (softirq of the veth it sends into).
+cpu0_busy() { awk '$1 == "cpu0" { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+proc_jiffies() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+json_field() { sed -n "s/.*\"$2\":\([-0-9.e+]*\).*/\1/p" <<<"$1"; }
+
+start_relay() { # name -> sets relay_pid, pairs
+  local name=$1 log="$work/$1.log"
+  pairs=$static_pairs
+  case $name in
+    sipcar-fanin) ip netns exec "$relay" taskset -c 0 "$work/relayd" -pairs "$pairs" -mode fanin 2>"$log" & ;;
+    sipcar-fanin-perport) ip netns exec "$relay" taskset -c 0 "$work/relayd" -pairs "$pairs" -mode fanin-perport 2>"$log" & ;;
+    sipcar-fallback) ip netns exec "$relay" taskset -c 0 "$work/relayd" -pairs "$pairs" -mode fallback 2>"$log" & ;;
+    cfwd) ip netns exec "$relay" taskset -c 0 "$work/cfwd" "$pairs" 2>"$log" & ;;
+    rtpengine)
+      ip netns exec "$relay" taskset -c 0 rtpengine --config-file=none --foreground --log-stderr --log-level=3 \
+        --table=-1 --interface=in/198.18.0.1 --interface=out/198.51.100.1 --listen-ng=127.0.0.1:2223 \
+        --port-min=20000 --port-max=29999 --num-threads=1 --timeout=600 --pidfile="$work/rtpengine.pid" 2>"$log" & ;;
+    *) echo "unknown relay $name" >&2; exit 1 ;;
+  esac
+  relay_pid=$!
+  local ready="calls"
+  [ "$name" = rtpengine ] && ready="" # ngctl's ping waits for it
+  for _ in $(seq 100); do
+    if [ -z "$ready" ] || grep -q "$ready" "$log"; then break; fi
+    kill -0 "$relay_pid" 2>/dev/null || { cat "$log" >&2; exit 1; }
+    sleep 0.1
+  done
+  if [ "$name" = rtpengine ]; then
+    pairs="$work/pairs-rtpengine"
+    for _ in $(seq 50); do
+      ip netns exec "$relay" "$work/ngctl" -calls "$max_calls" -o "$pairs" 2>"$work/ngctl.log" && break
+      sleep 0.2
+    done
+    [ -s "$pairs" ] || { cat "$work/ngctl.log" "$log" >&2; exit 1; }
+  fi
+}
+
+stop_relay() {
+  kill "$relay_pid" 2>/dev/null || true
+  wait "$relay_pid" 2>/dev/null || true
+  relay_pid=""
+}
+
+# wait_idle waits until CPU 0 is nearly idle: a relay drains what an overload left queued.
+wait_idle() {
+  local a b
+  for _ in $(seq 40); do
+    a=$(cpu0_busy); sleep 0.25; b=$(cpu0_busy)
+    [ $((b - a)) -le $((clk_tck / 40 + 1)) ] && return 0
+  done
+}
+
+# load NAME CALLS RATE -> prints "recv_pps loss% p50 p99 p999 cpu0_ns_per_pkt relay_ns_per_pkt".
+# RATE 0: 50 packets/s per stream with latency; a number or "max": flat-out at that rate.
+load() {
+  local name=$1 calls=$2 flat=$3 args=(-pairs "$pairs" -calls "$2" -duration "${run_secs}s" -warmup 1s -json)
+  case $flat in
+    0) ;;
+    max) args+=(-flat) ;;
+    *) args+=(-flat -rate "$flat") ;;
+  esac
+  wait_idle
+  ip netns exec "$gen" taskset -c 1 "$work/rtpload" "${args[@]}" >"$work/out.json" 2>"$work/rtpload.log" &
+  local lp=$!
+  sleep 1.1 # the warm-up
+  local c0 p0 c1 p1
+  c0=$(cpu0_busy); p0=$(proc_jiffies "$relay_pid")
+  sleep "$run_secs"
+  c1=$(cpu0_busy); p1=$(proc_jiffies "$relay_pid")
+  wait "$lp" || { cat "$work/rtpload.log" >&2; exit 1; }
+  local j recv
+  j=$(cat "$work/out.json")
+  [ -n "${VERBOSE:-}" ] && echo "$name $calls flat=$flat: $j cpu0 $((c1 - c0)) relay $((p1 - p0)) jiffies" >&2
+  recv=$(json_field "$j" received)
+  awk -v r="$recv" -v s="$run_secs" -v c="$((c1 - c0))" -v p="$((p1 - p0))" -v hz="$clk_tck" \
+    -v pps="$(json_field "$j" received_pps)" -v loss="$(json_field "$j" loss_percent)" \
+    -v p50="$(json_field "$j" p50_us)" -v p99="$(json_field "$j" p99_us)" -v p999="$(json_field "$j" p999_us)" \
+    'BEGIN { r = r > 0 ? r : 1; printf "%.0f %.3f %.0f %.0f %.0f %.0f %.0f\n", pps, loss, p50, p99, p999, c / hz * 1e9 / r, p / hz * 1e9 / r }'
+}
+
+# Saturation: offered rates stepped up (packets/s, both directions together, over SAT_CALLS
+# calls), each on a freshly started relay, arrivals counted by nftables; "max" is flat-out.
+sat_rates=${SAT_RATES:-"50000 80000 110000 140000 170000 200000 250000 max"}
+[ "${1:-}" = "-q" ] && sat_rates=${SAT_RATES:-"100000 max"}
+
+echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+declare -A res
+for name in $relays; do
+  echo "measuring $name..." >&2
+  for c in $calls_list; do
+    start_relay "$name"
+    res[$name,$c]=$(load "$name" "$c" 0)
+    stop_relay
+  done
+  best="0 100 0 0 0 0 0"
+  for rate in $sat_rates; do
+    start_relay "$name"
+    r=$(load "$name" "$sat_calls" "$rate")
+    stop_relay
+    read -r pps loss _ <<<"$r"
+    read -r bpps _ <<<"$best"
+    if awk -v l="$loss" -v p="$pps" -v b="$bpps" 'BEGIN { exit !(l <= 1 && p > b) }'; then best=$r; fi
+  done
+  res[$name,sat]=$best
+  grep -E "forwarded|dropped" "$work/$name.log" >&2 || true
+done
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+
+# --- the table ------------------------------------------------------------------------------
+printf '\nrelay on CPU 0, rtpload on CPU 1; 172-byte RTP; %ss per point; saturation: flat-out with %s calls\n' "$run_secs" "$sat_calls"
+printf '%-16s | %10s %7s %7s |' relay "sat pkt/s" "ns/pkt" "proc ns"
+for c in $calls_list; do printf ' %-41s |' "$c calls: loss p50/p99/p99.9us ns/pkt cpu0/proc"; done
+printf '\n'
+for name in $relays; do
+  read -r pps _ _ _ _ cpu0 proc <<<"${res[$name,sat]}"
+  printf '%-16s | %10s %7s %7s |' "$name" "$pps" "$cpu0" "$proc"
+  for c in $calls_list; do
+    read -r _ loss p50 p99 p999 cpu0 proc <<<"${res[$name,$c]}"
+    printf ' %7s%% %5s/%5s/%6s %6s/%6s |' "$loss" "$p50" "$p99" "$p999" "$cpu0" "$proc"
+  done
+  printf '\n'
+done
+printf '\nsat pkt/s: the highest rate delivered with at most 1%% loss over the offered rates (%s).\n' "$sat_rates"
+printf 'ns/pkt: busy time of CPU 0 (user, system, softirq; other processes on it too) per packet delivered;\n'
+printf 'proc ns: the relay process'"'"'s own CPU time (user+system) per packet delivered.\n'

@@ -1,0 +1,139 @@
+package mediarelay
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"time"
+)
+
+// Mode chooses how relay ports receive packets.
+type Mode uint8
+
+const (
+	// ModeAuto uses fan-in when the process may install nftables rules and open transparent
+	// sockets (CAP_NET_ADMIN), and falls back to a socket per relay port otherwise, saying so
+	// once in the log.
+	ModeAuto Mode = iota
+	// ModeFanIn requires fan-in: an nftables TPROXY rule steers the whole port range to one
+	// transparent socket per worker. New fails when it cannot be set up.
+	ModeFanIn
+	// ModeFallback reads every relay port from its own socket and needs no privilege.
+	ModeFallback
+)
+
+func (m Mode) String() string {
+	switch m {
+	case ModeAuto:
+		return "auto"
+	case ModeFanIn:
+		return "fan-in"
+	case ModeFallback:
+		return "fallback"
+	}
+	return fmt.Sprintf("Mode(%d)", uint8(m))
+}
+
+// SendScheme chooses how fan-in workers send. Both leave from the relay port of the other leg;
+// the fallback mode always sends from the per-port sockets.
+type SendScheme uint8
+
+const (
+	// SendRaw writes IP and UDP headers in front of each payload, in the receive buffer, and
+	// sends a whole batch with one sendmmsg on a raw socket (IPPROTO_RAW). It needs
+	// CAP_NET_RAW; the fastest scheme on the benchmark (integration/bench).
+	SendRaw SendScheme = iota
+	// SendPerPort sends from the socket bound to each relay port, one sendmmsg per run of
+	// packets leaving from the same port.
+	SendPerPort
+)
+
+func (s SendScheme) String() string {
+	switch s {
+	case SendRaw:
+		return "raw"
+	case SendPerPort:
+		return "per-port"
+	}
+	return fmt.Sprintf("SendScheme(%d)", uint8(s))
+}
+
+// Defaults for the zero values of [Config].
+const (
+	DefaultLatchWindow = 3 * time.Second
+	DefaultIdleTimeout = 50 * time.Second
+)
+
+// Config configures a [Relay]. The zero value of every field but the port range is usable.
+type Config struct {
+	// PortMin and PortMax bound the relay port range, inclusive. Every relay port a stream
+	// uses lies in it; in fan-in mode the nftables rule steers exactly this range.
+	PortMin, PortMax uint16
+
+	Mode Mode
+	// FanInSend chooses the send scheme of fan-in workers (default SendRaw). Without
+	// CAP_NET_RAW a fan-in relay uses SendPerPort.
+	FanInSend SendScheme
+
+	// Workers is the number of packet goroutines, one fan-in socket each (default
+	// GOMAXPROCS, which follows the CPU affinity of the process).
+	Workers int
+
+	// LatchWindow is how long a leg learning its peer keeps accepting the SDP address after it
+	// latched on another source (default 3 s). See [LatchLearn].
+	LatchWindow time.Duration
+	// IdleTimeout is how long a stream that is not on hold may go without a packet before
+	// [Events.Idle] reports it (default 50 s).
+	IdleTimeout time.Duration
+
+	// Events receives latching and idle reports; nil discards them.
+	Events Events
+	// Logger defaults to discarding.
+	Logger *slog.Logger
+	// Clock stamps packet arrivals (jitter, last packet time); default time.Now. Timers (latch
+	// window, idle timeout) run on the time package in the relay's housekeeping goroutine.
+	Clock func() time.Time
+}
+
+func (c Config) withDefaults() (Config, error) {
+	var errs []error
+	if c.PortMin == 0 || c.PortMax < c.PortMin {
+		errs = append(errs, fmt.Errorf("relay port range %d-%d: want 1 <= min <= max", c.PortMin, c.PortMax))
+	}
+	if c.Mode > ModeFallback {
+		errs = append(errs, fmt.Errorf("mode %d: unknown", c.Mode))
+	}
+	if c.FanInSend > SendPerPort {
+		errs = append(errs, fmt.Errorf("fan-in send scheme %d: unknown", c.FanInSend))
+	}
+	if c.Workers < 0 || c.LatchWindow < 0 || c.IdleTimeout < 0 {
+		errs = append(errs, errors.New("workers, latch window and idle timeout must not be negative"))
+	}
+	if len(errs) > 0 {
+		return c, errors.Join(errs...)
+	}
+	if c.Workers == 0 {
+		c.Workers = runtime.GOMAXPROCS(0)
+	}
+	if c.LatchWindow == 0 {
+		c.LatchWindow = DefaultLatchWindow
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = DefaultIdleTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Clock == nil {
+		c.Clock = time.Now
+	}
+	return c, nil
+}
+
+// sweepInterval is how often housekeeping looks at every stream: often enough that latch
+// windows and idle timeouts end within a quarter of the shorter one, at most once a second.
+func (c Config) sweepInterval() time.Duration {
+	d := min(c.LatchWindow, c.IdleTimeout) / 4
+	return max(min(d, time.Second), time.Millisecond)
+}

@@ -1,0 +1,34 @@
+package mediarelay
+
+// The relay-wide counters live in the workers (atomic, one set per worker so that the packet
+// path never shares a cache line with another worker) and are summed on demand, for the
+// session table and for a Prometheus collector (go.sum lacks client_golang's own
+// dependencies, so the collector is left to the package that wires metrics).
+
+// Drop reasons, as they appear in [Counters].
+const (
+	DropUnknownPort = "unknown_port" // no stream on the port, or addressed to another address
+	DropBleed       = "bleed"        // not from the latched (strict: the SDP) peer
+	DropNoPeer      = "no_peer"      // the other leg's peer is not known yet
+	DropTruncated   = "truncated"    // larger than the relay's buffers
+	DropSend        = "send_error"   // the kernel refused to send it
+)
+
+// Counters is a snapshot of the relay-wide packet counters.
+type Counters struct {
+	Forwarded uint64            // packets sent to the other leg
+	Dropped   map[string]uint64 // packets not relayed, by reason (Drop*)
+}
+
+// Counters sums the workers' counters. Safe to call at any time.
+func (r *Relay) Counters() Counters {
+	c := Counters{Dropped: make(map[string]uint64, numDrops)}
+	for _, w := range r.workers {
+		c.Forwarded += w.queued.Load()
+		for i := range numDrops {
+			c.Dropped[dropReasons[i]] += w.drops[i].Load()
+		}
+		c.Forwarded -= w.drops[dropSend].Load()
+	}
+	return c
+}

@@ -1,0 +1,62 @@
+package mediarelay
+
+import "testing"
+
+// pairSpec is a stream between the phone (inside, leg A) and remote (outside, leg B): relay
+// ports 20000/20001 facing the phone, 20002/20003 facing remote.
+func pairSpec(f ipFamily) StreamSpec {
+	return StreamSpec{
+		CallID: "call-1@phone",
+		A:      LegSpec{RTP: f.at(f.sipcarIn, 20000), RTCP: f.at(f.sipcarIn, 20001), Peer: f.at(f.phone, 30000)},
+		B:      LegSpec{RTP: f.at(f.sipcarOut, 20002), RTCP: f.at(f.sipcarOut, 20003), Peer: f.at(f.remote, 40000)},
+	}
+}
+
+func forEachMode(t *testing.T, fn func(t *testing.T, m relayMode, f ipFamily)) {
+	for _, m := range relayModes {
+		for _, f := range families {
+			t.Run(m.name+"/"+f.name, func(t *testing.T) { fn(t, m, f) })
+		}
+	}
+}
+
+func TestForwardRTPAndRTCPBothWays(t *testing.T) {
+	forEachMode(t, func(t *testing.T, m relayMode, f ipFamily) {
+		l := newLab(t)
+		r := l.startRelay(t, m, Config{})
+		spec := pairSpec(f)
+		phone, phoneRTCP := l.listen(t, l.phone, spec.A.Peer.String()), l.listen(t, l.phone, f.at(f.phone, 30001).String())
+		remote, remoteRTCP := l.listen(t, l.remote, spec.B.Peer.String()), l.listen(t, l.remote, f.at(f.remote, 40001).String())
+		s := addStream(t, r, spec)
+
+		for i := range 3 {
+			out := rtpPacket(uint16(100+i), uint32(160*i), 0xa, byte(i))
+			phone.send(spec.A.RTP, out)
+			remote.expect(out, spec.B.RTP)
+			back := rtpPacket(uint16(700+i), uint32(160*i), 0xb, byte(i))
+			remote.send(spec.B.RTP, back)
+			phone.expect(back, spec.A.RTP)
+		}
+		rr := rtcpPacket(0xa, 1)
+		phoneRTCP.send(spec.A.RTCP, rr)
+		remoteRTCP.expect(rr, spec.B.RTCP)
+		rr = rtcpPacket(0xb, 2)
+		remoteRTCP.send(spec.B.RTCP, rr)
+		phoneRTCP.expect(rr, spec.A.RTCP)
+
+		st := s.Stats()
+		if st.A.RTP.Packets != 3 || st.B.RTP.Packets != 3 || st.A.RTCP.Packets != 1 || st.B.RTCP.Packets != 1 {
+			t.Errorf("received counts A rtp %d rtcp %d, B rtp %d rtcp %d; want 3 1 3 1",
+				st.A.RTP.Packets, st.A.RTCP.Packets, st.B.RTP.Packets, st.B.RTCP.Packets)
+		}
+		if st.A.Sent.Packets != 4 || st.B.Sent.Packets != 4 {
+			t.Errorf("sent A %d B %d, want 4 each", st.A.Sent.Packets, st.B.Sent.Packets)
+		}
+		if st.A.Peer != spec.A.Peer || st.B.Peer != spec.B.Peer || !st.A.Final || !st.B.Final {
+			t.Errorf("latched A %v (final %v) B %v (final %v), want the SDP addresses, final", st.A.Peer, st.A.Final, st.B.Peer, st.B.Final)
+		}
+		if got := r.Counters().Forwarded; got != 8 {
+			t.Errorf("Counters().Forwarded = %d, want 8", got)
+		}
+	})
+}

@@ -1,0 +1,224 @@
+package mediarelay
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync/atomic"
+)
+
+// Leg names one of the two legs of a stream: a relay port (pair) and the peer it faces.
+type Leg uint8
+
+const (
+	LegA Leg = iota // the leg facing the inside
+	LegB            // the leg facing the outside
+)
+
+func (l Leg) String() string {
+	if l == LegA {
+		return "A"
+	}
+	return "B"
+}
+
+// LatchMode says from which sources a leg accepts packets.
+type LatchMode uint8
+
+const (
+	// LatchLearn (symmetric RTP): a packet from the SDP address latches the leg on it for good;
+	// otherwise the first packet's source is latched, and a packet from the SDP address may
+	// still take over during [Config.LatchWindow]. After the window the peer is final. Packets
+	// from any other source are dropped and counted (RTP bleed).
+	LatchLearn LatchMode = iota
+	// LatchStrict accepts packets only from the SDP address.
+	LatchStrict
+)
+
+// LegSpec describes one leg of a stream.
+type LegSpec struct {
+	// RTP is the relay's own address on this leg: packets from the peer arrive here, and
+	// packets to the peer leave from here. Its port must be reserved through [Relay.Reserve].
+	RTP netip.AddrPort
+	// RTCP is the relay's RTCP address on this leg, reserved likewise. It is ignored when Mux.
+	RTCP netip.AddrPort
+	// Mux says this leg carries RTCP on its RTP port (a=rtcp-mux): packets with payload type
+	// 200-207 are RTCP.
+	Mux bool
+	// Peer is the peer's RTP address as its SDP says; the zero value while it is not known
+	// (an offer not yet answered). Packets to the peer go here until it is latched.
+	Peer netip.AddrPort
+	// PeerRTCP is the peer's RTCP address (a=rtcp); zero means Peer's port + 1. Ignored when Mux.
+	PeerRTCP netip.AddrPort
+	Latch    LatchMode
+}
+
+// StreamSpec describes one media stream: a packet arriving on leg A's port from A's peer
+// leaves from leg B's port to B's peer, and the other way round.
+type StreamSpec struct {
+	CallID string // the call the stream belongs to; for events and logs
+	A, B   LegSpec
+	// Hold marks a stream on hold (a=sendonly, a=inactive): it is never reported idle.
+	Hold bool
+	// ClockRate is the RTP clock rate in Hz, for jitter (default 8000).
+	ClockRate uint32
+}
+
+func (s *StreamSpec) leg(l Leg) *LegSpec {
+	if l == LegA {
+		return &s.A
+	}
+	return &s.B
+}
+
+// Stream is a media stream the relay forwards, from [Relay.AddStream] until
+// [Relay.RemoveStream]. Its methods are safe for concurrent use.
+type Stream struct {
+	callID    string
+	eps       [4]*endpoint // epIndex(leg, rtcp); RTCP entries nil on a muxed leg
+	hold      atomic.Bool
+	clockRate atomic.Uint32
+	removed   atomic.Bool
+
+	hk streamHousekeeping // owned by the housekeeping goroutine
+}
+
+// CallID returns the Call-ID the stream was added with.
+func (s *Stream) CallID() string { return s.callID }
+
+func epIndex(l Leg, rtcp bool) int {
+	i := int(l) * 2
+	if rtcp {
+		i++
+	}
+	return i
+}
+
+// endpoint is one relay port of a stream: where one leg's RTP (or, on a non-muxed leg, RTCP)
+// arrives from and leaves to that leg's peer.
+type endpoint struct {
+	stream *Stream
+	leg    Leg
+	rtcp   bool // the RTCP port of a non-muxed leg
+	mux    bool // the RTP port of a muxed leg
+	local  netip.AddrPort
+	sock   *portSocket
+	// outRTP and outRTCP are where packets arriving here leave: the other leg's RTP endpoint,
+	// and its RTCP endpoint (its RTP endpoint when that leg is muxed).
+	outRTP, outRTCP *endpoint
+
+	peer atomic.Pointer[peerState]
+	rx   rxStats
+	sent counter
+}
+
+// latchState is how far an endpoint has learned its peer.
+type latchState uint8
+
+const (
+	latchNone      latchState = iota // no packet yet: send to the SDP address
+	latchTentative                   // latched on a source other than the SDP address, window open
+	latchFinal                       // latched for good
+)
+
+// peerState is an endpoint's view of its peer. It is immutable: a change installs a new one
+// with CompareAndSwap, so packet goroutines read it without locks.
+type peerState struct {
+	state  latchState
+	strict bool
+	sdp    netip.AddrPort // the SDP address; invalid when not known
+	addr   netip.AddrPort // the latched source; invalid when latchNone
+	// dst is where packets to the peer go (addr when latched, else sdp), encoded for sendmmsg.
+	dst sockaddr
+}
+
+func newPeerState(state latchState, strict bool, sdp, addr netip.AddrPort) *peerState {
+	p := &peerState{state: state, strict: strict, sdp: sdp, addr: addr}
+	if state == latchNone {
+		p.dst.set(sdp)
+	} else {
+		p.dst.set(addr)
+	}
+	return p
+}
+
+// accept applies the latching rules to a packet from src and reports whether it is the peer's.
+// It allocates only when the peer changes, which happens at most a few times per stream.
+func (e *endpoint) accept(src netip.AddrPort) bool {
+	for {
+		p := e.peer.Load()
+		var next *peerState
+		switch {
+		case p.state == latchFinal:
+			return src == p.addr
+		case p.state == latchTentative && src == p.addr:
+			return true
+		case src == p.sdp:
+			next = newPeerState(latchFinal, p.strict, p.sdp, src)
+		case p.strict || p.state == latchTentative:
+			return false
+		default:
+			next = newPeerState(latchTentative, p.strict, p.sdp, src)
+		}
+		if e.peer.CompareAndSwap(p, next) {
+			return true
+		}
+	}
+}
+
+// finalize ends the learning window of a tentative latch.
+func (e *endpoint) finalize(p *peerState) {
+	if p.state == latchTentative {
+		e.peer.CompareAndSwap(p, newPeerState(latchFinal, p.strict, p.sdp, p.addr))
+	}
+}
+
+func validateSpec(spec *StreamSpec, min, max uint16) error {
+	var errs []error
+	seen := map[uint16]bool{}
+	for _, l := range []Leg{LegA, LegB} {
+		ls := spec.leg(l)
+		locals := []netip.AddrPort{ls.RTP}
+		if !ls.Mux {
+			locals = append(locals, ls.RTCP)
+		}
+		for _, a := range locals {
+			switch {
+			case !a.IsValid():
+				errs = append(errs, fmt.Errorf("leg %v: relay address missing", l))
+			case a.Port() < min || a.Port() > max:
+				errs = append(errs, fmt.Errorf("leg %v: relay port %d outside %d-%d", l, a.Port(), min, max))
+			case seen[a.Port()]:
+				errs = append(errs, fmt.Errorf("leg %v: relay port %d used twice", l, a.Port()))
+			}
+			seen[a.Port()] = true
+		}
+		for _, p := range []netip.AddrPort{ls.Peer, ls.PeerRTCP} {
+			if p.IsValid() && p.Addr().Unmap().Is4() != ls.RTP.Addr().Unmap().Is4() {
+				errs = append(errs, fmt.Errorf("leg %v: peer %v and relay address %v differ in family", l, p, ls.RTP))
+			}
+		}
+		if ls.Latch > LatchStrict {
+			errs = append(errs, fmt.Errorf("leg %v: latch mode %d unknown", l, ls.Latch))
+		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	return nil
+}
+
+// peerRTCP returns the SDP RTCP address of a non-muxed leg.
+func (ls *LegSpec) peerRTCP() netip.AddrPort {
+	if ls.PeerRTCP.IsValid() || !ls.Peer.IsValid() {
+		return ls.PeerRTCP
+	}
+	return netip.AddrPortFrom(ls.Peer.Addr(), ls.Peer.Port()+1)
+}
+
+func unmapAddrPort(a netip.AddrPort) netip.AddrPort {
+	if !a.IsValid() {
+		return a
+	}
+	return netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+}

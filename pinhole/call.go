@@ -1,0 +1,163 @@
+package pinhole
+
+import (
+	"net/netip"
+	"strconv"
+)
+
+// call is a call that holds media pairs; guarded by Map.mu.
+type call struct {
+	id      string
+	source  netip.Addr // counted in Map.perSource when valid
+	streams []*stream
+	txs     int  // open transactions
+	ended   bool // taken out of the table
+}
+
+// streamKey names a media stream of a call: the SDP body and the m= line.
+type streamKey struct {
+	part, index int32
+}
+
+// stream is one media stream of a call: a leg per side that advertised it, each a pair of
+// bindings on the far side. Both legs share one deadline, so that media flowing one way keeps
+// the other way open (a muted phone sends nothing). Guarded by Map.mu.
+type stream struct {
+	call    *call
+	key     streamKey
+	legs    [2]leg // by the side the SDP came from: legs[from-1]
+	touched int64  // tick of the last signaling that (re)negotiated or touched it
+	sched   sched
+}
+
+type leg struct {
+	rtp, rtcp *Binding
+	held      bool // its latest SDP was sendonly, recvonly or inactive
+}
+
+func legIndex(from Side) int { return int(from) - 1 }
+
+func (st *stream) held() bool { return st.legs[0].held || st.legs[1].held }
+
+func (st *stream) empty() bool { return st.legs[0].rtp == nil && st.legs[1].rtp == nil }
+
+// lastTraffic returns the tick of the latest packet on any binding of the stream, 0 if none.
+func (st *stream) lastTraffic() int64 {
+	var last int64
+	for _, l := range st.legs {
+		if l.rtp != nil {
+			last = max(last, l.rtp.last.Load(), l.rtcp.last.Load())
+		}
+	}
+	return last
+}
+
+func (c *call) stream(key streamKey) *stream {
+	for _, st := range c.streams {
+		if st.key == key {
+			return st
+		}
+	}
+	return nil
+}
+
+// addCallLocked enters a new call, or fails with ErrCallLimit.
+func (m *Map) addCallLocked(id string, source netip.Addr) (*call, error) {
+	if m.cfg.MaxCalls > 0 && len(m.calls) >= m.cfg.MaxCalls {
+		return nil, &limitError{what: "calls in total", limit: m.cfg.MaxCalls}
+	}
+	source = source.Unmap()
+	if source.IsValid() {
+		if lim := m.cfg.MaxCallsPerSource; lim > 0 && m.perSource[source] >= lim {
+			return nil, &limitError{what: "calls from " + source.String(), limit: lim}
+		}
+		m.perSource[source]++
+	}
+	c := &call{id: id, source: source}
+	m.calls[id] = c
+	m.metrics.calls.Inc()
+	return c, nil
+}
+
+// deleteCallLocked takes c out of the table; it must hold no streams.
+func (m *Map) deleteCallLocked(c *call) {
+	if c.ended {
+		return
+	}
+	c.ended = true
+	delete(m.calls, c.id)
+	if c.source.IsValid() {
+		if n := m.perSource[c.source] - 1; n > 0 {
+			m.perSource[c.source] = n
+		} else {
+			delete(m.perSource, c.source)
+		}
+	}
+	m.metrics.calls.Dec()
+}
+
+// deleteIfIdleLocked deletes c once it holds no streams and no transaction is open on it.
+func (m *Map) deleteIfIdleLocked(c *call) {
+	if len(c.streams) == 0 && c.txs == 0 {
+		m.deleteCallLocked(c)
+	}
+}
+
+func (m *Map) releaseCallLocked(c *call, r Reason, out []released) []released {
+	for len(c.streams) > 0 {
+		out = m.releaseStreamLocked(c.streams[len(c.streams)-1], r, out)
+	}
+	// An open transaction finds the call ended and fails to commit.
+	m.deleteCallLocked(c)
+	return out
+}
+
+// releaseStreamLocked releases both legs of st and takes it out of its call.
+func (m *Map) releaseStreamLocked(st *stream, r Reason, out []released) []released {
+	for i := range st.legs {
+		out = m.releaseLegLocked(st, i, r, out)
+	}
+	m.unscheduleLocked(&st.sched)
+	c := st.call
+	for i, s := range c.streams {
+		if s == st {
+			last := len(c.streams) - 1
+			c.streams[i] = c.streams[last]
+			c.streams[last] = nil
+			c.streams = c.streams[:last]
+			break
+		}
+	}
+	m.deleteIfIdleLocked(c)
+	return out
+}
+
+// releaseLegLocked releases one leg's pair and unlinks the other leg from it.
+func (m *Map) releaseLegLocked(st *stream, i int, r Reason, out []released) []released {
+	l := st.legs[i]
+	if l.rtp == nil {
+		return out
+	}
+	if o := st.legs[1-i]; o.rtp != nil {
+		o.rtp.partner.Store(nil)
+		o.rtcp.partner.Store(nil)
+	}
+	l.rtp.partner.Store(nil)
+	l.rtcp.partner.Store(nil)
+	out = m.unpublishLocked(l.rtp, r, out)
+	out = m.unpublishLocked(l.rtcp, r, out)
+	st.legs[i] = leg{}
+	return out
+}
+
+// limitError is an ErrCallLimit that says which cap.
+type limitError struct {
+	what  string
+	limit int
+}
+
+func (e *limitError) Error() string {
+	return ErrCallLimit.Error() + ": " + e.what + " at cap " + strconv.Itoa(e.limit)
+}
+
+func (e *limitError) Unwrap() error { return ErrCallLimit }

@@ -1,0 +1,5 @@
+//go:build race
+
+package pinhole
+
+const raceEnabled = true

@@ -1,0 +1,313 @@
+package pinhole
+
+import (
+	"fmt"
+	"io"
+	"net/netip"
+	"strings"
+)
+
+// MediaRequest asks for the pair of one media stream that one side advertised in an SDP body.
+type MediaRequest struct {
+	// From is the side the SDP came from; the pair is on From.Other().
+	From Side
+	// Part and Index name the stream: the SDP body within the message and the m= line within it
+	// (package rewrite's Stream.Part and Stream.Index).
+	Part, Index int
+	// RTP and RTCP are where the sender wants the stream's RTP and RTCP: the pair forwards there.
+	// An invalid RTCP means RTP's address and port + 1.
+	RTP, RTCP netip.AddrPort
+	// Mux: the sender offered or accepted a=rtcp-mux. The pair keeps its RTCP port regardless.
+	Mux bool
+	// Held: the stream is sendonly, recvonly or inactive. A held stream does not expire while
+	// its call lives.
+	Held bool
+}
+
+// Pair is the address a relayed stream is advertised at on the far side. Its fields are those of
+// package rewrite's MediaBinding, so the relay converts with rewrite.MediaBinding(p).
+type Pair struct {
+	// RTP is sipcar's address and RTP port (even).
+	RTP netip.AddrPort
+	// RTCPPort is the RTCP port, RTP's + 1.
+	RTCPPort uint16
+}
+
+// Tx allocates the media pairs of one message, all or none: nothing it allocates is visible or
+// takes effect until Commit, and Rollback gives every port back. Use one Tx per message, from one
+// goroutine:
+//
+//	tx := m.Begin(callID, source)
+//	defer tx.Rollback() // no-op after Commit
+//	... tx.Media(req) for each relayed stream, tx.Hold, tx.Drop ...
+//	err := tx.Commit()
+type Tx struct {
+	m      *Map
+	callID string
+	source netip.Addr
+	call   *call // set by the first request that needs it; holds a reference (call.txs)
+	legs   []pendingLeg
+	holds  []pendingHold
+	drops  []streamKey
+	done   bool
+}
+
+type pendingLeg struct {
+	key       streamKey
+	from      Side
+	rtp, rtcp *Binding
+	reused    bool // rtp and rtcp are the stream's live leg, not new
+	mux, held bool
+}
+
+type pendingHold struct {
+	key  streamKey
+	from Side
+}
+
+// Begin opens a transaction for a message of the call callID. source is the address the call's
+// first message came from, for the per-source cap; the zero Addr exempts the call from that cap
+// (the relay passes it for its configured upstream).
+func (m *Map) Begin(callID string, source netip.Addr) *Tx {
+	return &Tx{m: m, callID: callID, source: source}
+}
+
+// Media returns the pair for the stream req describes. If the stream's leg from req.From exists
+// and forwards to the same addresses, it is kept (and its hold state updated at Commit);
+// otherwise a new pair is allocated, which replaces the old at Commit (the old is released then,
+// ReasonRenegotiated). Errors: ErrInvalid, ErrNoPorts, ErrCallLimit, ErrCallEnded, ErrClosed,
+// ErrTxDone; after an error the caller rolls the transaction back.
+func (tx *Tx) Media(req MediaRequest) (Pair, error) {
+	if tx.done {
+		return Pair{}, ErrTxDone
+	}
+	rtp := unmapPort(req.RTP)
+	rtcp := unmapPort(req.RTCP)
+	if !rtcp.IsValid() && rtp.IsValid() && rtp.Port() < 65535 {
+		rtcp = netip.AddrPortFrom(rtp.Addr(), rtp.Port()+1)
+	}
+	if !req.From.valid() || !rtp.Addr().IsValid() || rtp.Port() == 0 || !rtcp.IsValid() {
+		return Pair{}, fmt.Errorf("media pair for %s stream %d/%d at %v: %w", req.From, req.Part, req.Index, req.RTP, ErrInvalid)
+	}
+	key := streamKey{part: int32(req.Part), index: int32(req.Index)}
+	i := legIndex(req.From)
+
+	// A second request for the same stream and side in this message: keep or replace the first.
+	for j, p := range tx.legs {
+		if p.key == key && p.from == req.From {
+			if p.rtp.to == rtp && p.rtcp.to == rtcp {
+				tx.legs[j].mux, tx.legs[j].held = req.Mux, req.Held
+				return pairOf(p.rtp), nil
+			}
+			tx.discard(p)
+			tx.legs = append(tx.legs[:j], tx.legs[j+1:]...)
+			break
+		}
+	}
+
+	m := tx.m
+	m.mu.Lock()
+	if err := tx.joinLocked(); err != nil {
+		m.mu.Unlock()
+		return Pair{}, err
+	}
+	if st := tx.call.stream(key); st != nil {
+		if l := st.legs[i]; l.rtp != nil && l.rtp.to == rtp && l.rtcp.to == rtcp {
+			m.mu.Unlock()
+			tx.legs = append(tx.legs, pendingLeg{key: key, from: req.From, rtp: l.rtp, rtcp: l.rtcp, reused: true, mux: req.Mux, held: req.Held})
+			return pairOf(l.rtp), nil
+		}
+	}
+	m.mu.Unlock()
+
+	faces := req.From.Other()
+	local := m.addrs(faces).pick(rtp.Addr())
+	slot, res, err := m.allocate(m.mediaPool, local, TypeRTP, "udp")
+	if err != nil {
+		m.metrics.failed(TypeRTP, err)
+		return Pair{}, fmt.Errorf("media pair for %s stream %d/%d at %v: %w", req.From, req.Part, req.Index, rtp, err)
+	}
+	port := m.mediaPool.port(slot)
+	pr := res.(pairReservation)
+	mk := func(typ Type, p uint16, to netip.AddrPort, res io.Closer) *Binding {
+		return &Binding{m: m, typ: typ, faces: faces, transport: "udp", addr: netip.AddrPortFrom(local, p), to: to, callID: tx.call.id, slot: slot, res: res}
+	}
+	p := pendingLeg{key: key, from: req.From, mux: req.Mux, held: req.Held}
+	p.rtp = mk(TypeRTP, port, rtp, pr[0])
+	p.rtcp = mk(TypeRTCP, port+1, rtcp, pr[1])
+	tx.legs = append(tx.legs, p)
+	return pairOf(p.rtp), nil
+}
+
+// joinLocked finds or enters the transaction's call, once.
+func (tx *Tx) joinLocked() error {
+	m := tx.m
+	if m.closed {
+		return ErrClosed
+	}
+	if tx.call != nil {
+		if tx.call.ended {
+			return fmt.Errorf("call %q: %w", tx.callID, ErrCallEnded)
+		}
+		return nil
+	}
+	c := m.calls[tx.callID]
+	if c == nil {
+		var err error
+		if c, err = m.addCallLocked(strings.Clone(tx.callID), tx.source); err != nil {
+			m.metrics.limited.Inc()
+			return fmt.Errorf("call %q: %w", tx.callID, err)
+		}
+	}
+	c.txs++
+	tx.call = c
+	return nil
+}
+
+// Hold marks the stream's leg from side from as held without asking for a pair (an SDP with
+// c=0.0.0.0 or a=inactive that the rewriter leaves alone): its pair is kept, and the stream no
+// longer expires while the call lives. A stream the call does not have is ignored.
+func (tx *Tx) Hold(from Side, part, index int) {
+	if !tx.done {
+		tx.holds = append(tx.holds, pendingHold{key: streamKey{int32(part), int32(index)}, from: from})
+	}
+}
+
+// Drop releases both legs of the stream at Commit (m= port 0: the stream was rejected or
+// removed), ReasonRenegotiated. Drop wins over a Media request for the same stream.
+func (tx *Tx) Drop(part, index int) {
+	if !tx.done {
+		tx.drops = append(tx.drops, streamKey{int32(part), int32(index)})
+	}
+}
+
+// Commit makes the transaction's pairs live and applies its holds and drops. It fails, rolling
+// everything back, if the call ended or the Map closed meanwhile. Ports it releases are free when
+// it returns.
+func (tx *Tx) Commit() error {
+	if tx.done {
+		return ErrTxDone
+	}
+	m := tx.m
+	now := m.Now()
+	var out []released
+	m.mu.Lock()
+	if err := tx.checkLocked(); err != nil {
+		m.mu.Unlock()
+		tx.Rollback()
+		return err
+	}
+	tx.done = true
+	c := tx.call
+	if c == nil {
+		// No pair was asked for: holds and drops apply to the call if the Map has it.
+		if c = m.calls[tx.callID]; c == nil {
+			m.mu.Unlock()
+			return nil
+		}
+		c.txs++
+	}
+	for _, p := range tx.legs {
+		st := c.stream(p.key)
+		if st == nil {
+			st = &stream{call: c, key: p.key}
+			st.sched = sched{idx: -1, st: st}
+			c.streams = append(c.streams, st)
+		}
+		i := legIndex(p.from)
+		if !p.reused {
+			out = m.releaseLegLocked(st, i, ReasonRenegotiated, out)
+			p.rtp.st, p.rtcp.st = st, st
+			m.publishLocked(p.rtp, now)
+			m.publishLocked(p.rtcp, now)
+			if o := st.legs[1-i]; o.rtp != nil {
+				p.rtp.partner.Store(o.rtp)
+				p.rtcp.partner.Store(o.rtcp)
+				o.rtp.partner.Store(p.rtp)
+				o.rtcp.partner.Store(p.rtcp)
+			}
+		}
+		p.rtp.mux.Store(p.mux)
+		p.rtcp.mux.Store(p.mux)
+		st.legs[i] = leg{rtp: p.rtp, rtcp: p.rtcp, held: p.held}
+		st.touched = now
+		m.scheduleLocked(&st.sched)
+	}
+	for _, h := range tx.holds {
+		if st := c.stream(h.key); st != nil && h.from.valid() && st.legs[legIndex(h.from)].rtp != nil {
+			st.legs[legIndex(h.from)].held = true
+			st.touched = now
+			m.scheduleLocked(&st.sched)
+		}
+	}
+	for _, key := range tx.drops {
+		if st := c.stream(key); st != nil {
+			out = m.releaseStreamLocked(st, ReasonRenegotiated, out)
+		}
+	}
+	c.txs--
+	m.deleteIfIdleLocked(c)
+	m.mu.Unlock()
+	m.finish(out)
+	return nil
+}
+
+// checkLocked verifies that what the transaction handed out can still take effect.
+func (tx *Tx) checkLocked() error {
+	if tx.m.closed {
+		return ErrClosed
+	}
+	if tx.call == nil {
+		return nil
+	}
+	if tx.call.ended {
+		return fmt.Errorf("call %q: %w", tx.callID, ErrCallEnded)
+	}
+	for _, p := range tx.legs {
+		if p.reused && !p.rtp.live.Load() {
+			// The pair the message advertises expired or was replaced meanwhile.
+			return fmt.Errorf("call %q: media pair %v released meanwhile: %w", tx.callID, p.rtp.addr, ErrCallEnded)
+		}
+	}
+	return nil
+}
+
+// Rollback gives back every pair the transaction allocated and forgets its holds and drops. It
+// does nothing after Commit, so it can be deferred.
+func (tx *Tx) Rollback() {
+	if tx.done {
+		return
+	}
+	tx.done = true
+	m := tx.m
+	if c := tx.call; c != nil {
+		m.mu.Lock()
+		c.txs--
+		m.deleteIfIdleLocked(c)
+		m.mu.Unlock()
+	}
+	for _, p := range tx.legs {
+		tx.discard(p)
+	}
+	tx.legs = nil
+}
+
+// discard gives back a pending leg's pair if the transaction allocated it.
+func (tx *Tx) discard(p pendingLeg) {
+	if !p.reused {
+		closeReservation(p.rtp.res)
+		closeReservation(p.rtcp.res)
+		tx.m.mediaPool.put(p.rtp.slot)
+	}
+}
+
+func pairOf(rtp *Binding) Pair {
+	return Pair{RTP: rtp.addr, RTCPPort: rtp.addr.Port() + 1}
+}
+
+func unmapPort(ap netip.AddrPort) netip.AddrPort {
+	if !ap.IsValid() {
+		return ap
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}

@@ -1,0 +1,331 @@
+package relay
+
+import (
+	"context"
+	"net/netip"
+	"strconv"
+	"time"
+
+	"github.com/sipcar/sipcar/mediarelay"
+	"github.com/sipcar/sipcar/pinhole"
+	"github.com/sipcar/sipcar/rewrite"
+)
+
+// callState is what the relay remembers of a call: enough to allocate and release its media at
+// the right moments, not a dialog state machine (sipcar is no B2BUA).
+type callState struct {
+	established bool // a 2xx answered the initial INVITE
+	cancelled   bool // a CANCEL passed
+	streams     map[streamKey]*relayedStream
+}
+
+type streamKey struct{ part, index int }
+
+// relayedStream is one media stream of a call as the media relay forwards it: the pair each
+// side's SDP was given (legs, by the side whose SDP it was) and the media relay's stream once
+// both sides have spoken.
+type relayedStream struct {
+	callID string
+	legs   [3]*mediaAlloc // by pinhole.Side
+	stream *mediarelay.Stream
+	spec   mediarelay.StreamSpec
+}
+
+// afterRewrite updates call state once a message is rewritten and its allocations committed:
+// it gives the media relay the streams whose both sides are known and releases media when the
+// call ends.
+func (r *Relay) afterRewrite(m *rewrite.Message, t *msgTranslator, from pinhole.Side, in inbound, res *rewrite.Result) {
+	callID := t.callID
+	r.m.TouchCall(callID)
+	if len(t.media) > 0 || r.hasCall(callID) {
+		r.updateStreams(callID, t, from, res)
+	}
+	if m.IsRequest() {
+		if string(m.Method()) == "CANCEL" {
+			r.withCall(callID, func(c *callState) { c.cancelled = true })
+		}
+		return
+	}
+	code := m.StatusCode()
+	if code < 200 {
+		return
+	}
+	_, method := m.CSeq()
+	switch string(method) {
+	case "INVITE":
+		if code < 300 {
+			r.withCall(callID, func(c *callState) { c.established = true })
+			return
+		}
+		var established, cancelled bool
+		r.withCall(callID, func(c *callState) { established, cancelled = c.established, c.cancelled })
+		if !established {
+			reason := pinhole.ReasonRejected
+			if cancelled || code == 487 {
+				reason = pinhole.ReasonCancelled
+			}
+			r.endCall(callID, reason)
+		}
+	case "BYE":
+		r.endCall(callID, pinhole.ReasonCallEnded)
+	case "REGISTER":
+		if code < 300 {
+			r.registered(m, from, in)
+		}
+	}
+}
+
+// updateStreams records the pairs a message's SDP was given, marks held and dropped streams,
+// and hands streams whose two sides are known to the media relay.
+func (r *Relay) updateStreams(callID string, t *msgTranslator, from pinhole.Side, res *rewrite.Result) {
+	r.mu.Lock()
+	c := r.calls[callID]
+	if c == nil {
+		if len(t.media) == 0 {
+			r.mu.Unlock()
+			return
+		}
+		c = &callState{streams: make(map[streamKey]*relayedStream)}
+		r.calls[callID] = c
+	}
+	var ready []*relayedStream
+	for i := range t.media {
+		a := t.media[i]
+		k := streamKey{a.part, a.index}
+		st := c.streams[k]
+		if st == nil {
+			st = &relayedStream{callID: callID}
+			c.streams[k] = st
+		}
+		st.legs[a.from] = &a
+		if st.legs[pinhole.Inside] != nil && st.legs[pinhole.Outside] != nil {
+			ready = append(ready, st)
+		}
+	}
+	for _, s := range res.Streams {
+		st := c.streams[streamKey{s.Part, s.Index}]
+		if st == nil || st.stream == nil {
+			continue
+		}
+		switch s.Disposition {
+		case rewrite.Held, rewrite.Rejected:
+			ready = append(ready, st) // re-specified below with the hold flag
+			if l := st.legs[from]; l != nil {
+				l.held = true
+			}
+		}
+	}
+	r.mu.Unlock()
+	for _, st := range ready {
+		r.wire(st)
+	}
+}
+
+// wire gives the media relay a stream's current spec. Leg A of the media relay is the relay
+// port facing the inside: the pair that the outside's SDP was given (on the inside), whose
+// packets come from the inside peer. Leg B is the other way round.
+func (r *Relay) wire(st *relayedStream) {
+	r.mu.Lock()
+	in, out := st.legs[pinhole.Inside], st.legs[pinhole.Outside]
+	mux := in.mux && out.mux
+	spec := mediarelay.StreamSpec{
+		CallID: st.callID,
+		A: mediarelay.LegSpec{RTP: out.pair.RTP, RTCP: netip.AddrPortFrom(out.pair.RTP.Addr(), out.pair.RTCPPort),
+			Mux: mux, Peer: in.rtp, PeerRTCP: in.rtcp},
+		B: mediarelay.LegSpec{RTP: in.pair.RTP, RTCP: netip.AddrPortFrom(in.pair.RTP.Addr(), in.pair.RTCPPort),
+			Mux: mux, Peer: out.rtp, PeerRTCP: out.rtcp},
+		Hold: in.held || out.held,
+	}
+	if mux {
+		spec.A.PeerRTCP, spec.B.PeerRTCP = netip.AddrPort{}, netip.AddrPort{}
+	}
+	cur := st.stream
+	same := cur != nil && st.spec == spec
+	st.spec = spec
+	r.mu.Unlock()
+	if same {
+		return
+	}
+	if cur != nil {
+		if err := r.media.UpdateStream(cur, spec); err != nil {
+			r.log.Warn("media stream update", "call", st.callID, "err", err)
+		}
+		return
+	}
+	s, err := r.media.AddStream(spec)
+	if err != nil {
+		r.log.Warn("media stream", "call", st.callID, "err", err)
+		return
+	}
+	r.mu.Lock()
+	st.stream = s
+	r.mu.Unlock()
+}
+
+func (r *Relay) hasCall(callID string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.calls[callID] != nil
+}
+
+func (r *Relay) withCall(callID string, f func(*callState)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if c := r.calls[callID]; c != nil {
+		f(c)
+	}
+}
+
+// endCall releases every pair of a call; the media relay's streams go with them (released).
+func (r *Relay) endCall(callID string, reason pinhole.Reason) {
+	r.m.ReleaseCall(callID, reason)
+	r.mu.Lock()
+	c := r.calls[callID]
+	delete(r.calls, callID)
+	r.mu.Unlock()
+	if c == nil {
+		return
+	}
+	for _, st := range c.streams {
+		if st.stream != nil {
+			r.media.RemoveStream(st.stream)
+		}
+	}
+}
+
+// released is the server map's release callback: a media pair that expired or was replaced
+// takes its media relay stream with it.
+func (r *Relay) released(b *pinhole.Binding, reason pinhole.Reason) {
+	if b.Type() == pinhole.TypeSIP {
+		return
+	}
+	port := b.Address().Port()
+	r.mu.Lock()
+	c := r.calls[b.CallID()]
+	var gone *mediarelay.Stream
+	if c != nil {
+		for k, st := range c.streams {
+			for _, l := range st.legs {
+				if l != nil && (l.pair.RTP.Port() == port || l.pair.RTCPPort == port) && l.pair.RTP.Addr() == b.Address().Addr() {
+					gone = st.stream
+					delete(c.streams, k)
+					break
+				}
+			}
+		}
+		if len(c.streams) == 0 && reason != pinhole.ReasonRenegotiated {
+			delete(r.calls, b.CallID())
+		}
+	}
+	r.mu.Unlock()
+	if gone != nil {
+		r.media.RemoveStream(gone)
+	}
+}
+
+// registered extends the binding of a phone whose registration a 2xx confirmed until the
+// registration expires: the binding the response reached stands for the phone.
+func (r *Relay) registered(m *rewrite.Message, from pinhole.Side, in inbound) {
+	if in.listener {
+		return
+	}
+	b, ok := r.m.Resolve(from, in.local)
+	if !ok {
+		return
+	}
+	expires := -1
+	if v, ok := m.Header("Expires"); ok {
+		if n, err := strconv.Atoi(string(v)); err == nil {
+			expires = n
+		}
+	}
+	m.HeaderValues("Contact", func(v []byte) {
+		if n, ok := rewrite.ContactExpires(v); ok && n > expires {
+			expires = n
+		}
+	})
+	if expires < 0 {
+		expires = 3600
+	}
+	r.m.Registered(b, time.Duration(expires)*time.Second)
+}
+
+// mediaEvents receives the media relay's reports.
+type mediaEvents Relay
+
+func (e *mediaEvents) Latched(s *mediarelay.Stream, leg mediarelay.Leg, rtcp bool, peer netip.AddrPort) {
+	r := (*Relay)(e)
+	if b := r.bindingOf(s, leg, rtcp); b != nil {
+		b.SetPeer(peer)
+	}
+}
+
+func (e *mediaEvents) Idle(s *mediarelay.Stream, _ time.Duration) {
+	r := (*Relay)(e)
+	if b := r.bindingOf(s, mediarelay.LegA, false); b != nil {
+		r.m.Release(b, pinhole.ReasonIdle)
+	}
+	if b := r.bindingOf(s, mediarelay.LegB, false); b != nil {
+		r.m.Release(b, pinhole.ReasonIdle)
+	}
+}
+
+// bindingOf returns the server map's binding of a media relay port.
+func (r *Relay) bindingOf(s *mediarelay.Stream, leg mediarelay.Leg, rtcp bool) *pinhole.Binding {
+	r.mu.Lock()
+	var spec mediarelay.LegSpec
+	found := false
+	if c := r.calls[s.CallID()]; c != nil {
+		for _, st := range c.streams {
+			if st.stream == s {
+				spec, found = st.spec.A, true
+				if leg == mediarelay.LegB {
+					spec = st.spec.B
+				}
+			}
+		}
+	}
+	r.mu.Unlock()
+	if !found {
+		return nil
+	}
+	port := spec.RTP.Port()
+	if rtcp && !spec.Mux {
+		port = spec.RTCP.Port()
+	}
+	return r.m.LookupMedia(port)
+}
+
+// syncTraffic copies the media relay's counters into the server map every second: the session
+// table shows them, and traffic keeps a stream's pairs from expiring.
+func (r *Relay) syncTraffic(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, s := range r.media.Streams() {
+			st := s.Stats()
+			r.observe(s, mediarelay.LegA, false, st.A)
+			r.observe(s, mediarelay.LegB, false, st.B)
+		}
+	}
+}
+
+// observe puts one leg's counters on its binding: what its peer sent arrived at the leg's port;
+// what was sent to its peer left from it.
+func (r *Relay) observe(s *mediarelay.Stream, leg mediarelay.Leg, rtcp bool, ls mediarelay.LegStats) {
+	b := r.bindingOf(s, leg, rtcp)
+	if b == nil {
+		return
+	}
+	b.Observe(pinhole.Counters{
+		PacketsReceived: ls.RTP.Packets + ls.RTCP.Packets,
+		BytesReceived:   ls.RTP.Bytes + ls.RTCP.Bytes,
+		PacketsSent:     ls.Sent.Packets,
+		BytesSent:       ls.Sent.Bytes,
+	}, ls.LastPacket)
+}

@@ -1,0 +1,5 @@
+package relay
+
+import "errors"
+
+var errParserPanic = errors.New("SIP parser panicked")

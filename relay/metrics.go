@@ -1,0 +1,65 @@
+package relay
+
+import (
+	"errors"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the relay's Prometheus collectors (namespace sipcar, subsystem sip).
+type metrics struct {
+	received  *prometheus.CounterVec // by side and transport
+	forwarded *prometheus.CounterVec // by side it went to and transport
+	malformed *prometheus.CounterVec // by transport
+	dropped   *prometheus.CounterVec // by reason
+	answered  *prometheus.CounterVec // sipcar's own responses, by status code
+	logLimit  *rateLog
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	vec := func(name, help string, labels ...string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "sipcar", Subsystem: "sip", Name: name, Help: help}, labels)
+	}
+	m := &metrics{
+		received:  vec("messages_received_total", "SIP messages received, by the side they came from and transport.", "side", "transport"),
+		forwarded: vec("messages_forwarded_total", "SIP messages forwarded, by the side they went to and transport.", "side", "transport"),
+		malformed: vec("messages_malformed_total", "SIP messages refused as malformed.", "transport"),
+		dropped:   vec("messages_dropped_total", "SIP messages not forwarded, by reason.", "reason"),
+		answered:  vec("responses_sent_total", "Responses sipcar sent itself, by status code.", "code"),
+		logLimit:  &rateLog{every: 10 * time.Second, last: make(map[netip.Addr]time.Time)},
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.received, m.forwarded, m.malformed, m.dropped, m.answered} {
+			if err := reg.Register(c); err != nil {
+				var are prometheus.AlreadyRegisteredError
+				if !errors.As(err, &are) {
+					return nil, err
+				}
+			}
+		}
+	}
+	return m, nil
+}
+
+// rateLog allows one log line per source address per interval.
+type rateLog struct {
+	every time.Duration
+	mu    sync.Mutex
+	last  map[netip.Addr]time.Time
+}
+
+func (l *rateLog) allow(a netip.Addr, now time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if t, ok := l.last[a]; ok && now.Sub(t) < l.every {
+		return false
+	}
+	if len(l.last) > 10000 {
+		clear(l.last)
+	}
+	l.last[a] = now
+	return true
+}

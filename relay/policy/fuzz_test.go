@@ -1,0 +1,58 @@
+package policy
+
+import (
+	"strings"
+	"testing"
+)
+
+// FuzzParse feeds the parser arbitrary text: it must never panic; what it accepts must read
+// back the same from its String, be safe to quote in a Warning header, and evaluate.
+func FuzzParse(f *testing.F) {
+	for _, seed := range []string{
+		"permit src=198.18.0.0/24 method=INVITE,REGISTER; deny src=any",
+		"deny src=2001:db8:a::/64 dst=*.example.com,inside transport=udp,tls silent",
+		"permit dst=upstream,203.0.113.0/24 rate=5/s burst=10\n# comment\ndeny method=OPTIONS silent",
+		"permit rate=0.5/m; permit method=any transport=any",
+		"permit src=::ffff:198.18.0.0/120 dst=pbx.example.com.",
+		"deny src=10.0.0.0/33", "permit method=INVITE , REGISTER", "allow",
+	} {
+		f.Add(seed)
+	}
+	reqs := []Request{
+		{},
+		{Method: "INVITE", Transport: "udp", Initial: true},
+		{Method: "REGISTER", Transport: "tls", DstSide: Inside, ToUpstream: true, DstHost: "a.example.com", Initial: true},
+	}
+	f.Fuzz(func(t *testing.T, text string) {
+		rs, err := Parse(text)
+		if err != nil {
+			if rs != nil {
+				t.Fatal("rules with an error")
+			}
+			return
+		}
+		for i := range rs.Len() {
+			rt := rs.At(i).String()
+			if c, bad := badChar(rt); bad || strings.ContainsAny(rt, `"\`) {
+				t.Fatalf("rule text %q has %q", rt, c)
+			}
+		}
+		again, err := Parse(rs.String())
+		if err != nil {
+			t.Fatalf("String %q does not parse: %v", rs, err)
+		}
+		if again.String() != rs.String() || again.Len() != rs.Len() {
+			t.Fatalf("String %q reads back as %q", rs, again)
+		}
+		p, err := New(rs, Config{Default: Deny})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, req := range reqs {
+			d := p.Evaluate(req)
+			if d.Action != Permit && d.Action != Deny {
+				t.Fatalf("decision %+v", d)
+			}
+		}
+	})
+}

@@ -1,0 +1,416 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/sipcar/sipcar/mediarelay"
+	"github.com/sipcar/sipcar/pinhole"
+	"github.com/sipcar/sipcar/rewrite"
+)
+
+// Relay terminates SIP on both of sipcar's sides and forwards every message, translated, to its
+// next hop. Create it with [New], start it with [Relay.Run].
+type Relay struct {
+	cfg     Config
+	log     *slog.Logger
+	m       *pinhole.Map
+	media   *mediarelay.Relay
+	metrics *metrics
+
+	mu       sync.Mutex // guards the following
+	closed   bool
+	udp      map[netip.AddrPort]*udpSocket // by the address it stands for (listener or binding)
+	aliases  map[aliasKey]netip.AddrPort
+	calls    map[string]*callState
+	draining bool
+
+	streams streamState
+
+	wg sync.WaitGroup // socket readers
+}
+
+// aliasKey names an address a sender behind a NAT wrote in its Via, on one side.
+type aliasKey struct {
+	side pinhole.Side
+	addr netip.AddrPort
+}
+
+// New builds a Relay: its server map and media relay, wired to each other. Nothing listens until
+// [Relay.Run].
+func New(cfg Config) (*Relay, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("relay config: %w", err)
+	}
+	r := &Relay{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		udp:     make(map[netip.AddrPort]*udpSocket),
+		aliases: make(map[aliasKey]netip.AddrPort),
+		calls:   make(map[string]*callState),
+	}
+	var err error
+	if r.metrics, err = newMetrics(cfg.Registerer); err != nil {
+		return nil, err
+	}
+	mc := cfg.Media
+	mp := cfg.Map.MediaPorts
+	if mp == (pinhole.PortRange{}) {
+		mp = pinhole.PortRange{First: 20000, Last: 29999}
+		cfg.Map.MediaPorts = mp
+	}
+	mc.PortMin, mc.PortMax = mp.First, mp.Last
+	mc.Events = (*mediaEvents)(r)
+	if mc.Logger == nil {
+		mc.Logger = cfg.Logger
+	}
+	if r.media, err = mediarelay.New(mc); err != nil {
+		return nil, fmt.Errorf("media relay: %w", err)
+	}
+	pc := cfg.Map
+	pc.ReserveMedia = r.media.Reserve
+	pc.ReserveSignaling = r.reserveSignaling
+	pc.OnRelease = r.released
+	if pc.Registerer == nil {
+		pc.Registerer = cfg.Registerer
+	}
+	if r.m, err = pinhole.New(pc); err != nil {
+		r.media.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+// Map returns the server map, for display.
+func (r *Relay) Map() *pinhole.Map { return r.m }
+
+// Media returns the media relay, for its counters.
+func (r *Relay) Media() *mediarelay.Relay { return r.media }
+
+// Run opens the listeners and relays until ctx is done; then it stops taking messages, closes
+// every socket and binding, and returns. It returns an error at once if a listener cannot open.
+func (r *Relay) Run(ctx context.Context) error {
+	if r.cfg.ListenUDP.IsValid() {
+		c, err := listenUDP(r.cfg.ListenUDP)
+		if err != nil {
+			r.shutdown()
+			return err
+		}
+		r.serveUDP(c, r.cfg.ListenUDP, true)
+	}
+	if r.cfg.ListenTCP.IsValid() || r.cfg.ListenTLS.IsValid() {
+		if err := r.listenStreams(ctx); err != nil {
+			r.shutdown()
+			return err
+		}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var bg sync.WaitGroup
+	bg.Add(3)
+	go func() { defer bg.Done(); _ = r.m.Run(ctx) }()
+	go func() { defer bg.Done(); _ = r.media.Run(ctx) }()
+	go func() { defer bg.Done(); r.syncTraffic(ctx) }()
+	r.log.Info("sipcar relaying", "mode", r.cfg.Mode.String(), "udp", r.cfg.ListenUDP, "tcp", r.cfg.ListenTCP,
+		"tls", r.cfg.ListenTLS, "media", mediaModeName(r.media))
+	<-ctx.Done()
+	bg.Wait()
+	r.shutdown()
+	return nil
+}
+
+func mediaModeName(m *mediarelay.Relay) string {
+	if m.FanIn() {
+		return "fan-in (nftables TPROXY)"
+	}
+	return "a socket per relay port"
+}
+
+// shutdown closes every socket and binding and waits for the readers.
+func (r *Relay) shutdown() {
+	r.mu.Lock()
+	r.closed = true
+	socks := make([]*udpSocket, 0, len(r.udp))
+	for _, s := range r.udp {
+		socks = append(socks, s)
+	}
+	r.mu.Unlock()
+	for _, s := range socks {
+		s.conn.Close()
+	}
+	r.closeStreams()
+	r.m.Close()
+	r.media.Close()
+	r.wg.Wait()
+}
+
+// inbound is where a message came from and what it reached.
+type inbound struct {
+	transport string
+	src       netip.AddrPort
+	local     netip.AddrPort // the listener or binding address it reached
+	listener  bool           // local is a listener, not a binding
+	conn      *streamConn    // TCP/TLS: the connection it came over
+}
+
+// handle processes one message.
+func (r *Relay) handle(in inbound, raw []byte) {
+	var m rewrite.Message
+	from := r.cfg.sideOf(in.src.Addr())
+	r.metrics.received.WithLabelValues(from.String(), in.transport).Inc()
+	if err := rewrite.Parse(raw, &m); err != nil {
+		r.refuse(in, raw, err)
+		return
+	}
+	callID := string(m.CallID())
+	method := string(m.Method())
+	isReq := m.IsRequest()
+
+	if isReq && method == "INVITE" && len(m.ToTag()) == 0 && r.isDraining() {
+		r.answer(in, raw, 503, "Service Unavailable", "sipcar is shutting down", 30)
+		return
+	}
+	if isReq && m.MaxForwards() == 0 && method != "ACK" {
+		r.answer(in, raw, 483, "Too Many Hops", "", 0)
+		return
+	}
+
+	// Where the message goes: what reached a binding goes where the binding stands for.
+	var next netip.AddrPort
+	nextTransport := in.transport
+	if !in.listener {
+		if b, ok := r.m.Resolve(from, in.local); ok {
+			next, nextTransport = b.ForwardTo(), b.Transport()
+		} else {
+			return // the binding expired between receipt and here
+		}
+	} else if isReq && from == pinhole.Outside && r.cfg.Mode == Upstream {
+		next, nextTransport = r.cfg.Upstream, r.cfg.UpstreamTransport
+	}
+
+	t := &msgTranslator{r: r, transport: in.transport, src: in.src, callID: callID}
+	if isReq {
+		if via, ok := topViaSentBy(&m); ok {
+			t.senderVia = via
+			if via != in.src {
+				r.setAlias(from, via, in.src)
+			}
+		}
+	}
+	var res rewrite.Result
+	if err := rewrite.Rewrite(&res, &m, rewrite.Side(from), t); err != nil {
+		if t.tx != nil {
+			t.tx.Rollback()
+		}
+		r.refuse(in, raw, err)
+		return
+	}
+	if !next.IsValid() {
+		var ok bool
+		if next, ok = nextHop(res.Out, isReq); !ok {
+			if t.tx != nil {
+				t.tx.Rollback()
+			}
+			r.metrics.dropped.WithLabelValues("no-route").Inc()
+			if isReq {
+				r.answer(in, raw, 403, "Forbidden", "sipcar forwards only to its upstream and bindings", 0)
+			}
+			return
+		}
+		if r.cfg.Mode == Upstream && from == pinhole.Inside && isReq && r.cfg.sideOf(next.Addr()) == pinhole.Inside {
+			// Not an open relay: from inside, a request must leave toward a binding's address.
+			if t.tx != nil {
+				t.tx.Rollback()
+			}
+			r.answer(in, raw, 403, "Forbidden", "no binding for "+next.String(), 0)
+			return
+		}
+	}
+	if t.tx == nil && r.hasCall(callID) {
+		t.tx = r.m.Begin(callID, r.callSource(in.src))
+	}
+	if t.tx != nil {
+		for _, s := range res.Streams {
+			switch s.Disposition {
+			case rewrite.Held:
+				t.tx.Hold(from, s.Part, s.Index)
+			case rewrite.Rejected:
+				t.tx.Drop(s.Part, s.Index)
+			}
+		}
+		if err := t.tx.Commit(); err != nil {
+			r.refuse(in, raw, err)
+			return
+		}
+	}
+	r.afterRewrite(&m, t, from, in, &res)
+
+	// Send from the sender's own binding on the far side, so that the receiver sees one address
+	// per party and its replies come back through the same binding.
+	local, err := r.senderBinding(from, in, callID)
+	if err != nil {
+		r.refuse(in, raw, err)
+		return
+	}
+	if err := r.send(local, nextTransport, next, res.Out); err != nil {
+		r.log.Debug("send failed", "to", next, "err", err)
+		r.metrics.dropped.WithLabelValues("send").Inc()
+		if isReq && method != "ACK" {
+			r.answer(in, raw, 503, "Service Unavailable", "next hop unreachable", 0)
+		}
+		return
+	}
+	r.metrics.forwarded.WithLabelValues(from.Other().String(), nextTransport).Inc()
+}
+
+// senderBinding returns the address a message from in.src leaves from on the far side.
+func (r *Relay) senderBinding(from pinhole.Side, in inbound, callID string) (netip.AddrPort, error) {
+	if to, ok := r.staticBinding(from, in.src); ok {
+		return to, nil
+	}
+	b, err := r.m.Signaling(from, in.transport, in.src, callID)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	return b.Address(), nil
+}
+
+// refuse answers a message sipcar will not forward: 400 for a malformed request, 505 for
+// another SIP version, 415 for an SDP it cannot read, 503 when no port or call is left.
+func (r *Relay) refuse(in inbound, raw []byte, err error) {
+	var perr *rewrite.Error
+	switch {
+	case errors.As(err, &perr):
+		r.metrics.malformed.WithLabelValues(in.transport).Inc()
+		r.logOnce(in.src, "malformed message", "src", in.src, "err", err)
+		code, reason := 400, "Bad Request"
+		if errors.Is(err, rewrite.ErrVersion) {
+			code, reason = 505, "Version Not Supported"
+		} else if errors.Is(err, rewrite.ErrUnsupported) {
+			code, reason = 415, "Unsupported Media Type"
+		}
+		r.answer(in, raw, code, reason, perr.Where+": "+perr.Reason, 0)
+	case errors.Is(err, pinhole.ErrNoPorts), errors.Is(err, pinhole.ErrCallLimit):
+		r.metrics.dropped.WithLabelValues("no-ports").Inc()
+		r.logOnce(in.src, "no relay ports or call limit", "src", in.src, "err", err)
+		r.answer(in, raw, 503, "Service Unavailable", err.Error(), 5)
+	default:
+		r.metrics.dropped.WithLabelValues("error").Inc()
+		r.log.Warn("message not forwarded", "src", in.src, "err", err)
+		r.answer(in, raw, 500, "Server Internal Error", "sipcar could not forward the request", 0)
+	}
+}
+
+// answer sends sipcar's own response to a request back where it came from. Responses and ACKs
+// get none.
+func (r *Relay) answer(in inbound, req []byte, code int, reason, warning string, retryAfter int) {
+	out := reply(req, code, reason, warning, retryAfter)
+	if out == nil {
+		return
+	}
+	r.metrics.answered.WithLabelValues(strconv.Itoa(code)).Inc()
+	if in.conn != nil {
+		_ = in.conn.write(out)
+		return
+	}
+	_ = r.send(in.local, "udp", in.src, out)
+}
+
+// logOnce logs at most once per source per interval, so that a flood does not flood the log.
+func (r *Relay) logOnce(src netip.AddrPort, msg string, args ...any) {
+	if r.metrics.logLimit.allow(src.Addr(), time.Now()) {
+		r.log.Warn(msg, args...)
+	}
+}
+
+func (r *Relay) isDraining() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.draining
+}
+
+// Drain stops accepting new calls (new INVITEs are answered 503 with Retry-After) while calls in
+// progress go on.
+func (r *Relay) Drain() {
+	r.mu.Lock()
+	r.draining = true
+	r.mu.Unlock()
+}
+
+// ActiveCalls returns how many calls hold media.
+func (r *Relay) ActiveCalls() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.calls)
+}
+
+func (r *Relay) setAlias(side pinhole.Side, via, src netip.AddrPort) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.aliases) > 100000 { // bounded: a flood of distinct Vias must not grow memory
+		clear(r.aliases)
+	}
+	r.aliases[aliasKey{side, via}] = src
+}
+
+func (r *Relay) natAlias(side pinhole.Side, a netip.AddrPort) (netip.AddrPort, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	src, ok := r.aliases[aliasKey{side, a}]
+	return src, ok
+}
+
+// reserveSignaling is the server map's reservation hook for sip bindings: it opens the
+// binding's socket and serves it until the binding is released.
+func (r *Relay) reserveSignaling(network string, addr netip.AddrPort) (io.Closer, error) {
+	if network != "udp" {
+		return r.serveBindingTCP(addr)
+	}
+	res, err := pinhole.ReserveSocket(network, addr)
+	if err != nil {
+		return nil, err
+	}
+	c, ok := res.(*net.UDPConn)
+	if !ok {
+		res.Close()
+		return nil, fmt.Errorf("reserve %s %v: not a UDP socket", network, addr)
+	}
+	s := r.serveUDP(c, addr, false)
+	if s == nil {
+		c.Close()
+		return nil, errors.New("relay closed")
+	}
+	return s, nil
+}
+
+// topViaSentBy returns the sent-by of the message's top Via when it is an IP literal.
+func topViaSentBy(m *rewrite.Message) (netip.AddrPort, bool) {
+	return rewrite.ViaSentBy(m.TopVia())
+}
+
+// nextHop finds where a message without a binding to follow goes (RFC 3261): a request to its
+// top Route when that is a loose router, else to its Request-URI; a response to its top Via
+// (received and rport when present).
+func nextHop(msg []byte, request bool) (netip.AddrPort, bool) {
+	var m rewrite.Message
+	if rewrite.Parse(msg, &m) != nil {
+		return netip.AddrPort{}, false
+	}
+	if !request {
+		return rewrite.ViaResponseAddr(m.TopVia())
+	}
+	if route, ok := m.Header("Route"); ok {
+		if a, lr, ok := rewrite.RouteTarget(route); ok && lr {
+			return a, true
+		}
+	}
+	return rewrite.URIAddr(m.RequestURI())
+}

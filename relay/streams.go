@@ -1,0 +1,302 @@
+package relay
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-reuseport"
+)
+
+// streamConn is a TCP or TLS connection sipcar reads SIP from and writes SIP to, in either
+// direction: a connection a peer opened is reused for requests toward that peer (RFC 3261
+// section 18.2.2, RFC 5923), and one sipcar opened serves the peer's replies.
+type streamConn struct {
+	r         *Relay
+	conn      net.Conn
+	transport string         // "tcp" or "tls"
+	remote    netip.AddrPort // the peer
+	local     netip.AddrPort // the address it stands for (listener or binding)
+	listener  bool
+
+	wmu sync.Mutex // serialises writes: one message is written whole
+}
+
+type connKey struct {
+	transport string
+	remote    netip.AddrPort
+}
+
+// streamState holds the relay's TCP/TLS listeners and connections.
+type streamState struct {
+	mu        sync.Mutex
+	listeners []net.Listener
+	conns     map[connKey]*streamConn
+}
+
+// connIdle closes a connection that carried nothing for this long (no keep-alive either).
+const connIdle = 10 * time.Minute
+
+func (r *Relay) listenStreams(ctx context.Context) error {
+	r.streams.conns = make(map[connKey]*streamConn)
+	if r.cfg.ListenTCP.IsValid() {
+		l, err := reuseport.Listen("tcp", r.cfg.ListenTCP.String())
+		if err != nil {
+			return fmt.Errorf("listen tcp %v: %w", r.cfg.ListenTCP, err)
+		}
+		r.serveStreams(l, "tcp", r.cfg.ListenTCP, true)
+	}
+	if r.cfg.ListenTLS.IsValid() {
+		l, err := reuseport.Listen("tcp", r.cfg.ListenTLS.String())
+		if err != nil {
+			return fmt.Errorf("listen tls %v: %w", r.cfg.ListenTLS, err)
+		}
+		r.serveStreams(tls.NewListener(l, r.cfg.TLS), "tls", r.cfg.ListenTLS, true)
+	}
+	return nil
+}
+
+// serveStreams accepts connections on l until it is closed.
+func (r *Relay) serveStreams(l net.Listener, transport string, local netip.AddrPort, listener bool) {
+	r.streams.mu.Lock()
+	r.streams.listeners = append(r.streams.listeners, l)
+	r.streams.mu.Unlock()
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				if errors.Is(err, net.ErrClosed) {
+					return
+				}
+				time.Sleep(10 * time.Millisecond) // EMFILE and the like: back off, do not spin
+				continue
+			}
+			remote := addrPortOf(c.RemoteAddr())
+			tr := transport
+			if _, ok := c.(*tls.Conn); ok {
+				tr = "tls"
+			}
+			r.addConn(&streamConn{r: r, conn: c, transport: tr, remote: remote, local: local, listener: listener})
+		}
+	}()
+}
+
+func addrPortOf(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	return netip.AddrPort{}
+}
+
+// addConn registers c and starts reading it.
+func (r *Relay) addConn(c *streamConn) {
+	r.streams.mu.Lock()
+	if r.isClosed() {
+		r.streams.mu.Unlock()
+		c.conn.Close()
+		return
+	}
+	r.streams.conns[connKey{c.transport, c.remote}] = c
+	r.wg.Add(1)
+	r.streams.mu.Unlock()
+	go c.read()
+}
+
+func (r *Relay) isClosed() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.closed
+}
+
+// read frames messages from the connection until it closes or breaks framing.
+func (c *streamConn) read() {
+	r := c.r
+	defer r.wg.Done()
+	defer c.close()
+	br := bufio.NewReaderSize(c.conn, 16<<10)
+	buf := make([]byte, 0, 16<<10)
+	chunk := make([]byte, 16<<10)
+	for {
+		for {
+			n, kind, err := nextFrame(buf)
+			if err != nil {
+				r.log.Debug("closing connection", "remote", c.remote, "err", err)
+				return
+			}
+			if kind == frameNeedMore {
+				break
+			}
+			switch kind {
+			case framePing:
+				_ = c.write([]byte("\r\n"))
+			case frameMessage:
+				r.handle(inbound{transport: c.transport, src: c.remote, local: c.local, listener: c.listener, conn: c}, buf[:n])
+			}
+			buf = append(buf[:0], buf[n:]...)
+		}
+		_ = c.conn.SetReadDeadline(time.Now().Add(connIdle))
+		n, err := br.Read(chunk)
+		if n > 0 {
+			buf = append(buf, chunk[:n]...)
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// write sends one message over the connection.
+func (c *streamConn) write(msg []byte) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	_ = c.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_, err := c.conn.Write(msg)
+	return err
+}
+
+func (c *streamConn) close() {
+	c.conn.Close()
+	r := c.r
+	r.streams.mu.Lock()
+	k := connKey{c.transport, c.remote}
+	if r.streams.conns[k] == c {
+		delete(r.streams.conns, k)
+	}
+	r.streams.mu.Unlock()
+}
+
+// sendStream sends msg to dst over TCP or TLS: over a live connection to dst when there is one,
+// else over a new connection from local's address.
+func (r *Relay) sendStream(local netip.AddrPort, transport string, dst netip.AddrPort, msg []byte) error {
+	r.streams.mu.Lock()
+	c := r.streams.conns[connKey{transport, dst}]
+	r.streams.mu.Unlock()
+	if c != nil {
+		return c.write(msg)
+	}
+	c, err := r.dial(local, transport, dst)
+	if err != nil {
+		return err
+	}
+	return c.write(msg)
+}
+
+// dial opens a connection to dst. It binds to local's port (SO_REUSEPORT, beside the binding's
+// own listener) so that the peer sees the binding it was told of, and falls back to any port.
+func (r *Relay) dial(local netip.AddrPort, transport string, dst netip.AddrPort) (*streamConn, error) {
+	var conn net.Conn
+	var err error
+	if local.IsValid() {
+		conn, err = reuseport.Dial("tcp", local.String(), dst.String())
+	}
+	if conn == nil {
+		d := net.Dialer{Timeout: 5 * time.Second}
+		conn, err = d.Dial("tcp", dst.String())
+	}
+	if err != nil {
+		return nil, fmt.Errorf("connect %s %v: %w", transport, dst, err)
+	}
+	if transport == "tls" {
+		tc := tls.Client(conn, r.clientTLS())
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := tc.HandshakeContext(ctx); err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("tls handshake with %v: %w", dst, err)
+		}
+		conn = tc
+	}
+	c := &streamConn{r: r, conn: conn, transport: transport, remote: dst, local: local}
+	r.addConn(c)
+	return c, nil
+}
+
+// clientTLS is the configuration of connections sipcar opens: TLS 1.2 or later, verified
+// against the configured CA unless the operator said not to.
+func (r *Relay) clientTLS() *tls.Config {
+	if r.cfg.ClientTLS != nil {
+		return r.cfg.ClientTLS
+	}
+	return &tls.Config{MinVersion: tls.VersionTLS12}
+}
+
+// serveBindingTCP listens on a sip binding's port for connections a peer opens to it.
+func (r *Relay) serveBindingTCP(addr netip.AddrPort) (io.Closer, error) {
+	l, err := reuseport.Listen("tcp", addr.String())
+	if err != nil {
+		wild := netip.AddrPortFrom(netip.IPv4Unspecified(), addr.Port())
+		if addr.Addr().Is6() {
+			wild = netip.AddrPortFrom(netip.IPv6Unspecified(), addr.Port())
+		}
+		if l, err = reuseport.Listen("tcp", wild.String()); err != nil {
+			return nil, fmt.Errorf("listen tcp %v: %w", addr, err)
+		}
+	}
+	r.serveStreams(tlsSniffer{l: l, cfg: r.cfg.TLS}, "tcp", addr, false)
+	return l, nil
+}
+
+// closeStreams closes every listener and connection.
+func (r *Relay) closeStreams() {
+	r.streams.mu.Lock()
+	ls := r.streams.listeners
+	r.streams.listeners = nil
+	conns := make([]*streamConn, 0, len(r.streams.conns))
+	for _, c := range r.streams.conns {
+		conns = append(conns, c)
+	}
+	r.streams.mu.Unlock()
+	for _, l := range ls {
+		l.Close()
+	}
+	for _, c := range conns {
+		c.conn.Close()
+	}
+}
+
+// tlsSniffer accepts connections to a binding port and serves TLS on those that start with a
+// TLS handshake record: the server map reserves one port per binding for TCP and TLS alike.
+type tlsSniffer struct {
+	l   net.Listener
+	cfg *tls.Config
+}
+
+func (s tlsSniffer) Accept() (net.Conn, error) {
+	c, err := s.l.Accept()
+	if err != nil || s.cfg == nil {
+		return c, err
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReader(c)
+	first, err := br.Peek(1)
+	_ = c.SetReadDeadline(time.Time{})
+	if err != nil {
+		c.Close()
+		return s.Accept()
+	}
+	pc := &peekedConn{Conn: c, r: br}
+	if first[0] == 0x16 {
+		return tls.Server(pc, s.cfg), nil
+	}
+	return pc, nil
+}
+
+func (s tlsSniffer) Close() error   { return s.l.Close() }
+func (s tlsSniffer) Addr() net.Addr { return s.l.Addr() }
+
+type peekedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (p *peekedConn) Read(b []byte) (int, error) { return p.r.Read(b) }

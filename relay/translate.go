@@ -1,0 +1,146 @@
+package relay
+
+import (
+	"net/netip"
+
+	"github.com/sipcar/sipcar/pinhole"
+	"github.com/sipcar/sipcar/rewrite"
+)
+
+// msgTranslator is the [rewrite.Translator] of one message: it answers from the server map,
+// making signaling bindings as it goes and allocating media pairs in one pinhole transaction
+// that the relay commits once the whole message is rewritten (or rolls back).
+type msgTranslator struct {
+	r         *Relay
+	transport string         // the transport the message arrived over
+	src       netip.AddrPort // where it really came from
+	// senderVia is the sent-by of the top Via of a request (the sender's own): it and any
+	// Contact naming it stand for src, which differs when the sender is behind a NAT.
+	senderVia netip.AddrPort
+	callID    string
+	tx        *pinhole.Tx
+	media     []mediaAlloc
+}
+
+// mediaAlloc is one pair the message's SDP asked for.
+type mediaAlloc struct {
+	from        pinhole.Side
+	part, index int
+	pair        pinhole.Pair
+	rtp, rtcp   netip.AddrPort
+	mux, held   bool
+}
+
+var _ rewrite.Translator = (*msgTranslator)(nil)
+
+func (t *msgTranslator) Translate(a rewrite.Addr) (netip.AddrPort, bool, error) {
+	r := t.r
+	from := pinhole.Side(a.From)
+	far := from.Other()
+	ip := a.AddrPort.Addr().Unmap()
+	if a.AddrPort.Port() == 0 {
+		// An address alone (SDP o=, c= of a stream not relayed, maddr): sipcar's own address on
+		// the far side stands for anything on the sender's side.
+		if r.m.Own(from, ip) || r.bindsAddr(from, ip) {
+			return netip.AddrPortFrom(r.m.LocalAddr(far, ip), 0), true, nil
+		}
+		return netip.AddrPort{}, false, nil
+	}
+	addr := netip.AddrPortFrom(ip, a.AddrPort.Port())
+	if to, ok := r.staticBinding(from, addr); ok {
+		return to, true, nil
+	}
+	if r.m.Own(from, ip) {
+		if b, ok := r.m.Resolve(from, addr); ok {
+			return b.ForwardTo(), true, nil
+		}
+		return netip.AddrPort{}, false, nil // one of sipcar's own addresses that is no binding
+	}
+	if t.senderVia.IsValid() && addr == t.senderVia {
+		addr = t.src
+	} else if alias, ok := r.natAlias(from, addr); ok {
+		addr = alias
+	}
+	if !r.bindsAddr(from, addr.Addr()) {
+		return netip.AddrPort{}, false, nil
+	}
+	transport := a.Transport
+	if transport == "" {
+		transport = t.transport
+	}
+	b, err := r.m.Signaling(from, transport, addr, t.callID)
+	if err != nil {
+		return netip.AddrPort{}, false, err
+	}
+	return b.Address(), true, nil
+}
+
+func (t *msgTranslator) Media(from rewrite.Side, s *rewrite.Stream) (rewrite.MediaBinding, error) {
+	if t.tx == nil {
+		t.tx = t.r.m.Begin(t.callID, t.r.callSource(t.src))
+	}
+	req := pinhole.MediaRequest{
+		From:  pinhole.Side(from),
+		Part:  s.Part,
+		Index: s.Index,
+		RTP:   s.RTP,
+		RTCP:  s.RTCP,
+		Mux:   s.Mux,
+		Held:  s.Direction != rewrite.SendRecv,
+	}
+	p, err := t.tx.Media(req)
+	if err != nil {
+		return rewrite.MediaBinding{}, err
+	}
+	t.media = append(t.media, mediaAlloc{from: req.From, part: s.Part, index: s.Index, pair: p,
+		rtp: s.RTP, rtcp: s.RTCP, mux: s.Mux, held: req.Held})
+	return rewrite.MediaBinding(p), nil
+}
+
+// bindsAddr reports whether an address that a message from side from names gets a binding on
+// the far side. In upstream mode sipcar anchors both sides, so every address does; in
+// transparent mode only addresses on the sender's side do (the gateway routes the rest).
+func (r *Relay) bindsAddr(from pinhole.Side, a netip.Addr) bool {
+	if r.cfg.Mode == Upstream {
+		return true
+	}
+	return r.cfg.sideOf(a) == from
+}
+
+// staticBinding translates between the upstream and the public address of sipcar's listeners:
+// in upstream mode the PBX is published as sipcar itself (the docker pattern), so phones see it
+// at PUBLIC_ADDR and the port they send to, and what reaches that address goes to the PBX.
+func (r *Relay) staticBinding(from pinhole.Side, a netip.AddrPort) (netip.AddrPort, bool) {
+	if r.cfg.Mode != Upstream {
+		return netip.AddrPort{}, false
+	}
+	if from == pinhole.Inside && a == r.cfg.Upstream {
+		if pub := r.publicListen(); pub.IsValid() {
+			return pub, true
+		}
+	}
+	if from == pinhole.Outside && a == r.publicListen() {
+		return r.cfg.Upstream, true
+	}
+	return netip.AddrPort{}, false
+}
+
+// publicListen is the address phones reach the upstream at: the public address and the SIP
+// listener's port.
+func (r *Relay) publicListen() netip.AddrPort {
+	pub := r.m.LocalAddr(pinhole.Outside, r.cfg.Upstream.Addr())
+	port := r.cfg.ListenUDP.Port()
+	if !r.cfg.ListenUDP.IsValid() {
+		port = r.cfg.ListenTCP.Port()
+	}
+	return netip.AddrPortFrom(pub, port)
+}
+
+// callSource is the address a call's allocations count against for the per-source cap; the
+// upstream is exempt.
+func (r *Relay) callSource(src netip.AddrPort) netip.Addr {
+	if r.cfg.Mode == Upstream && src.Addr().Unmap() == r.cfg.Upstream.Addr().Unmap() {
+		return netip.Addr{}
+	}
+	return src.Addr().Unmap()
+}

@@ -1,0 +1,106 @@
+package relay
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/libp2p/go-reuseport"
+)
+
+// maxUDPMessage is the largest UDP payload: a message is read whole or not at all.
+const maxUDPMessage = 65535
+
+// udpSocket is a UDP socket sipcar receives SIP on and sends from: a listener, or the socket
+// of a sip binding (held open by the binding's reservation). Closing it stops its reader.
+type udpSocket struct {
+	r        *Relay
+	conn     *net.UDPConn
+	addr     netip.AddrPort // the address it stands for (a binding's may be a public address the host lacks)
+	listener bool
+}
+
+// listenUDP opens a SIP listener. SO_REUSEPORT lets a restarted sipcar bind while the old one
+// drains.
+func listenUDP(addr netip.AddrPort) (*net.UDPConn, error) {
+	pc, err := reuseport.ListenPacket("udp", addr.String())
+	if err != nil {
+		return nil, fmt.Errorf("listen udp %v: %w", addr, err)
+	}
+	return pc.(*net.UDPConn), nil
+}
+
+// serveUDP registers c under addr and reads it until it is closed. It returns nil if the relay
+// is closed.
+func (r *Relay) serveUDP(c *net.UDPConn, addr netip.AddrPort, listener bool) *udpSocket {
+	s := &udpSocket{r: r, conn: c, addr: addr, listener: listener}
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return nil
+	}
+	r.udp[addr] = s
+	r.wg.Add(1)
+	r.mu.Unlock()
+	go s.read()
+	return s
+}
+
+func (s *udpSocket) read() {
+	defer s.r.wg.Done()
+	buf := make([]byte, maxUDPMessage)
+	for {
+		n, src, err := s.conn.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue // ICMP errors surface here on Linux; the socket lives on
+		}
+		msg := buf[:n]
+		if isKeepalive(msg) {
+			continue
+		}
+		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+		s.r.handle(inbound{transport: "udp", src: src, local: s.addr, listener: s.listener}, msg)
+	}
+}
+
+// isKeepalive reports a datagram of CRLFs (a NAT keep-alive), which is no message.
+func isKeepalive(b []byte) bool {
+	for _, c := range b {
+		if c != '\r' && c != '\n' {
+			return false
+		}
+	}
+	return true
+}
+
+// Close closes the socket; its reader stops.
+func (s *udpSocket) Close() error {
+	s.r.mu.Lock()
+	if s.r.udp[s.addr] == s {
+		delete(s.r.udp, s.addr)
+	}
+	s.r.mu.Unlock()
+	return s.conn.Close()
+}
+
+// send sends msg to dst over transport, from the socket that stands for local.
+func (r *Relay) send(local netip.AddrPort, transport string, dst netip.AddrPort, msg []byte) error {
+	if transport != "udp" {
+		return r.sendStream(local, transport, dst, msg)
+	}
+	r.mu.Lock()
+	s := r.udp[local]
+	if s == nil && r.cfg.ListenUDP.IsValid() {
+		s = r.udp[r.cfg.ListenUDP] // sipcar's own address: the listener serves it
+	}
+	r.mu.Unlock()
+	if s == nil {
+		return fmt.Errorf("send from %v: no socket", local)
+	}
+	_, err := s.conn.WriteToUDPAddrPort(msg, dst)
+	return err
+}

@@ -1,0 +1,109 @@
+package rewrite
+
+import "net/netip"
+
+// Readers of single header values, for the relay's routing decisions (RFC 3261 sections 16 and
+// 18). They accept the values as Parse checked them and report ok false for host names, which
+// sipcar does not resolve.
+
+// ViaSentBy returns the sent-by of a Via value (its first via-parm), with the transport's
+// default port when it has none.
+func ViaSentBy(via []byte) (netip.AddrPort, bool) {
+	var out netip.AddrPort
+	first := true
+	_ = eachVia(via, span{0, len(via)}, func(p viaParm) error {
+		if first && p.sentBy.isIP() {
+			out = netip.AddrPortFrom(p.sentBy.addr.Unmap(), portOr(p.sentBy, transportName(via[p.transport.start:p.transport.end])))
+		}
+		first = false
+		return nil
+	})
+	return out, out.IsValid()
+}
+
+// ViaResponseAddr returns where a response goes by its top Via (RFC 3261 section 18.2.2, RFC
+// 3581): received and rport when present, else sent-by.
+func ViaResponseAddr(via []byte) (netip.AddrPort, bool) {
+	var out netip.AddrPort
+	first := true
+	_ = eachVia(via, span{0, len(via)}, func(p viaParm) error {
+		if !first {
+			return nil
+		}
+		first = false
+		transport := transportName(via[p.transport.start:p.transport.end])
+		ip, port := p.sentBy.addr, portOr(p.sentBy, transport)
+		if p.received.len() > 0 {
+			b := via[p.received.start:p.received.end]
+			if len(b) > 2 && b[0] == '[' {
+				b = b[1 : len(b)-1]
+			}
+			if a, ok := parseIP(b); ok {
+				ip = a
+			}
+		}
+		if p.rport.len() > 0 {
+			if n, ok := parseUint(via[p.rport.start:p.rport.end], 65535); ok && n > 0 {
+				port = uint16(n)
+			}
+		}
+		if ip.IsValid() {
+			out = netip.AddrPortFrom(ip.Unmap(), port)
+		}
+		return nil
+	})
+	return out, out.IsValid()
+}
+
+// RouteTarget returns the address of the first URI of a Route value and whether it is a loose
+// router (;lr).
+func RouteTarget(route []byte) (a netip.AddrPort, lr bool, ok bool) {
+	first := true
+	_ = eachNameAddr(route, span{0, len(route)}, hRoute, func(na nameAddr) error {
+		if !first {
+			return nil
+		}
+		first = false
+		a, ok = URIAddr(route[na.uri.start:na.uri.end])
+		lr = paramValue(route, span{na.uri.start, na.uri.end}, "lr") != nil
+		return nil
+	})
+	return a, lr, ok
+}
+
+// URIAddr returns the host and port of a sip: or sips: URI whose host is an IP literal (the
+// transport's default port when it names none).
+func URIAddr(uri []byte) (netip.AddrPort, bool) {
+	u, err := parseURI(uri, span{0, len(uri)}, "URI")
+	if err != nil || !u.sip || !u.hp.isIP() {
+		return netip.AddrPort{}, false
+	}
+	transport := ""
+	if u.transport.len() > 0 {
+		transport = transportName(uri[u.transport.start:u.transport.end])
+	} else if u.secure {
+		transport = "tls"
+	}
+	return netip.AddrPortFrom(u.hp.addr.Unmap(), portOr(u.hp, transport)), true
+}
+
+func portOr(hp hostPort, transport string) uint16 {
+	if hp.port.len() > 0 {
+		return hp.portNum
+	}
+	return defaultPort(transport)
+}
+
+// ContactExpires returns the largest expires parameter among the values of a Contact header.
+func ContactExpires(contact []byte) (int, bool) {
+	best, found := 0, false
+	_ = eachNameAddr(contact, span{0, len(contact)}, hContact, func(na nameAddr) error {
+		if v := paramValue(contact, na.params, "expires"); v != nil {
+			if n, ok := parseUint(v, 1<<32-1); ok && (!found || int(n) > best) {
+				best, found = int(n), true
+			}
+		}
+		return nil
+	})
+	return best, found
+}

@@ -1,0 +1,39 @@
+package rewrite
+
+import (
+	"net/netip"
+	"testing"
+)
+
+func TestReaders(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	if a, ok := ViaSentBy([]byte("SIP/2.0/TLS 198.18.0.2;branch=z9hG4bK1, SIP/2.0/UDP 198.18.0.3:5070")); !ok || a != ap("198.18.0.2:5061") {
+		t.Errorf("ViaSentBy = %v %v", a, ok)
+	}
+	if _, ok := ViaSentBy([]byte("SIP/2.0/UDP pc33.example.com;branch=z9hG4bK1")); ok {
+		t.Error("ViaSentBy of a host name")
+	}
+	for via, want := range map[string]string{
+		"SIP/2.0/UDP 198.18.0.2:5060;branch=z9hG4bK1":                                 "198.18.0.2:5060",
+		"SIP/2.0/UDP 198.18.0.2:5060;received=203.0.113.9;rport=4444;branch=z9hG4bK1": "203.0.113.9:4444",
+		"SIP/2.0/UDP 198.18.0.2;rport;received=203.0.113.9":                           "203.0.113.9:5060",
+		"SIP/2.0/UDP [2001:db8:a::2]:5062;received=[2001:db8:c::9];rport=7000":        "[2001:db8:c::9]:7000",
+		"SIP/2.0/UDP [2001:db8:a::2]:5062;received=2001:db8:c::9":                     "[2001:db8:c::9]:5062",
+	} {
+		if a, ok := ViaResponseAddr([]byte(via)); !ok || a != ap(want) {
+			t.Errorf("ViaResponseAddr(%s) = %v %v, want %s", via, a, ok, want)
+		}
+	}
+	if a, lr, ok := RouteTarget([]byte("<sip:203.0.113.5;lr>, <sip:203.0.113.6>")); !ok || !lr || a != ap("203.0.113.5:5060") {
+		t.Errorf("RouteTarget = %v %v %v", a, lr, ok)
+	}
+	if _, lr, ok := RouteTarget([]byte("<sip:203.0.113.5:5080;transport=tcp>")); !ok || lr {
+		t.Errorf("strict route read as loose")
+	}
+	if a, ok := URIAddr([]byte("sips:bob@[2001:db8:c::5]")); !ok || a != ap("[2001:db8:c::5]:5061") {
+		t.Errorf("URIAddr = %v %v", a, ok)
+	}
+	if _, ok := URIAddr([]byte("tel:+4930123")); ok {
+		t.Error("URIAddr of tel:")
+	}
+}
