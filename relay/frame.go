@@ -20,10 +20,10 @@ var errFrameLength = errors.New("invalid Content-Length on a stream transport")
 type frameKind uint8
 
 const (
-	frameNeedMore  frameKind = iota // no complete message yet
-	frameMessage                    // a SIP message of n bytes
-	framePing                       // an RFC 5626 keep-alive ping (CRLFCRLF): answer with CRLF
-	frameSkip                       // n bytes of CRLF to drop (a pong, or CRLFs before a message)
+	frameNeedMore frameKind = iota // no complete message yet
+	frameMessage                   // a SIP message of n bytes
+	framePing                      // an RFC 5626 keep-alive ping (CRLFCRLF): answer with CRLF
+	frameSkip                      // n bytes of CRLF to drop (a pong, or CRLFs before a message)
 )
 
 // nextFrame finds the first thing in a TCP/TLS receive buffer: a keep-alive (RFC 5626 section

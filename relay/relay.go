@@ -57,6 +57,7 @@ func New(cfg Config) (*Relay, error) {
 		aliases: make(map[aliasKey]netip.AddrPort),
 		calls:   make(map[string]*callState),
 	}
+	r.streams.conns = make(map[connKey]*streamConn)
 	var err error
 	if r.metrics, err = newMetrics(cfg.Registerer); err != nil {
 		return nil, err
@@ -185,18 +186,18 @@ func (r *Relay) handle(in inbound, raw []byte) {
 
 	// Where the message goes: what reached a binding goes where the binding stands for.
 	var next netip.AddrPort
-	nextTransport := in.transport
+	out := in.transport
 	if !in.listener {
-		if b, ok := r.m.Resolve(from, in.local); ok {
-			next, nextTransport = b.ForwardTo(), b.Transport()
-		} else {
+		b, ok := r.m.Resolve(from, in.local)
+		if !ok {
 			return // the binding expired between receipt and here
 		}
+		next, out = b.ForwardTo(), r.transportTo(b.ForwardTo(), b.Transport())
 	} else if isReq && from == pinhole.Outside && r.cfg.Mode == Upstream {
-		next, nextTransport = r.cfg.Upstream, r.cfg.UpstreamTransport
+		next, out = r.cfg.Upstream, r.cfg.UpstreamTransport
 	}
 
-	t := &msgTranslator{r: r, transport: in.transport, src: in.src, callID: callID}
+	t := &msgTranslator{r: r, transport: in.transport, src: in.src, callID: callID, next: next, out: out}
 	if isReq {
 		if via, ok := topViaSentBy(&m); ok {
 			t.senderVia = via
@@ -255,12 +256,12 @@ func (r *Relay) handle(in inbound, raw []byte) {
 
 	// Send from the sender's own binding on the far side, so that the receiver sees one address
 	// per party and its replies come back through the same binding.
-	local, err := r.senderBinding(from, in, callID)
+	local, err := r.senderBinding(from, in, out, callID)
 	if err != nil {
 		r.refuse(in, raw, err)
 		return
 	}
-	if err := r.send(local, nextTransport, next, res.Out); err != nil {
+	if err := r.send(local, out, next, res.Out); err != nil {
 		r.log.Debug("send failed", "to", next, "err", err)
 		r.metrics.dropped.WithLabelValues("send").Inc()
 		if isReq && method != "ACK" {
@@ -268,19 +269,32 @@ func (r *Relay) handle(in inbound, raw []byte) {
 		}
 		return
 	}
-	r.metrics.forwarded.WithLabelValues(from.Other().String(), nextTransport).Inc()
+	r.metrics.forwarded.WithLabelValues(from.Other().String(), out).Inc()
 }
 
 // senderBinding returns the address a message from in.src leaves from on the far side.
-func (r *Relay) senderBinding(from pinhole.Side, in inbound, callID string) (netip.AddrPort, error) {
-	if to, ok := r.staticBinding(from, in.src); ok {
+func (r *Relay) senderBinding(from pinhole.Side, in inbound, out, callID string) (netip.AddrPort, error) {
+	if to, ok := r.staticBinding(from, in.src, out); ok {
 		return to, nil
 	}
-	b, err := r.m.Signaling(from, in.transport, in.src, callID)
+	b, err := r.m.Signaling(from, out, in.src, callID)
 	if err != nil {
 		return netip.AddrPort{}, err
 	}
 	return b.Address(), nil
+}
+
+// transportTo returns the transport to reach dst over: a live TCP or TLS connection with it
+// (the phone's own, RFC 5923 style reuse) wins over the binding's transport.
+func (r *Relay) transportTo(dst netip.AddrPort, def string) string {
+	r.streams.mu.Lock()
+	defer r.streams.mu.Unlock()
+	for _, tr := range [...]string{"tls", "tcp"} {
+		if r.streams.conns[connKey{tr, dst}] != nil {
+			return tr
+		}
+	}
+	return def
 }
 
 // refuse answers a message sipcar will not forward: 400 for a malformed request, 505 for

@@ -45,7 +45,6 @@ type streamState struct {
 const connIdle = 10 * time.Minute
 
 func (r *Relay) listenStreams(ctx context.Context) error {
-	r.streams.conns = make(map[connKey]*streamConn)
 	if r.cfg.ListenTCP.IsValid() {
 		l, err := reuseport.Listen("tcp", r.cfg.ListenTCP.String())
 		if err != nil {

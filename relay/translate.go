@@ -18,8 +18,12 @@ type msgTranslator struct {
 	// Contact naming it stand for src, which differs when the sender is behind a NAT.
 	senderVia netip.AddrPort
 	callID    string
-	tx        *pinhole.Tx
-	media     []mediaAlloc
+	// next is the message's next hop when known before the rewrite, and out the transport it
+	// goes over: the transport every binding this message makes is reached by.
+	next  netip.AddrPort
+	out   string
+	tx    *pinhole.Tx
+	media []mediaAlloc
 }
 
 // mediaAlloc is one pair the message's SDP asked for.
@@ -47,7 +51,7 @@ func (t *msgTranslator) Translate(a rewrite.Addr) (netip.AddrPort, bool, error) 
 		return netip.AddrPort{}, false, nil
 	}
 	addr := netip.AddrPortFrom(ip, a.AddrPort.Port())
-	if to, ok := r.staticBinding(from, addr); ok {
+	if to, ok := r.staticBinding(from, addr, t.out); ok {
 		return to, true, nil
 	}
 	if r.m.Own(from, ip) {
@@ -64,15 +68,22 @@ func (t *msgTranslator) Translate(a rewrite.Addr) (netip.AddrPort, bool, error) 
 	if !r.bindsAddr(from, addr.Addr()) {
 		return netip.AddrPort{}, false, nil
 	}
-	transport := a.Transport
-	if transport == "" {
-		transport = t.transport
-	}
-	b, err := r.m.Signaling(from, transport, addr, t.callID)
+	b, err := r.m.Signaling(from, t.out, addr, t.callID)
 	if err != nil {
 		return netip.AddrPort{}, false, err
 	}
 	return b.Address(), true, nil
+}
+
+// TranslateTransport says which transport reaches a translated address: sipcar's own addresses
+// on the far side (bindings) and the next hop are reached over the transport the message goes
+// out on; other addresses keep theirs.
+func (t *msgTranslator) TranslateTransport(a rewrite.Addr, to netip.AddrPort) string {
+	far := pinhole.Side(a.From).Other()
+	if t.r.m.Own(far, to.Addr()) || (t.next.IsValid() && to == t.next) {
+		return t.out
+	}
+	return ""
 }
 
 func (t *msgTranslator) Media(from rewrite.Side, s *rewrite.Stream) (rewrite.MediaBinding, error) {
@@ -109,31 +120,51 @@ func (r *Relay) bindsAddr(from pinhole.Side, a netip.Addr) bool {
 
 // staticBinding translates between the upstream and the public address of sipcar's listeners:
 // in upstream mode the PBX is published as sipcar itself (the docker pattern), so phones see it
-// at PUBLIC_ADDR and the port they send to, and what reaches that address goes to the PBX.
-func (r *Relay) staticBinding(from pinhole.Side, a netip.AddrPort) (netip.AddrPort, bool) {
+// at PUBLIC_ADDR and the listener port of the transport they use, and what reaches any of those
+// addresses goes to the PBX.
+func (r *Relay) staticBinding(from pinhole.Side, a netip.AddrPort, transport string) (netip.AddrPort, bool) {
 	if r.cfg.Mode != Upstream {
 		return netip.AddrPort{}, false
 	}
 	if from == pinhole.Inside && a == r.cfg.Upstream {
-		if pub := r.publicListen(); pub.IsValid() {
+		if pub := r.publicListen(transport); pub.IsValid() {
 			return pub, true
 		}
 	}
-	if from == pinhole.Outside && a == r.publicListen() {
+	if from == pinhole.Outside && r.isPublicListen(a) {
 		return r.cfg.Upstream, true
 	}
 	return netip.AddrPort{}, false
 }
 
-// publicListen is the address phones reach the upstream at: the public address and the SIP
-// listener's port.
-func (r *Relay) publicListen() netip.AddrPort {
+// publicListen is the address phones reach the upstream at over transport: the public address
+// and that transport's listener port (another listener's when it has none).
+func (r *Relay) publicListen(transport string) netip.AddrPort {
 	pub := r.m.LocalAddr(pinhole.Outside, r.cfg.Upstream.Addr())
-	port := r.cfg.ListenUDP.Port()
-	if !r.cfg.ListenUDP.IsValid() {
-		port = r.cfg.ListenTCP.Port()
+	l := r.cfg.ListenUDP
+	switch {
+	case transport == "tls" && r.cfg.ListenTLS.IsValid():
+		l = r.cfg.ListenTLS
+	case transport == "tcp" && r.cfg.ListenTCP.IsValid():
+		l = r.cfg.ListenTCP
+	case !l.IsValid() && r.cfg.ListenTCP.IsValid():
+		l = r.cfg.ListenTCP
+	case !l.IsValid():
+		l = r.cfg.ListenTLS
 	}
-	return netip.AddrPortFrom(pub, port)
+	return netip.AddrPortFrom(pub, l.Port())
+}
+
+func (r *Relay) isPublicListen(a netip.AddrPort) bool {
+	if !r.m.Own(pinhole.Outside, a.Addr()) {
+		return false
+	}
+	for _, l := range []netip.AddrPort{r.cfg.ListenUDP, r.cfg.ListenTCP, r.cfg.ListenTLS} {
+		if l.IsValid() && l.Port() == a.Port() {
+			return true
+		}
+	}
+	return false
 }
 
 // callSource is the address a call's allocations count against for the per-source cap; the

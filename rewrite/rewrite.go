@@ -330,7 +330,8 @@ func (w *rewriter) headers(m *Message) error {
 	return nil
 }
 
-// uri translates the host and port of a sip: or sips: URI.
+// uri translates the host and port of a sip: or sips: URI, and its transport when the
+// translator converts it.
 func (w *rewriter) uri(field Field, u *uriInfo) error {
 	if !u.sip || !u.hp.isIP() {
 		return nil
@@ -342,7 +343,30 @@ func (w *rewriter) uri(field Field, u *uriInfo) error {
 	case u.secure:
 		transport = "tls"
 	}
-	return w.hostPort(field, transport, &u.hp)
+	a, to, changed, err := w.hostPort(field, transport, &u.hp)
+	if err != nil || !changed {
+		return err
+	}
+	tt, ok := w.tr.(TransportTranslator)
+	if !ok {
+		return nil
+	}
+	want := tt.TranslateTransport(a, to)
+	if want == "" || want == transport || (transport == "" && want == "udp") {
+		return nil
+	}
+	// sips: means TLS all the way; any other transport makes it sip:.
+	if u.secure && want != "tls" {
+		w.edit(field, "scheme", u.scheme, func(dst []byte) []byte { return append(dst, "sip"...) })
+	}
+	if u.transport.len() > 0 {
+		w.edit(field, "transport", u.transport, func(dst []byte) []byte { return append(dst, want...) })
+	} else if !(u.secure && want == "tls") {
+		w.edit(field, "transport", span{u.hpEnd, u.hpEnd}, func(dst []byte) []byte {
+			return append(append(dst, ";transport="...), want...)
+		})
+	}
+	return nil
 }
 
 // defaultPort is the port a SIP URI or Via without one means.
@@ -353,7 +377,9 @@ func defaultPort(transport string) uint16 {
 	return 5060
 }
 
-func (w *rewriter) hostPort(field Field, transport string, hp *hostPort) error {
+// hostPort translates a host and port; it returns what it asked and got, and whether the
+// address changed.
+func (w *rewriter) hostPort(field Field, transport string, hp *hostPort) (Addr, netip.AddrPort, bool, error) {
 	a := Addr{Field: field, From: w.from, Transport: transport}
 	port := hp.portNum
 	if hp.port.len() == 0 {
@@ -362,10 +388,10 @@ func (w *rewriter) hostPort(field Field, transport string, hp *hostPort) error {
 	a.AddrPort = netip.AddrPortFrom(hp.addr, port)
 	to, ok, err := w.tr.Translate(a)
 	if err != nil {
-		return fmt.Errorf("translate %s %s: %w", field, a.AddrPort, err)
+		return a, to, false, fmt.Errorf("translate %s %s: %w", field, a.AddrPort, err)
 	}
 	if !ok || to == a.AddrPort {
-		return nil
+		return a, to, false, nil
 	}
 	if to.Addr() != hp.addr {
 		bracket := to.Addr().Is6()
@@ -399,14 +425,29 @@ func (w *rewriter) hostPort(field Field, transport string, hp *hostPort) error {
 			return strconv.AppendUint(append(dst, ':'), uint64(to.Port()), 10)
 		})
 	}
-	return nil
+	return a, to, true, nil
 }
 
 func (w *rewriter) via(p viaParm) error {
 	transport := transportName(w.raw[p.transport.start:p.transport.end])
 	if p.sentBy.isIP() {
-		if err := w.hostPort(FieldVia, transport, &p.sentBy); err != nil {
+		a, to, changed, err := w.hostPort(FieldVia, transport, &p.sentBy)
+		if err != nil {
 			return err
+		}
+		if tt, ok := w.tr.(TransportTranslator); ok && changed {
+			if want := tt.TranslateTransport(a, to); want != "" && want != transport {
+				w.edit(FieldVia, "transport", p.transport, func(dst []byte) []byte {
+					for i := range len(want) {
+						c := want[i]
+						if c >= 'a' && c <= 'z' {
+							c -= 'a' - 'A'
+						}
+						dst = append(dst, c)
+					}
+					return dst
+				})
+			}
 		}
 	}
 	if p.received.len() > 0 {

@@ -25,6 +25,8 @@ type uriInfo struct {
 	headers   bool // has a "?" headers component
 	hp        hostPort
 	transport span // value of the transport parameter, empty if absent
+	scheme    span // "sip" or "sips"
+	hpEnd     int  // just past the host and port: where URI parameters start
 }
 
 // parseURI reads the URI at s. Only sip: and sips: URIs are parsed past their scheme; others are
@@ -37,6 +39,7 @@ func parseURI(raw []byte, s span, where string) (uriInfo, error) {
 		return u, malformed(where, s.start, "URI has no scheme")
 	}
 	scheme := b[:colon]
+	u.scheme = span{s.start, s.start + colon}
 	switch {
 	case equalFold(scheme, "sip"):
 	case equalFold(scheme, "sips"):
@@ -62,6 +65,7 @@ func parseURI(raw []byte, s span, where string) (uriInfo, error) {
 		return u, err
 	}
 	u.hp = hp
+	u.hpEnd = end
 	// URI parameters, then headers.
 	i := end
 	for i < s.end && raw[i] == ';' {

@@ -193,3 +193,11 @@ type Translator interface {
 	// (not held, not rejected, not TCP).
 	Media(from Side, s *Stream) (MediaBinding, error)
 }
+
+// TransportTranslator is implemented by a [Translator] that converts transports (phones on TLS,
+// a PBX on UDP). For every address Translate changed, the rewriter asks which transport the
+// receiver reaches the new address over, and writes it: the protocol of a Via, the transport
+// parameter (and sips: scheme) of a URI. An empty answer leaves the transport as written.
+type TransportTranslator interface {
+	TranslateTransport(a Addr, to netip.AddrPort) string
+}

@@ -50,7 +50,8 @@ type generator struct {
 	runID   uint32 // tells this run's packets from those a relay still queues from an earlier one
 
 	warmupNs            int64
-	sent, sendErrors    atomic.Uint64
+	sent, sendErrors    atomic.Uint64 // after the warm-up
+	sentAll             atomic.Uint64 // the whole run
 	stopRecv            atomic.Bool
 	mu                  sync.Mutex // guards the receivers' merged results
 	hist                []uint64
@@ -129,27 +130,35 @@ func (g *generator) run(ctx context.Context) (result, error) {
 			}()
 		}
 	}
-	var counted uint64
+	// Flat-out, nftables counts arrivals: zeroed before sending, read at the ends of the
+	// warm-up and of the measurement (for the rate) and after the drain (for the loss, over
+	// the whole run, so that no packet in flight at a boundary counts as lost).
+	var atWarmup, atEnd uint64
 	var countErr error
 	countDone := make(chan struct{})
 	if g.o.flat {
-		// Count arrivals during the measurement only: reset at the end of the warm-up, read
-		// when sending stops.
+		if _, err := readCounter(true); err != nil {
+			return result{}, err
+		}
 		go func() {
 			defer close(countDone)
-			select {
-			case <-time.After(g.o.warmup):
-			case <-ctx.Done():
-				return
+			for i, d := range []time.Duration{g.o.warmup, g.o.warmup + g.o.duration} {
+				select {
+				case <-time.After(time.Until(g.base.Add(d))):
+				case <-ctx.Done():
+					return
+				}
+				n, err := readCounter(false)
+				if err != nil {
+					countErr = err
+					return
+				}
+				if i == 0 {
+					atWarmup = n
+				} else {
+					atEnd = n
+				}
 			}
-			if _, countErr = resetCounter(); countErr != nil {
-				return
-			}
-			select {
-			case <-time.After(g.o.duration):
-			case <-ctx.Done():
-			}
-			counted, countErr = resetCounter()
 		}()
 	} else {
 		close(countDone)
@@ -159,15 +168,19 @@ func (g *generator) run(ctx context.Context) (result, error) {
 	if countErr != nil {
 		return result{}, countErr
 	}
-	if g.o.flat {
-		g.received = counted
-	}
 	select {
 	case <-time.After(g.o.drain):
 	case <-ctx.Done():
 	}
 	g.stopRecv.Store(true)
 	wg.Wait()
+	if g.o.flat {
+		total, err := readCounter(false)
+		if err != nil {
+			return result{}, err
+		}
+		return g.flatResult(atEnd-atWarmup, total), nil
+	}
 
 	r := result{Calls: g.calls, Streams: len(g.streams), Flat: g.o.flat, Seconds: g.o.duration.Seconds(),
 		Sent: g.sent.Load(), SendErrors: g.sendErrors.Load(), Received: g.received, Misrouted: g.misrouted, Stale: g.stale}
@@ -181,6 +194,22 @@ func (g *generator) run(ctx context.Context) (result, error) {
 	r.RecvPPS = float64(r.Received) / r.Seconds
 	r.P50us, r.P99us, r.P999us, r.MaxUs = g.percentile(0.5), g.percentile(0.99), g.percentile(0.999), g.percentile(1)
 	return r, nil
+}
+
+// flatResult reports a flat-out run: the rate from the counter over the measurement, the
+// loss over the whole run (total arrivals against every packet sent).
+func (g *generator) flatResult(measured, total uint64) result {
+	r := result{Calls: g.calls, Streams: len(g.streams), Flat: true, Seconds: g.o.duration.Seconds(),
+		Sent: g.sentAll.Load(), SendErrors: g.sendErrors.Load(), Received: total}
+	if r.Sent > r.Received {
+		r.Lost = r.Sent - r.Received
+	}
+	if r.Sent > 0 {
+		r.LossPercent = 100 * float64(r.Lost) / float64(r.Sent)
+	}
+	r.SentPPS = float64(g.sent.Load()) / r.Seconds
+	r.RecvPPS = float64(measured) / r.Seconds
+	return r
 }
 
 func (g *generator) percentile(q float64) float64 {
@@ -259,6 +288,7 @@ func (g *generator) send(ctx context.Context) {
 				s, e := sendmmsg(g.raw[f], group[:len(byFam[f])])
 				sent, failed = sent+s, failed+e
 			}
+			g.sentAll.Add(uint64(sent))
 			if stamp >= g.warmupNs {
 				g.sent.Add(uint64(sent))
 				g.sendErrors.Add(uint64(failed))
@@ -357,23 +387,27 @@ func nftScript(minPort, maxPort uint16, tport [2]uint16, flat bool) string {
 	return b.String()
 }
 
-// resetCounter reads and zeroes the flat-out arrival counter.
-func resetCounter() (uint64, error) {
-	out, err := exec.Command("nft", "reset", "counter", "inet", nftTable, "rx").CombinedOutput()
+// readCounter reads the flat-out arrival counter, zeroing it if reset.
+func readCounter(reset bool) (uint64, error) {
+	verb := "list"
+	if reset {
+		verb = "reset"
+	}
+	out, err := exec.Command("nft", verb, "counter", "inet", nftTable, "rx").CombinedOutput()
 	if err != nil {
-		return 0, fmt.Errorf("nft reset counter: %w: %s", err, bytes.TrimSpace(out))
+		return 0, fmt.Errorf("nft %s counter: %w: %s", verb, err, bytes.TrimSpace(out))
 	}
 	f := strings.Fields(string(out))
 	for i := 0; i+1 < len(f); i++ {
 		if f[i] == "packets" {
 			var n uint64
 			if _, err := fmt.Sscan(f[i+1], &n); err != nil {
-				return 0, fmt.Errorf("nft reset counter: %q: %w", out, err)
+				return 0, fmt.Errorf("nft counter: %q: %w", out, err)
 			}
 			return n, nil
 		}
 	}
-	return 0, fmt.Errorf("nft reset counter: no packet count in %q", out)
+	return 0, fmt.Errorf("nft counter: no packet count in %q", out)
 }
 
 func runNft(script string) error {

@@ -83,16 +83,14 @@ func TestParseFields(t *testing.T) {
 			r := rs.At(0)
 			for _, spec := range tc.match {
 				req := rq(t, spec)
-				var k keys
-				k.set(&req)
+				k := keysOf(&req)
 				if !r.match(&req, &k) {
 					t.Errorf("does not match %q", spec)
 				}
 			}
 			for _, spec := range tc.noMatch {
 				req := rq(t, spec)
-				var k keys
-				k.set(&req)
+				k := keysOf(&req)
 				if r.match(&req, &k) {
 					t.Errorf("matches %q", spec)
 				}
@@ -106,8 +104,7 @@ func TestParseEveryMethod(t *testing.T) {
 		r := mustParse(t, "deny method="+strings.ToLower(m)).At(0)
 		for other := range strings.SplitSeq(knownMethods, ", ") {
 			req := rq(t, "method="+other)
-			var k keys
-			k.set(&req)
+			k := keysOf(&req)
 			if got, want := r.match(&req, &k), other == m; got != want {
 				t.Errorf("method=%s matches %s: %v, want %v", strings.ToLower(m), other, got, want)
 			}

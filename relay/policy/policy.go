@@ -229,8 +229,7 @@ func (d Decision) RetryAfterSeconds() int {
 // source's bucket. It allocates nothing, except the first time a rate rule sees a source.
 func (p *Policy) Evaluate(req Request) Decision {
 	set := p.active.Load()
-	var k keys
-	k.set(&req)
+	k := keysOf(&req)
 	now := p.clock()
 	for i := range set.list {
 		r := &set.list[i]

@@ -128,12 +128,16 @@ type keys struct {
 	transport transportSet
 }
 
-func (k *keys) set(req *Request) {
-	k.src = ipKeyOf(req.Src.Addr())
-	k.dst = ipKeyOf(req.DstAddr)
-	k.host = strings.TrimSuffix(req.DstHost, ".")
-	k.method = methodBit(req.Method)
-	k.transport = transportBit(req.Transport)
+// keysOf reduces a request. It returns a value, not a fill through a pointer, so that DstHost
+// does not escape and the relay's string([]byte) conversions can stay on its stack.
+func keysOf(req *Request) keys {
+	return keys{
+		src:       ipKeyOf(req.Src.Addr()),
+		dst:       ipKeyOf(req.DstAddr),
+		host:      strings.TrimSuffix(req.DstHost, "."),
+		method:    methodBit(req.Method),
+		transport: transportBit(req.Transport),
+	}
 }
 
 // ipKey is an address as integers: an IPv4 address (or an IPv4-mapped IPv6 one) in v4, an
