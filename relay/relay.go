@@ -29,6 +29,7 @@ type Relay struct {
 	mu       sync.Mutex // guards the following
 	closed   bool
 	udp      map[netip.AddrPort]*udpSocket // by the address it stands for (listener or binding)
+	spoof    map[netip.AddrPort]*udpSocket // transparent mode: sockets sending from servers' addresses
 	aliases  map[aliasKey]netip.AddrPort
 	calls    map[string]*callState
 	draining bool
@@ -54,6 +55,7 @@ func New(cfg Config) (*Relay, error) {
 		cfg:     cfg,
 		log:     cfg.Logger,
 		udp:     make(map[netip.AddrPort]*udpSocket),
+		spoof:   make(map[netip.AddrPort]*udpSocket),
 		aliases: make(map[aliasKey]netip.AddrPort),
 		calls:   make(map[string]*callState),
 	}
@@ -100,12 +102,18 @@ func (r *Relay) Media() *mediarelay.Relay { return r.media }
 // every socket and binding, and returns. It returns an error at once if a listener cannot open.
 func (r *Relay) Run(ctx context.Context) error {
 	if r.cfg.ListenUDP.IsValid() {
-		c, err := listenUDP(r.cfg.ListenUDP)
+		listen := listenUDP
+		if r.cfg.Mode == Transparent {
+			listen = listenTransparentUDP
+		}
+		c, err := listen(r.cfg.ListenUDP)
 		if err != nil {
 			r.shutdown()
 			return err
 		}
-		r.serveUDP(c, r.cfg.ListenUDP, true)
+		if s := r.serveUDP(c, r.cfg.ListenUDP, true); s != nil {
+			s.transparent = r.cfg.Mode == Transparent
+		}
 	}
 	if r.cfg.ListenTCP.IsValid() || r.cfg.ListenTLS.IsValid() {
 		if err := r.listenStreams(ctx); err != nil {
@@ -143,6 +151,9 @@ func (r *Relay) shutdown() {
 	for _, s := range r.udp {
 		socks = append(socks, s)
 	}
+	for _, s := range r.spoof {
+		socks = append(socks, s)
+	}
 	r.mu.Unlock()
 	for _, s := range socks {
 		s.conn.Close()
@@ -157,9 +168,11 @@ func (r *Relay) shutdown() {
 type inbound struct {
 	transport string
 	src       netip.AddrPort
-	local     netip.AddrPort // the listener or binding address it reached
+	local     netip.AddrPort // the listener or binding address it reached; in transparent mode, where it was going
 	listener  bool           // local is a listener, not a binding
-	conn      *streamConn    // TCP/TLS: the connection it came over
+	// transparent: intercepted by TPROXY (or REDIRECT); local is the original destination.
+	transparent bool
+	conn        *streamConn // TCP/TLS: the connection it came over
 }
 
 // handle processes one message.
@@ -195,6 +208,14 @@ func (r *Relay) handle(in inbound, raw []byte) {
 		next, out = b.ForwardTo(), r.transportTo(b.ForwardTo(), b.Transport())
 	} else if isReq && from == pinhole.Outside && r.cfg.Mode == Upstream {
 		next, out = r.cfg.Upstream, r.cfg.UpstreamTransport
+	} else if in.transparent {
+		if from == pinhole.Outside || r.m.Own(pinhole.Outside, in.local.Addr()) || r.m.Own(pinhole.Inside, in.local.Addr()) {
+			// Interception serves the inside's traffic to the world; anything else is not sipcar's.
+			r.metrics.dropped.WithLabelValues("not-intercepted").Inc()
+			r.answer(in, raw, 403, "Forbidden", "sipcar relays only what the gateway intercepts from the inside", 0)
+			return
+		}
+		next = in.local
 	}
 
 	t := &msgTranslator{r: r, transport: in.transport, src: in.src, callID: callID, next: next, out: out}
@@ -274,6 +295,11 @@ func (r *Relay) handle(in inbound, raw []byte) {
 
 // senderBinding returns the address a message from in.src leaves from on the far side.
 func (r *Relay) senderBinding(from pinhole.Side, in inbound, out, callID string) (netip.AddrPort, error) {
+	if r.cfg.Mode == Transparent && from == pinhole.Outside {
+		// Toward the inside a transparent gateway changes only the destination: the phone sees
+		// the message come from whoever sent it.
+		return in.src, nil
+	}
 	if to, ok := r.staticBinding(from, in.src, out); ok {
 		return to, nil
 	}

@@ -23,8 +23,10 @@ type streamConn struct {
 	conn      net.Conn
 	transport string         // "tcp" or "tls"
 	remote    netip.AddrPort // the peer
-	local     netip.AddrPort // the address it stands for (listener or binding)
+	local     netip.AddrPort // the address it stands for (listener or binding); intercepted: the original destination
 	listener  bool
+	// transparent: intercepted by TPROXY or REDIRECT.
+	transparent bool
 
 	wmu sync.Mutex // serialises writes: one message is written whole
 }
@@ -46,7 +48,13 @@ const connIdle = 10 * time.Minute
 
 func (r *Relay) listenStreams(ctx context.Context) error {
 	if r.cfg.ListenTCP.IsValid() {
-		l, err := reuseport.Listen("tcp", r.cfg.ListenTCP.String())
+		var l net.Listener
+		var err error
+		if r.cfg.Mode == Transparent {
+			l, err = listenTransparentTCP(r.cfg.ListenTCP)
+		} else {
+			l, err = reuseport.Listen("tcp", r.cfg.ListenTCP.String())
+		}
 		if err != nil {
 			return fmt.Errorf("listen tcp %v: %w", r.cfg.ListenTCP, err)
 		}
@@ -84,7 +92,16 @@ func (r *Relay) serveStreams(l net.Listener, transport string, local netip.AddrP
 			if _, ok := c.(*tls.Conn); ok {
 				tr = "tls"
 			}
-			r.addConn(&streamConn{r: r, conn: c, transport: tr, remote: remote, local: local, listener: listener})
+			sc := &streamConn{r: r, conn: c, transport: tr, remote: remote, local: local, listener: listener}
+			if listener && r.cfg.Mode == Transparent && tr == "tcp" {
+				// TPROXY keeps the original destination as the local address; REDIRECT says it
+				// through SO_ORIGINAL_DST.
+				sc.local, sc.transparent = addrPortOf(c.LocalAddr()), true
+				if dst, ok := soOriginalDst(c); ok && dst != sc.local && !dst.Addr().IsLoopback() {
+					sc.local = dst
+				}
+			}
+			r.addConn(sc)
 		}
 	}()
 }
@@ -139,7 +156,7 @@ func (c *streamConn) read() {
 			case framePing:
 				_ = c.write([]byte("\r\n"))
 			case frameMessage:
-				r.handle(inbound{transport: c.transport, src: c.remote, local: c.local, listener: c.listener, conn: c}, buf[:n])
+				r.handle(inbound{transport: c.transport, src: c.remote, local: c.local, listener: c.listener, transparent: c.transparent, conn: c}, buf[:n])
 			}
 			buf = append(buf[:0], buf[n:]...)
 		}

@@ -110,12 +110,13 @@ func (t *msgTranslator) Media(from rewrite.Side, s *rewrite.Stream) (rewrite.Med
 
 // bindsAddr reports whether an address that a message from side from names gets a binding on
 // the far side. In upstream mode sipcar anchors both sides, so every address does; in
-// transparent mode only addresses on the sender's side do (the gateway routes the rest).
+// transparent mode (source NAT) only inside addresses leaving the inside do: the gateway routes
+// the inside's packets to the world as they are.
 func (r *Relay) bindsAddr(from pinhole.Side, a netip.Addr) bool {
 	if r.cfg.Mode == Upstream {
 		return true
 	}
-	return r.cfg.sideOf(a) == from
+	return from == pinhole.Inside && r.cfg.sideOf(a) == pinhole.Inside
 }
 
 // staticBinding translates between the upstream and the public address of sipcar's listeners:

@@ -19,6 +19,9 @@ type udpSocket struct {
 	conn     *net.UDPConn
 	addr     netip.AddrPort // the address it stands for (a binding's may be a public address the host lacks)
 	listener bool
+	// transparent: a TPROXY listener; each datagram's original destination is where it was
+	// going, and stands for the address it reached.
+	transparent bool
 }
 
 // listenUDP opens a SIP listener. SO_REUSEPORT lets a restarted sipcar bind while the old one
@@ -50,8 +53,25 @@ func (r *Relay) serveUDP(c *net.UDPConn, addr netip.AddrPort, listener bool) *ud
 func (s *udpSocket) read() {
 	defer s.r.wg.Done()
 	buf := make([]byte, maxUDPMessage)
+	oob := make([]byte, 128)
 	for {
-		n, src, err := s.conn.ReadFromUDPAddrPort(buf)
+		local := s.addr
+		var n int
+		var src netip.AddrPort
+		var err error
+		if s.transparent {
+			var oobn int
+			n, oobn, _, src, err = s.conn.ReadMsgUDPAddrPort(buf, oob)
+			if err == nil {
+				dst, ok := origDst(oob[:oobn])
+				if !ok {
+					continue // not intercepted: nothing sipcar should relay
+				}
+				local = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
+			}
+		} else {
+			n, src, err = s.conn.ReadFromUDPAddrPort(buf)
+		}
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -63,7 +83,7 @@ func (s *udpSocket) read() {
 			continue
 		}
 		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
-		s.r.handle(inbound{transport: "udp", src: src, local: s.addr, listener: s.listener}, msg)
+		s.r.handle(inbound{transport: "udp", src: src, local: local, listener: s.listener, transparent: s.transparent}, msg)
 	}
 }
 
@@ -94,13 +114,61 @@ func (r *Relay) send(local netip.AddrPort, transport string, dst netip.AddrPort,
 	}
 	r.mu.Lock()
 	s := r.udp[local]
-	if s == nil && r.cfg.ListenUDP.IsValid() {
+	if s == nil {
+		s = r.spoof[local]
+	}
+	if s == nil && r.cfg.Mode == Upstream && r.cfg.ListenUDP.IsValid() {
 		s = r.udp[r.cfg.ListenUDP] // sipcar's own address: the listener serves it
 	}
 	r.mu.Unlock()
+	if s == nil && r.cfg.Mode == Transparent {
+		var err error
+		if s, err = r.spoofSocket(local); err != nil {
+			return err
+		}
+	}
 	if s == nil {
 		return fmt.Errorf("send from %v: no socket", local)
 	}
 	_, err := s.conn.WriteToUDPAddrPort(msg, dst)
 	return err
+}
+
+// maxSpoofSockets bounds the sockets kept to send from the addresses of servers the phones
+// talk to (transparent mode).
+const maxSpoofSockets = 4096
+
+// spoofSocket returns a socket that sends from a, an address that is not the host's: in
+// transparent mode a phone must see a reply come from the server it addressed.
+func (r *Relay) spoofSocket(a netip.AddrPort) (*udpSocket, error) {
+	c, err := bindTransparentUDP(a)
+	if err != nil {
+		return nil, err
+	}
+	// A transparent socket bound to a server's address also takes what the phones send to that
+	// address from then on (nftables' "socket transparent" match finds it before TPROXY does):
+	// it is read like the listener.
+	s := &udpSocket{r: r, conn: c, addr: a, listener: true, transparent: true}
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		c.Close()
+		return nil, errors.New("relay closed")
+	}
+	if old := r.spoof[a]; old != nil {
+		r.mu.Unlock()
+		c.Close()
+		return old, nil
+	}
+	if len(r.spoof) >= maxSpoofSockets {
+		for k, old := range r.spoof {
+			old.conn.Close()
+			delete(r.spoof, k)
+		}
+	}
+	r.spoof[a] = s
+	r.wg.Add(1)
+	r.mu.Unlock()
+	go s.read()
+	return s, nil
 }

@@ -101,14 +101,14 @@ const (
 	transportsAny = tOther<<1 - 1
 )
 
-// transportBit returns the bit of a transport name, in any case ("udp", "UDP").
+// transportBit returns the bit of a transport name, in any ASCII case ("udp", "UDP").
 func transportBit(s string) transportSet {
 	switch {
-	case strings.EqualFold(s, "udp"):
+	case equalLower(s, "udp"):
 		return tUDP
-	case strings.EqualFold(s, "tcp"):
+	case equalLower(s, "tcp"):
 		return tTCP
-	case strings.EqualFold(s, "tls"):
+	case equalLower(s, "tls"):
 		return tTLS
 	}
 	return tOther

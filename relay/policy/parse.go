@@ -67,11 +67,13 @@ func Parse(text string) (*Rules, error) {
 			}
 			r.text, r.line = text, lineIdx+1
 			rs.rules = append(rs.rules, r)
+			rs.matchers = append(rs.matchers, r.matcher)
 		}
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
+	rs.index = newIndex(rs.matchers)
 	return rs, nil
 }
 
@@ -174,7 +176,7 @@ func fieldBit(name string) int {
 
 // parseRule parses one rule's tokens; on error it returns the field that is wrong.
 func parseRule(toks []string) (Rule, string, error) {
-	r := Rule{srcAny: true, dstAny: true, methods: methodsAny, transports: transportsAny}
+	r := Rule{matcher: matcher{srcAny: true, methods: methodsAny, transports: transportsAny}}
 	switch strings.ToLower(toks[0]) {
 	case "permit":
 		r.action = Permit
@@ -283,17 +285,18 @@ func (r *Rule) parseDst(value string) error {
 	if err != nil || isAny {
 		return err
 	}
-	r.dstAny = false
+	d := &dstMatcher{}
+	r.dst = d
 	for _, it := range items {
 		switch strings.ToLower(it) {
 		case "inside":
-			r.dstSides |= sideInside
+			d.sides |= sideInside
 			continue
 		case "outside":
-			r.dstSides |= sideOutside
+			d.sides |= sideOutside
 			continue
 		case "upstream":
-			r.dstSides |= sideUpstream
+			d.sides |= sideUpstream
 			continue
 		}
 		if looksLikeAddr(it) {
@@ -301,14 +304,14 @@ func (r *Rule) parseDst(value string) error {
 			if err != nil {
 				return err
 			}
-			r.dst.add(p)
+			d.addrs.add(p)
 			continue
 		}
 		h, err := parseHost(it)
 		if err != nil {
 			return err
 		}
-		r.dstHosts = append(r.dstHosts, h)
+		d.hosts = append(d.hosts, h)
 	}
 	return nil
 }

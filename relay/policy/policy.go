@@ -231,12 +231,8 @@ func (p *Policy) Evaluate(req Request) Decision {
 	set := p.active.Load()
 	k := keysOf(&req)
 	now := p.clock()
-	for i := range set.list {
-		r := &set.list[i]
-		if !r.match(&req, &k) {
-			continue
-		}
-		e := &set.entries[i]
+	if i := set.rules.first(&req, &k); i >= 0 {
+		r, e := &set.list[i], &set.entries[i]
 		e.stats.hit(now)
 		d := Decision{Action: r.action, Rule: i + 1, Text: r.text}
 		if r.action == Deny {
@@ -244,7 +240,7 @@ func (p *Policy) Evaluate(req Request) Decision {
 			return d
 		}
 		if e.stats.limiter != nil && req.Initial {
-			if ok, retry := e.stats.limiter.take(req.Src.Addr(), now.Sub(p.epoch).Nanoseconds()); !ok {
+			if ok, retry := e.stats.limiter.take(sourceKeyOf(&k.src), now.Sub(p.epoch).Nanoseconds()); !ok {
 				e.stats.limited.Add(1)
 				d.Action, d.RateLimited, d.RetryAfter = Deny, true, retry
 				d.Silent, d.Warning = r.silent || k.method == mAck, e.limited

@@ -9,7 +9,17 @@ import (
 // Rules is an ordered list of rules, as [Parse] and [Load] return it. It is immutable, and safe
 // to share between goroutines and between [Policy] values.
 type Rules struct {
-	rules []Rule
+	rules    []Rule
+	matchers []matcher // rules[i].matcher
+	index    *index    // nil for more than maxIndexedRules rules
+}
+
+// first returns the number (from 0) of the first rule that matches, or -1.
+func (rs *Rules) first(req *Request, k *keys) int {
+	if rs.index != nil {
+		return rs.index.first(rs.matchers, req, k)
+	}
+	return scan(rs.matchers, req, k)
 }
 
 // Len returns the number of rules.
@@ -60,14 +70,7 @@ type Rule struct {
 	action Action
 	silent bool
 
-	methods    methodSet
-	transports transportSet
-	srcAny     bool
-	src        addrSet
-	dstAny     bool
-	dst        addrSet
-	dstSides   sideSet
-	dstHosts   []hostPattern
+	matcher
 
 	perSecond float64 // 0: no rate
 	burst     int
@@ -90,30 +93,42 @@ func (r *Rule) Silent() bool { return r.silent }
 // burst; 0, 0 when it has none.
 func (r *Rule) Rate() (perSecond float64, burst int) { return r.perSecond, r.burst }
 
-// match reports whether the rule matches a request whose addresses, method and transport the
-// caller has already reduced to keys.
-func (r *Rule) match(req *Request, k *keys) bool {
-	if r.methods&k.method == 0 || r.transports&k.transport == 0 {
-		return false
-	}
-	if !r.srcAny && !r.src.contains(&k.src) {
-		return false
-	}
-	if r.dstAny {
-		return true
-	}
-	if r.dstSides != 0 {
-		if (r.dstSides&sideInside != 0 && req.DstSide == Inside) ||
-			(r.dstSides&sideOutside != 0 && req.DstSide == Outside) ||
-			(r.dstSides&sideUpstream != 0 && req.ToUpstream) {
+// matcher is what a rule compares, kept to one cache line so that a scan of many rules stays
+// in few: the method and transport bits first (the cheapest test), the source prefixes, and
+// the destination behind a pointer (nil for dst=any).
+type matcher struct {
+	methods    methodSet
+	transports transportSet
+	srcAny     bool
+	src        addrSet
+	dst        *dstMatcher
+}
+
+type dstMatcher struct {
+	sides sideSet
+	addrs addrSet
+	hosts []hostPattern
+}
+
+// match reports whether the rule matches a request reduced to k.
+func (m *matcher) match(req *Request, k *keys) bool {
+	return m.methods&k.method != 0 && m.transports&k.transport != 0 &&
+		(m.srcAny || m.src.contains(&k.src)) && (m.dst == nil || m.dst.match(req, k))
+}
+
+func (d *dstMatcher) match(req *Request, k *keys) bool {
+	if d.sides != 0 {
+		if (d.sides&sideInside != 0 && req.DstSide == Inside) ||
+			(d.sides&sideOutside != 0 && req.DstSide == Outside) ||
+			(d.sides&sideUpstream != 0 && req.ToUpstream) {
 			return true
 		}
 	}
-	if r.dst.contains(&k.dst) {
+	if d.addrs.contains(&k.dst) {
 		return true
 	}
-	for i := range r.dstHosts {
-		if r.dstHosts[i].match(k.host) {
+	for i := range d.hosts {
+		if d.hosts[i].match(k.host) {
 			return true
 		}
 	}
@@ -225,7 +240,8 @@ const (
 )
 
 // hostPattern is a host name of a dst list: an exact name, or "*.example.com", which matches
-// every name under example.com but not example.com itself. Names compare without regard to case.
+// every name under example.com but not example.com itself. Names compare without regard to
+// ASCII case (rule names are ASCII; a request's Unicode look-alike is another name).
 type hostPattern struct {
 	name     string // for a wildcard, the suffix with its leading dot (".example.com")
 	wildcard bool
@@ -233,7 +249,27 @@ type hostPattern struct {
 
 func (h *hostPattern) match(host string) bool {
 	if !h.wildcard {
-		return strings.EqualFold(host, h.name)
+		return equalLower(host, h.name)
 	}
-	return len(host) > len(h.name) && strings.EqualFold(host[len(host)-len(h.name):], h.name)
+	return len(host) > len(h.name) && equalLower(host[len(host)-len(h.name):], h.name)
+}
+
+// equalLower reports whether s equals lower, a lower-case ASCII string, ignoring ASCII case.
+func equalLower(s, lower string) bool {
+	if len(s) != len(lower) {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if lowerASCII(s[i]) != lower[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func lowerASCII(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
 }
