@@ -111,9 +111,7 @@ func (r *Relay) Run(ctx context.Context) error {
 			r.shutdown()
 			return err
 		}
-		if s := r.serveUDP(c, r.cfg.ListenUDP, true); s != nil {
-			s.transparent = r.cfg.Mode == Transparent
-		}
+		r.serveUDP(c, r.cfg.ListenUDP, true, r.cfg.Mode == Transparent)
 	}
 	if r.cfg.ListenTCP.IsValid() || r.cfg.ListenTLS.IsValid() {
 		if err := r.listenStreams(ctx); err != nil {
@@ -423,9 +421,8 @@ func (r *Relay) reserveSignaling(network string, addr netip.AddrPort) (io.Closer
 		res.Close()
 		return nil, fmt.Errorf("reserve %s %v: not a UDP socket", network, addr)
 	}
-	s := r.serveUDP(c, addr, false)
+	s := r.serveUDP(c, addr, false, false)
 	if s == nil {
-		c.Close()
 		return nil, errors.New("relay closed")
 	}
 	return s, nil

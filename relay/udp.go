@@ -36,11 +36,12 @@ func listenUDP(addr netip.AddrPort) (*net.UDPConn, error) {
 
 // serveUDP registers c under addr and reads it until it is closed. It returns nil if the relay
 // is closed.
-func (r *Relay) serveUDP(c *net.UDPConn, addr netip.AddrPort, listener bool) *udpSocket {
-	s := &udpSocket{r: r, conn: c, addr: addr, listener: listener}
+func (r *Relay) serveUDP(c *net.UDPConn, addr netip.AddrPort, listener, transparent bool) *udpSocket {
+	s := &udpSocket{r: r, conn: c, addr: addr, listener: listener, transparent: transparent}
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
+		c.Close()
 		return nil
 	}
 	r.udp[addr] = s

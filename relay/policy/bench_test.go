@@ -50,22 +50,24 @@ func uriHost(uri []byte) []byte {
 	} else if i := bytes.IndexByte(uri, ':'); i >= 0 {
 		uri = uri[i+1:]
 	}
-	if i := bytes.IndexAny(uri, ";:>?"); i >= 0 {
-		uri = uri[:i]
+	for i, c := range uri {
+		if c == ';' || c == ':' || c == '>' || c == '?' {
+			return uri[:i]
+		}
 	}
 	return uri
 }
 
 // benchEvaluate evaluates the benchmark INVITE from src, building the Request from the parsed
 // message in the loop as the relay would (the []byte-to-string conversions must not allocate).
-func benchEvaluate(b *testing.B, rules *Rules, src string, wantRule int) {
+func benchEvaluate(b *testing.B, rules *Rules, src, dst string, wantRule int) {
 	m := benchMessage(b)
 	p, err := New(rules, Config{Default: Deny})
 	if err != nil {
 		b.Fatal(err)
 	}
 	from := netip.MustParseAddrPort(src)
-	to := netip.MustParseAddr("198.51.100.10")
+	to := netip.MustParseAddr(dst)
 	b.ReportAllocs()
 	var d Decision
 	for b.Loop() {
@@ -87,23 +89,39 @@ func benchEvaluate(b *testing.B, rules *Rules, src string, wantRule int) {
 // BenchmarkEvaluate100Rules is the policy's cost per message beside BenchmarkRewriteInvite: the
 // INVITE goes through 99 rules that fail on their source to the 100th.
 func BenchmarkEvaluate100Rules(b *testing.B) {
-	benchEvaluate(b, benchRules(b, "permit src=192.168.1.0/24 dst=pbx.example.com method=INVITE,ACK,BYE,CANCEL"), "192.168.1.23:5060", 100)
+	benchEvaluate(b, benchRules(b, "permit src=192.168.1.0/24 dst=pbx.example.com method=INVITE,ACK,BYE,CANCEL"), "192.168.1.23:5060", "198.51.100.10", 100)
 }
 
 // BenchmarkEvaluate100RulesDefault: no rule matches, the default decides.
 func BenchmarkEvaluate100RulesDefault(b *testing.B) {
-	benchEvaluate(b, benchRules(b, "permit src=192.168.1.0/24 dst=pbx.example.com method=INVITE,ACK,BYE,CANCEL"), "198.18.0.23:5060", 0)
+	benchEvaluate(b, benchRules(b, "permit src=192.168.1.0/24 dst=pbx.example.com method=INVITE,ACK,BYE,CANCEL"), "198.18.0.23:5060", "198.51.100.10", 0)
 }
 
 // BenchmarkEvaluate100RulesRate: the 100th rule has a rate (high enough never to refuse), so the
 // source's bucket is taken each time.
 func BenchmarkEvaluate100RulesRate(b *testing.B) {
-	benchEvaluate(b, benchRules(b, "permit src=192.168.1.0/24 dst=pbx.example.com rate=1000000/s burst=1000000"), "192.168.1.23:5060", 100)
+	benchEvaluate(b, benchRules(b, "permit src=192.168.1.0/24 dst=pbx.example.com rate=1000000/s burst=1000000"), "192.168.1.23:5060", "198.51.100.10", 100)
 }
 
 // BenchmarkEvaluateFirstRule: the first rule matches.
 func BenchmarkEvaluateFirstRule(b *testing.B) {
-	benchEvaluate(b, benchRules(b, "deny"), "10.1.2.3:5060", 1)
+	benchEvaluate(b, benchRules(b, "deny"), "10.1.2.3:5060", "203.0.113.10", 1)
+}
+
+// BenchmarkEvaluate100RulesHosts: every rule has dst host names, exact and wildcard, so the
+// INVITE's host (pbx.example.com) is looked up as a name and as the parents .example.com and
+// .com; the 100th rule matches by its wildcard.
+func BenchmarkEvaluate100RulesHosts(b *testing.B) {
+	var text strings.Builder
+	for i := 1; i < 100; i++ {
+		fmt.Fprintf(&text, "deny src=10.%d.0.0/16 dst=sip%d.example.com,*.example%d.org method=INVITE,BYE\n", i, i, i)
+	}
+	text.WriteString("permit src=192.168.1.0/24 dst=*.example.com")
+	rules, err := Parse(text.String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	benchEvaluate(b, rules, "192.168.1.23:5060", "198.51.100.10", 100)
 }
 
 // BenchmarkEvaluate100RulesParallel evaluates from every core at once (the hit counters are

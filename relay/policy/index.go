@@ -160,7 +160,7 @@ func build4(w int, ps []rulePrefix4) ([]uint32, []uint64) {
 	for _, rp := range ps {
 		first, last := rp.p.base, rp.p.base|^rp.p.mask
 		j, _ := slices.BinarySearch(starts, first)
-		for ; j < len(starts) && starts[j] < last; j++ {
+		for ; j < len(starts) && starts[j] <= last; j++ {
 			bitsets[j*w+rp.rule/64] |= 1 << (rp.rule % 64)
 		}
 	}
