@@ -55,6 +55,10 @@ type Config struct {
 	Map   pinhole.Config
 	Media mediarelay.Config
 
+	// MaxMessageRate caps the SIP messages per second one source address may send; the excess is
+	// dropped and counted. 0 means no cap.
+	MaxMessageRate int
+
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 }

@@ -25,6 +25,7 @@ type Relay struct {
 	m       *pinhole.Map
 	media   *mediarelay.Relay
 	metrics *metrics
+	flood   *throttle
 
 	mu       sync.Mutex // guards the following
 	closed   bool
@@ -60,6 +61,7 @@ func New(cfg Config) (*Relay, error) {
 		calls:   make(map[string]*callState),
 	}
 	r.streams.conns = make(map[connKey]*streamConn)
+	r.flood = newThrottle(cfg.MaxMessageRate, 2*cfg.MaxMessageRate)
 	var err error
 	if r.metrics, err = newMetrics(cfg.Registerer); err != nil {
 		return nil, err
@@ -178,6 +180,11 @@ func (r *Relay) handle(in inbound, raw []byte) {
 	var m rewrite.Message
 	from := r.cfg.sideOf(in.src.Addr())
 	r.metrics.received.WithLabelValues(from.String(), in.transport).Inc()
+	if !r.flood.allow(in.src.Addr(), time.Now()) {
+		r.metrics.dropped.WithLabelValues("flood").Inc()
+		r.logOnce(in.src, "source throttled", "src", in.src, "limit_per_second", r.cfg.MaxMessageRate)
+		return
+	}
 	if err := rewrite.Parse(raw, &m); err != nil {
 		r.refuse(in, raw, err)
 		return

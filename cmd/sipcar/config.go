@@ -44,6 +44,7 @@ type config struct {
 	MediaIdleTTL      time.Duration     `env:"MEDIA_IDLE_TTL" envDefault:"60s" help:"a media pair's lifetime after its last packet"`
 	MaxCalls          int               `env:"MAX_CALLS" envDefault:"0" help:"cap on calls with media (0: the port range is the cap)"`
 	MaxCallsPerSource int               `env:"MAX_CALLS_PER_SOURCE" envDefault:"100" help:"cap on calls with media per source address (-1: none)"`
+	MaxMessageRate    int               `env:"MAX_MESSAGE_RATE" envDefault:"200" help:"SIP messages per second one source may send (burst twice that); 0: no cap"`
 	MediaMode         string            `env:"MEDIA_MODE" envDefault:"auto" help:"auto, fanin (nftables TPROXY, needs CAP_NET_ADMIN) or fallback (a socket per port)"`
 	AdminAddr         listenAddr        `env:"ADMIN_ADDR" envDefault:"127.0.0.1:9060" help:"admin HTTP endpoint (/healthz /readyz /metrics /servermap /sessions); empty disables"`
 	DrainTimeout      time.Duration     `env:"DRAIN_TIMEOUT" envDefault:"30s" help:"on SIGTERM, how long calls may go on before sipcar closes"`
@@ -231,6 +232,8 @@ func (c config) relayConfig(ctx context.Context, log *slog.Logger) (relay.Config
 		ListenTCP:  c.ListenTCP.AddrPort,
 		ListenTLS:  c.ListenTLS.AddrPort,
 		Logger:     log,
+
+		MaxMessageRate: c.MaxMessageRate,
 	}
 	if c.Mode == "transparent" {
 		rc.Mode = relay.Transparent
@@ -269,11 +272,11 @@ func (c config) relayConfig(ctx context.Context, log *slog.Logger) (relay.Config
 		rc.Media.Mode = mediarelay.ModeFallback
 	}
 	if c.ListenTLS.IsValid() {
-		cert, err := tls.LoadX509KeyPair(c.TLSCert, c.TLSKey)
+		certs, err := newCertReloader(c.TLSCert, c.TLSKey, log)
 		if err != nil {
 			return rc, fmt.Errorf("%sTLS_CERT/%sTLS_KEY: %w", envPrefix, envPrefix, err)
 		}
-		rc.TLS = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
+		rc.TLS = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.GetCertificate}
 	}
 	client := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: c.TLSInsecure}
 	if c.TLSCA != "" {

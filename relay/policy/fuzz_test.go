@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 )
@@ -22,6 +23,8 @@ func FuzzParse(f *testing.F) {
 		{},
 		{Method: "INVITE", Transport: "udp", Initial: true},
 		{Method: "REGISTER", Transport: "tls", DstSide: Inside, ToUpstream: true, DstHost: "a.example.com", Initial: true},
+		{Src: netip.MustParseAddrPort("198.18.0.7:5060"), DstAddr: netip.MustParseAddr("203.0.113.5"), DstSide: Outside, Method: "OPTIONS", Transport: "UDP", DstHost: "PBX.example.com."},
+		{Src: netip.MustParseAddrPort("[2001:db8:a::1]:5060"), DstAddr: netip.MustParseAddr("2001:db8:c::1"), Method: "INVITE", Transport: "tcp"},
 	}
 	f.Fuzz(func(t *testing.T, text string) {
 		rs, err := Parse(text)
@@ -49,6 +52,10 @@ func FuzzParse(f *testing.F) {
 			t.Fatal(err)
 		}
 		for _, req := range reqs {
+			k := keysOf(&req)
+			if got, want := rs.first(&req, &k), scan(rs.matchers, &req, &k); got != want {
+				t.Fatalf("index says rule %d, scan %d, for %+v", got+1, want+1, req)
+			}
 			d := p.Evaluate(req)
 			if d.Action != Permit && d.Action != Deny {
 				t.Fatalf("decision %+v", d)

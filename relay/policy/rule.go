@@ -93,9 +93,10 @@ func (r *Rule) Silent() bool { return r.silent }
 // burst; 0, 0 when it has none.
 func (r *Rule) Rate() (perSecond float64, burst int) { return r.perSecond, r.burst }
 
-// matcher is what a rule compares, kept to one cache line so that a scan of many rules stays
-// in few: the method and transport bits first (the cheapest test), the source prefixes, and
-// the destination behind a pointer (nil for dst=any).
+// matcher is what a rule compares. Its match is the reference for what a rule means: the
+// [index] only finds candidates faster, and rule sets too large to index are scanned with it.
+// It fits one cache line: the method and transport bits first (the cheapest test), the source
+// prefixes, and the destination behind a pointer (nil for dst=any).
 type matcher struct {
 	methods    methodSet
 	transports transportSet

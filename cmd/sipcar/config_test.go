@@ -1,0 +1,56 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+// Every wrong variable is named, one line each, saying what is expected.
+func TestConfigErrors(t *testing.T) {
+	tests := []struct {
+		env  []string
+		want []string
+	}{
+		{nil, []string{"SIPCAR_UPSTREAM: required in upstream mode", "SIPCAR_PUBLIC_ADDR: required"}},
+		{[]string{"SIPCAR_MODE=bridge", "SIPCAR_PUBLIC_ADDR=203.0.113.1"}, []string{`SIPCAR_MODE: "bridge": want upstream or transparent`}},
+		{[]string{"SIPCAR_UPSTREAM=http://pbx", "SIPCAR_PUBLIC_ADDR=203.0.113.1"}, []string{"SIPCAR_UPSTREAM: want a SIP URI"}},
+		{[]string{"SIPCAR_UPSTREAM=sip:pbx:5060;transport=sctp", "SIPCAR_PUBLIC_ADDR=203.0.113.1"}, []string{`SIPCAR_UPSTREAM: transport "sctp"`}},
+		{[]string{"SIPCAR_UPSTREAM=sip:pbx", "SIPCAR_PUBLIC_ADDR=203.0.113"}, []string{"SIPCAR_PUBLIC_ADDR: ParseAddr"}},
+		{[]string{"SIPCAR_UPSTREAM=sip:pbx", "SIPCAR_PUBLIC_ADDR=203.0.113.1", "SIPCAR_RTP_PORTS=30000-20000"}, []string{"SIPCAR_RTP_PORTS: "}},
+		{[]string{"SIPCAR_UPSTREAM=sip:pbx", "SIPCAR_PUBLIC_ADDR=203.0.113.1", "SIPCAR_LISTEN_UDP=5060"}, []string{"SIPCAR_LISTEN_UDP: want host:port"}},
+		{[]string{"SIPCAR_UPSTREAM=sip:pbx", "SIPCAR_PUBLIC_ADDR=203.0.113.1", "SIPCAR_SIGNALING_TTL=2 minutes"}, []string{"SIPCAR_SIGNALING_TTL: "}},
+		{[]string{"SIPCAR_UPSTREAM=sip:pbx", "SIPCAR_PUBLIC_ADDR=203.0.113.1", "SIPCAR_LISTEN_TLS=:5061"}, []string{"SIPCAR_LISTEN_TLS: needs SIPCAR_TLS_CERT"}},
+		{[]string{"SIPCAR_MODE=transparent", "SIPCAR_PUBLIC_ADDR=203.0.113.1"}, []string{"SIPCAR_INSIDE_NETS: required in transparent mode"}},
+		{[]string{"SIPCAR_UPSTREAM=sip:pbx", "SIPCAR_PUBLIC_ADDR=203.0.113.1", "SIPCAR_LOG_LEVEL=loud", "SIPCAR_MEDIA_MODE=x"},
+			[]string{"SIPCAR_LOG_LEVEL: ", "SIPCAR_MEDIA_MODE: "}},
+	}
+	for _, tc := range tests {
+		_, err := loadConfig(tc.env)
+		if err == nil {
+			t.Errorf("%v: accepted", tc.env)
+			continue
+		}
+		lines := strings.Split(err.Error(), "\n")
+		for _, w := range tc.want {
+			found := false
+			for _, l := range lines {
+				found = found || strings.HasPrefix(l, w)
+			}
+			if !found {
+				t.Errorf("%v: no line starting %q in\n%s", tc.env, w, err)
+			}
+		}
+		for _, l := range lines {
+			if !strings.HasPrefix(l, "SIPCAR_") {
+				t.Errorf("%v: line %q does not name its variable", tc.env, l)
+			}
+		}
+	}
+	cfg, err := loadConfig([]string{"SIPCAR_UPSTREAM=sip:pbx.example:5070;transport=tcp", "SIPCAR_PUBLIC_ADDR=203.0.113.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Upstream != (sipURI{Host: "pbx.example", Port: 5070, Transport: "tcp"}) || cfg.ListenUDP.Port() != 5060 || cfg.RTPPorts.First != 20000 {
+		t.Errorf("parsed %+v", cfg)
+	}
+}
