@@ -16,3 +16,5 @@ func listenTransparentTCP(netip.AddrPort) (net.Listener, error) { return nil, er
 func bindTransparentUDP(netip.AddrPort) (*net.UDPConn, error)   { return nil, errNoTransparent }
 func origDst([]byte) (netip.AddrPort, bool)                     { return netip.AddrPort{}, false }
 func soOriginalDst(net.Conn) (netip.AddrPort, bool)             { return netip.AddrPort{}, false }
+
+func raiseBuffers(c *net.UDPConn) { _ = c.SetReadBuffer(4 << 20) }

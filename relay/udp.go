@@ -37,6 +37,7 @@ func listenUDP(addr netip.AddrPort) (*net.UDPConn, error) {
 // serveUDP registers c under addr and reads it until it is closed. It returns nil if the relay
 // is closed.
 func (r *Relay) serveUDP(c *net.UDPConn, addr netip.AddrPort, listener, transparent bool) *udpSocket {
+	raiseBuffers(c)
 	s := &udpSocket{r: r, conn: c, addr: addr, listener: listener, transparent: transparent}
 	r.mu.Lock()
 	if r.closed {

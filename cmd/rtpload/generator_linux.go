@@ -49,14 +49,17 @@ type generator struct {
 	base    time.Time
 	runID   uint32 // tells this run's packets from those a relay still queues from an earlier one
 
-	warmupNs            int64
-	sent, sendErrors    atomic.Uint64 // after the warm-up
-	sentAll             atomic.Uint64 // the whole run
-	stopRecv            atomic.Bool
-	mu                  sync.Mutex // guards the receivers' merged results
-	hist                []uint64
-	received, misrouted uint64
-	stale               uint64
+	warmupNs         int64
+	sent, sendErrors atomic.Uint64 // after the warm-up
+	sentAll          atomic.Uint64 // the whole run
+	stopRecv         atomic.Bool
+
+	mu          sync.Mutex // guards the receivers' merged results
+	hist        []uint64
+	received    uint64 // sampled arrivals sent after the warm-up
+	receivedAll uint64 // sampled arrivals of the whole run
+	misrouted   uint64
+	stale       uint64
 }
 
 func fam(a netip.AddrPort) int {
@@ -65,6 +68,10 @@ func fam(a netip.AddrPort) int {
 	}
 	return 1
 }
+
+// sampled reports whether stream i's arrivals are received in userspace (for latency);
+// the others are counted by nftables.
+func (g *generator) sampled(i int) bool { return !g.o.flat && i%g.o.sample == 0 }
 
 func newGenerator(calls []call, o options) (*generator, error) {
 	g := &generator{o: o, calls: len(calls), raw: [2]int{-1, -1}, fanIn: [2]int{-1, -1}, hist: make([]uint64, histMax+1)}
@@ -76,8 +83,12 @@ func newGenerator(calls []call, o options) (*generator, error) {
 		}
 	}
 	var tport [2]uint16
-	for _, s := range g.streams {
+	var sampledPorts [2][]uint16
+	for i, s := range g.streams {
 		f := fam(s.src)
+		if g.sampled(i) {
+			sampledPorts[fam(s.arrive)] = append(sampledPorts[fam(s.arrive)], s.arrive.Port())
+		}
 		if g.raw[f] >= 0 {
 			continue
 		}
@@ -87,14 +98,14 @@ func newGenerator(calls []call, o options) (*generator, error) {
 			return nil, err
 		}
 		if o.flat {
-			continue // flat-out counts arrivals in nftables
+			continue
 		}
 		if g.fanIn[f], tport[f], err = openFanIn(f == 0); err != nil {
 			g.close()
 			return nil, err
 		}
 	}
-	if err := runNft(nftScript(minPort, maxPort, tport, o.flat)); err != nil {
+	if err := runNft(nftScript(minPort, maxPort, tport, sampledPorts)); err != nil {
 		g.close()
 		return nil, err
 	}
@@ -116,10 +127,18 @@ func (g *generator) close() {
 }
 
 // run sends for the warm-up and the measurement, waits for late packets, and reports.
+//
+// Accounting: the sampled streams' arrivals are received and timed; nftables counts the
+// others (zeroed before sending, read at the ends of the warm-up and of the measurement for
+// the rate, and after the drain). Loss is over the whole run, every packet sent against
+// every arrival, so that no packet in flight at a boundary counts as lost.
 func (g *generator) run(ctx context.Context) (result, error) {
 	g.base = time.Now()
 	g.runID = uint32(g.base.UnixNano()) | 1
 	g.warmupNs = int64(g.o.warmup)
+	if _, err := readCounter(true); err != nil {
+		return result{}, err
+	}
 	var wg sync.WaitGroup
 	for f := range 2 {
 		if g.fanIn[f] >= 0 {
@@ -130,39 +149,29 @@ func (g *generator) run(ctx context.Context) (result, error) {
 			}()
 		}
 	}
-	// Flat-out, nftables counts arrivals: zeroed before sending, read at the ends of the
-	// warm-up and of the measurement (for the rate) and after the drain (for the loss, over
-	// the whole run, so that no packet in flight at a boundary counts as lost).
 	var atWarmup, atEnd uint64
 	var countErr error
 	countDone := make(chan struct{})
-	if g.o.flat {
-		if _, err := readCounter(true); err != nil {
-			return result{}, err
-		}
-		go func() {
-			defer close(countDone)
-			for i, d := range []time.Duration{g.o.warmup, g.o.warmup + g.o.duration} {
-				select {
-				case <-time.After(time.Until(g.base.Add(d))):
-				case <-ctx.Done():
-					return
-				}
-				n, err := readCounter(false)
-				if err != nil {
-					countErr = err
-					return
-				}
-				if i == 0 {
-					atWarmup = n
-				} else {
-					atEnd = n
-				}
+	go func() {
+		defer close(countDone)
+		for i, d := range []time.Duration{g.o.warmup, g.o.warmup + g.o.duration} {
+			select {
+			case <-time.After(time.Until(g.base.Add(d))):
+			case <-ctx.Done():
+				return
 			}
-		}()
-	} else {
-		close(countDone)
-	}
+			n, err := readCounter(false)
+			if err != nil {
+				countErr = err
+				return
+			}
+			if i == 0 {
+				atWarmup = n
+			} else {
+				atEnd = n
+			}
+		}
+	}()
 	g.send(ctx)
 	<-countDone
 	if countErr != nil {
@@ -174,33 +183,14 @@ func (g *generator) run(ctx context.Context) (result, error) {
 	}
 	g.stopRecv.Store(true)
 	wg.Wait()
-	if g.o.flat {
-		total, err := readCounter(false)
-		if err != nil {
-			return result{}, err
-		}
-		return g.flatResult(atEnd-atWarmup, total), nil
+	total, err := readCounter(false)
+	if err != nil {
+		return result{}, err
 	}
 
 	r := result{Calls: g.calls, Streams: len(g.streams), Flat: g.o.flat, Seconds: g.o.duration.Seconds(),
-		Sent: g.sent.Load(), SendErrors: g.sendErrors.Load(), Received: g.received, Misrouted: g.misrouted, Stale: g.stale}
-	if r.Sent > r.Received {
-		r.Lost = r.Sent - r.Received
-	}
-	if r.Sent > 0 {
-		r.LossPercent = 100 * float64(r.Lost) / float64(r.Sent)
-	}
-	r.SentPPS = float64(r.Sent) / r.Seconds
-	r.RecvPPS = float64(r.Received) / r.Seconds
-	r.P50us, r.P99us, r.P999us, r.MaxUs = g.percentile(0.5), g.percentile(0.99), g.percentile(0.999), g.percentile(1)
-	return r, nil
-}
-
-// flatResult reports a flat-out run: the rate from the counter over the measurement, the
-// loss over the whole run (total arrivals against every packet sent).
-func (g *generator) flatResult(measured, total uint64) result {
-	r := result{Calls: g.calls, Streams: len(g.streams), Flat: true, Seconds: g.o.duration.Seconds(),
-		Sent: g.sentAll.Load(), SendErrors: g.sendErrors.Load(), Received: total}
+		Sent: g.sentAll.Load(), SendErrors: g.sendErrors.Load(), Received: total + g.receivedAll,
+		Misrouted: g.misrouted, Stale: g.stale}
 	if r.Sent > r.Received {
 		r.Lost = r.Sent - r.Received
 	}
@@ -208,8 +198,9 @@ func (g *generator) flatResult(measured, total uint64) result {
 		r.LossPercent = 100 * float64(r.Lost) / float64(r.Sent)
 	}
 	r.SentPPS = float64(g.sent.Load()) / r.Seconds
-	r.RecvPPS = float64(measured) / r.Seconds
-	return r
+	r.RecvPPS = float64(atEnd-atWarmup+g.received) / r.Seconds
+	r.P50us, r.P99us, r.P999us, r.MaxUs = g.percentile(0.5), g.percentile(0.99), g.percentile(0.999), g.percentile(1)
+	return r, nil
 }
 
 func (g *generator) percentile(q float64) float64 {
@@ -319,7 +310,7 @@ func (g *generator) receive(fd int) {
 	var ctrl [batch][64]byte
 	var msgs [batch]unix.Mmsghdr
 	hist := make([]uint64, histMax+1)
-	var received, misrouted, stale uint64
+	var received, receivedAll, misrouted, stale uint64
 	for !g.stopRecv.Load() {
 		for j := range batch {
 			iov[j] = unix.Iovec{Base: &slots[j][0], Len: slotBytes}
@@ -346,6 +337,7 @@ func (g *generator) receive(fd int) {
 				misrouted++
 				continue
 			}
+			receivedAll++
 			stamp := int64(binary.BigEndian.Uint64(p[offSendTime:]))
 			if stamp < g.warmupNs {
 				continue
@@ -358,6 +350,7 @@ func (g *generator) receive(fd int) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.received += received
+	g.receivedAll += receivedAll
 	g.misrouted += misrouted
 	g.stale += stale
 	for i, n := range hist {
@@ -365,29 +358,30 @@ func (g *generator) receive(fd int) {
 	}
 }
 
-// nftScript returns the rules that deliver every endpoint port to the fan-in sockets on
-// tport, or, flat-out, count arrivals (counter "rx") and drop them: receiving them in
-// userspace would cost the generator as much as the relay spends forwarding them.
-func nftScript(minPort, maxPort uint16, tport [2]uint16, flat bool) string {
+// nftScript returns the rules that deliver the sampled streams' arrival ports to the
+// fan-in sockets on tport and count (counter "rx") and drop every other arrival: receiving
+// them all in userspace would cost the generator's core as much as the relay spends
+// forwarding them.
+func nftScript(minPort, maxPort uint16, tport [2]uint16, sampled [2][]uint16) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "table inet %s\ndelete table inet %s\ntable inet %s {\n", nftTable, nftTable, nftTable)
-	if flat {
-		fmt.Fprintf(&b, "\tcounter rx {}\n\tchain pre {\n\t\ttype filter hook prerouting priority raw; policy accept;\n")
-		fmt.Fprintf(&b, "\t\tudp dport %d-%d fib daddr type local counter name \"rx\" drop\n\t}\n}\n", minPort, maxPort)
-		return b.String()
-	}
+	fmt.Fprintf(&b, "table inet %s\ndelete table inet %s\ntable inet %s {\n\tcounter rx {}\n", nftTable, nftTable, nftTable)
 	b.WriteString("\tchain pre {\n\t\ttype filter hook prerouting priority mangle; policy accept;\n")
-	if tport[0] != 0 {
-		fmt.Fprintf(&b, "\t\tmeta nfproto ipv4 udp dport %d-%d fib daddr type local tproxy ip to :%d\n", minPort, maxPort, tport[0])
+	for f, proto := range []string{"ip", "ip6"} {
+		if tport[f] == 0 || len(sampled[f]) == 0 {
+			continue
+		}
+		ports := make([]string, len(sampled[f]))
+		for i, p := range sampled[f] {
+			ports[i] = fmt.Sprint(p)
+		}
+		fmt.Fprintf(&b, "\t\tmeta nfproto ipv%s udp dport { %s } fib daddr type local tproxy %s to :%d accept\n",
+			map[string]string{"ip": "4", "ip6": "6"}[proto], strings.Join(ports, ", "), proto, tport[f])
 	}
-	if tport[1] != 0 {
-		fmt.Fprintf(&b, "\t\tmeta nfproto ipv6 udp dport %d-%d fib daddr type local tproxy ip6 to :%d\n", minPort, maxPort, tport[1])
-	}
-	b.WriteString("\t}\n}\n")
+	fmt.Fprintf(&b, "\t\tudp dport %d-%d fib daddr type local counter name \"rx\" drop\n\t}\n}\n", minPort, maxPort)
 	return b.String()
 }
 
-// readCounter reads the flat-out arrival counter, zeroing it if reset.
+// readCounter reads the arrival counter, zeroing it if reset.
 func readCounter(reset bool) (uint64, error) {
 	verb := "list"
 	if reset {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sipcar/sipcar/rewrite"
 )
@@ -61,6 +62,11 @@ func uriHost(uri []byte) []byte {
 // benchEvaluate evaluates the benchmark INVITE from src, building the Request from the parsed
 // message in the loop as the relay would (the []byte-to-string conversions must not allocate).
 func benchEvaluate(b *testing.B, rules *Rules, src, dst string, wantRule int) {
+	benchEvaluateAt(b, rules, src, dst, wantRule, time.Time{})
+}
+
+// benchEvaluateAt is benchEvaluate with Request.Time set to at.
+func benchEvaluateAt(b *testing.B, rules *Rules, src, dst string, wantRule int, at time.Time) {
 	m := benchMessage(b)
 	p, err := New(rules, Config{Default: Deny})
 	if err != nil {
@@ -79,6 +85,7 @@ func benchEvaluate(b *testing.B, rules *Rules, src, dst string, wantRule int) {
 			Transport: "udp",
 			Method:    string(m.Method()),
 			Initial:   true,
+			Time:      at,
 		})
 	}
 	if d.Rule != wantRule {
@@ -90,6 +97,20 @@ func benchEvaluate(b *testing.B, rules *Rules, src, dst string, wantRule int) {
 // INVITE goes through 99 rules that fail on their source to the 100th.
 func BenchmarkEvaluate100Rules(b *testing.B) {
 	benchEvaluate(b, benchRules(b, "permit src=192.168.1.0/24 dst=pbx.example.com method=INVITE,ACK,BYE,CANCEL"), "192.168.1.23:5060", "198.51.100.10", 100)
+}
+
+// BenchmarkEvaluate100RulesGivenTime is BenchmarkEvaluate100Rules with the time the relay has
+// already read passed in Request.Time: the clock read it saves.
+func BenchmarkEvaluate100RulesGivenTime(b *testing.B) {
+	benchEvaluateAt(b, benchRules(b, "permit src=192.168.1.0/24 dst=pbx.example.com method=INVITE,ACK,BYE,CANCEL"), "192.168.1.23:5060", "198.51.100.10", 100, time.Now())
+}
+
+// BenchmarkEvaluate100RulesScan is BenchmarkEvaluate100Rules without the index, rule by rule
+// (what rule sets too large to index get).
+func BenchmarkEvaluate100RulesScan(b *testing.B) {
+	rules := benchRules(b, "permit src=192.168.1.0/24 dst=pbx.example.com method=INVITE,ACK,BYE,CANCEL")
+	rules.index = nil
+	benchEvaluate(b, rules, "192.168.1.23:5060", "198.51.100.10", 100)
 }
 
 // BenchmarkEvaluate100RulesDefault: no rule matches, the default decides.

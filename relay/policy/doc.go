@@ -8,8 +8,9 @@
 // counters and the rate limiters. Its [Policy.Evaluate] is safe for concurrent use, allocates
 // nothing, and reads the rule set through an atomic pointer, so [Policy.Swap] (a reload) never
 // blocks evaluation and never drops a call: a request evaluated during a swap is decided wholly by
-// the old rules or wholly by the new ones. Rule sets of up to 1024 rules are indexed (a bit set
-// per field value, see [index]), so evaluation costs about the same for one rule or a thousand.
+// the old rules or wholly by the new ones. Rule sets of up to 1024 rules and 4096 prefixes and
+// host names are indexed (a bit set per field value, see [index]), so evaluation costs about the
+// same for one rule or a thousand.
 //
 // The relay decides what is screened. It evaluates requests that start something (out-of-dialog
 // requests, and the ACK or CANCEL that has no transaction); in-dialog requests of a permitted

@@ -247,3 +247,26 @@ func TestRateSpray(t *testing.T) {
 		}
 	})
 }
+
+// TestRequestTime checks that a request's own time, when given, is the one the rate and the
+// last hit use.
+func TestRequestTime(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := mustNew(t, mustParse(t, "permit rate=1/s burst=1"), Config{Default: Deny})
+		req := rq(t, "initial")
+		req.Time = time.Now().Add(time.Hour)
+		if d := p.Evaluate(req); d.Action != Permit {
+			t.Fatalf("first: %+v", d)
+		}
+		if d := p.Evaluate(rq(t, "initial")); !d.RateLimited {
+			t.Errorf("at the clock's time (an hour before, so no refill): %+v, want refused", d)
+		}
+		req.Time = req.Time.Add(time.Second)
+		if d := p.Evaluate(req); d.Action != Permit {
+			t.Errorf("a second after the first: %+v, want permitted", d)
+		}
+		if got, want := *p.Snapshot().Rules[0].LastHit, req.Time.UTC(); !got.Equal(want) {
+			t.Errorf("last hit %v, want %v", got, want)
+		}
+	})
+}

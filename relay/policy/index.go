@@ -6,9 +6,12 @@ import (
 	"slices"
 )
 
-// maxIndexedRules is the largest rule set that gets an [index]. Its memory grows with rules ×
-// prefixes (under 1 MB at this size); larger sets are scanned rule by rule.
-const maxIndexedRules = 1024
+// The largest rule set that gets an [index]: its memory grows with rules × (prefixes + host
+// names), to about 1.5 MB at these limits. Larger sets are scanned rule by rule.
+const (
+	maxIndexedRules = 1024
+	maxIndexedItems = 4096 // prefixes and host names, in all rules
+)
 
 // index finds the first rule that matches a request without looking at the rules one by one.
 // It is the bit-vector scheme of packet classifiers: for each field, the set of rules the
@@ -61,7 +64,14 @@ func (a u128) next() u128 {
 }
 
 func newIndex(ms []matcher) *index {
-	if len(ms) > maxIndexedRules {
+	items := 0
+	for i := range ms {
+		items += len(ms[i].src.v4) + len(ms[i].src.v6)
+		if d := ms[i].dst; d != nil {
+			items += len(d.addrs.v4) + len(d.addrs.v6) + len(d.hosts)
+		}
+	}
+	if len(ms) > maxIndexedRules || items > maxIndexedItems {
 		return nil
 	}
 	w := (len(ms) + 63) / 64

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"strings"
@@ -98,7 +99,8 @@ func TestIndexAgreesWithScan(t *testing.T) {
 	}
 }
 
-// TestLargeRuleSet checks that a rule set too large to index is scanned, with the same results.
+// TestLargeRuleSet checks that rule sets too large to index (too many rules, too many prefixes)
+// are scanned, with the same results.
 func TestLargeRuleSet(t *testing.T) {
 	rnd := rand.New(rand.NewPCG(3, 4))
 	text := randomRules(rnd, maxIndexedRules+1)
@@ -109,6 +111,17 @@ func TestLargeRuleSet(t *testing.T) {
 	small := mustParse(t, strings.Join(strings.SplitAfter(text, "\n")[:maxIndexedRules], ""))
 	if small.index == nil {
 		t.Fatalf("%d rules not indexed", small.Len())
+	}
+	var many strings.Builder
+	many.WriteString("deny src=")
+	for i := range maxIndexedItems + 1 {
+		if i > 0 {
+			many.WriteString(",")
+		}
+		fmt.Fprintf(&many, "10.%d.%d.0/24", i/256, i%256)
+	}
+	if rs := mustParse(t, many.String()); rs.index != nil {
+		t.Errorf("a rule of %d prefixes indexed", maxIndexedItems+1)
 	}
 	for range 1000 {
 		req := randomRequest(rnd)

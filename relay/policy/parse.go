@@ -17,6 +17,7 @@ const (
 	minPerSecond = 1.0 / 3600 // 1/h: slower buckets would hold idle sources for days
 	maxBurst     = 1_000_000
 	maxFileSize  = 1 << 20
+	maxErrors    = 20 // bad rules reported one by one; the rest are counted
 )
 
 // RuleError is what is wrong with one rule. [Parse] returns one per rule that does not parse,
@@ -41,7 +42,7 @@ func (e *RuleError) Unwrap() error { return e.Err }
 // a comment that runs to the end of its line, empty rules ignored. Each rule is an action
 // (permit or deny) followed by fields (src=, dst=, transport=, method=, rate=, burst=) and the
 // flag silent. When rules do not parse, Parse returns no rules and an error with one
-// [*RuleError] per bad rule, each on its own line.
+// [*RuleError] per bad rule, each on its own line (the first 20; then how many more).
 func Parse(text string) (*Rules, error) {
 	rs := &Rules{}
 	var errs []error
@@ -69,6 +70,10 @@ func Parse(text string) (*Rules, error) {
 			rs.rules = append(rs.rules, r)
 			rs.matchers = append(rs.matchers, r.matcher)
 		}
+	}
+	if len(errs) > maxErrors {
+		more := len(errs) - maxErrors
+		errs = append(errs[:maxErrors], fmt.Errorf("policy: %d more bad rules", more))
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)

@@ -404,3 +404,18 @@ func TestParseNonASCII(t *testing.T) {
 		}
 	}
 }
+
+func TestParseManyErrors(t *testing.T) {
+	_, err := Parse(strings.Repeat("allow\n", 25))
+	errs := unjoin(err)
+	if len(errs) != maxErrors+1 {
+		t.Fatalf("%d errors, want %d", len(errs), maxErrors+1)
+	}
+	if got := errs[maxErrors].Error(); got != "policy: 5 more bad rules" {
+		t.Errorf("last error %q", got)
+	}
+	var re *RuleError
+	if !errors.As(errs[maxErrors-1], &re) || re.Rule != maxErrors || re.Line != maxErrors {
+		t.Errorf("error %d: %v", maxErrors, errs[maxErrors-1])
+	}
+}

@@ -183,6 +183,10 @@ type Request struct {
 	// Initial says the request starts a dialog or registration (see [Initial]): only these
 	// count against a rule's rate.
 	Initial bool
+	// Time is when the request arrived, for the rate and the "last hit"; zero means now, by
+	// Config.Clock. A caller that has already read the clock for the message passes that
+	// reading and saves a second one (about 50 ns on a VM); it must come from the same clock.
+	Time time.Time
 }
 
 // Decision is what the policy decided for a request.
@@ -230,7 +234,10 @@ func (d Decision) RetryAfterSeconds() int {
 func (p *Policy) Evaluate(req Request) Decision {
 	set := p.active.Load()
 	k := keysOf(&req)
-	now := p.clock()
+	now := req.Time
+	if now.IsZero() {
+		now = p.clock()
+	}
 	if i := set.rules.first(&req, &k); i >= 0 {
 		r, e := &set.list[i], &set.entries[i]
 		e.stats.hit(now)
