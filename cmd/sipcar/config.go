@@ -27,8 +27,8 @@ import (
 type config struct {
 	Mode              string            `env:"MODE" envDefault:"upstream" help:"upstream (sidecar next to a PBX) or transparent (NAT gateway)"`
 	Upstream          sipURI            `env:"UPSTREAM" help:"the PBX, as a SIP URI: sip:pbx:5060;transport=udp (upstream mode)"`
-	PublicAddr        netip.Addr        `env:"PUBLIC_ADDR" help:"the address the world reaches sipcar at (required)"`
-	InsideAddr        netip.Addr        `env:"INSIDE_ADDR" help:"sipcar's inside-facing address (default: PUBLIC_ADDR)"`
+	PublicAddr        []netip.Addr      `env:"PUBLIC_ADDR" help:"the address the world reaches sipcar at, IPv4 and/or IPv6, comma-separated (required)"`
+	InsideAddr        []netip.Addr      `env:"INSIDE_ADDR" help:"sipcar's inside-facing address(es) (default: PUBLIC_ADDR)"`
 	InsideNets        []netip.Prefix    `env:"INSIDE_NETS" help:"CIDRs of the inside, comma-separated (default in upstream mode: the upstream's address)"`
 	ListenUDP         listenAddr        `env:"LISTEN_UDP" envDefault:":5060" help:"UDP SIP listener; empty disables"`
 	ListenTCP         listenAddr        `env:"LISTEN_TCP" envDefault:":5060" help:"TCP SIP listener; empty disables"`
@@ -158,8 +158,16 @@ func loadConfig(environ []string) (config, error) {
 	default:
 		bad("MODE", fmt.Sprintf("%q: want upstream or transparent", cfg.Mode))
 	}
-	if !cfg.PublicAddr.IsValid() {
+	if len(cfg.PublicAddr) == 0 {
 		bad("PUBLIC_ADDR", "required: the address the world reaches sipcar at, e.g. 203.0.113.1")
+	}
+	for _, l := range []struct {
+		name  string
+		addrs []netip.Addr
+	}{{"PUBLIC_ADDR", cfg.PublicAddr}, {"INSIDE_ADDR", cfg.InsideAddr}} {
+		if _, err := addrs(l.addrs); err != nil {
+			bad(l.name, err.Error())
+		}
 	}
 	if cfg.ListenTLS.IsValid() && (cfg.TLSCert == "" || cfg.TLSKey == "") {
 		bad("LISTEN_TLS", "needs SIPCAR_TLS_CERT and SIPCAR_TLS_KEY")
@@ -250,12 +258,14 @@ func (c config) relayConfig(ctx context.Context, log *slog.Logger) (relay.Config
 		}
 	}
 	inside := c.InsideAddr
-	if !inside.IsValid() {
+	if len(inside) == 0 {
 		inside = c.PublicAddr
 	}
+	in, _ := addrs(inside)
+	pub, _ := addrs(c.PublicAddr)
 	rc.Map = pinhole.Config{
-		Inside:            addrs(inside),
-		Public:            addrs(c.PublicAddr),
+		Inside:            in,
+		Public:            pub,
 		MediaPorts:        c.RTPPorts,
 		SignalingPorts:    c.SIPPorts,
 		SignalingLifetime: c.SignalingTTL,
@@ -294,11 +304,23 @@ func (c config) relayConfig(ctx context.Context, log *slog.Logger) (relay.Config
 	return rc, nil
 }
 
-func addrs(a netip.Addr) pinhole.Addrs {
-	if a.Is4() || a.Is4In6() {
-		return pinhole.Addrs{IPv4: a.Unmap()}
+// addrs sorts up to one IPv4 and one IPv6 address into a side's addresses.
+func addrs(list []netip.Addr) (pinhole.Addrs, error) {
+	var a pinhole.Addrs
+	for _, ip := range list {
+		ip = ip.Unmap()
+		switch {
+		case ip.IsUnspecified() || ip.IsMulticast():
+			return a, fmt.Errorf("%s: want a unicast address sipcar can be reached at", ip)
+		case ip.Is4() && a.IPv4.IsValid(), ip.Is6() && a.IPv6.IsValid():
+			return a, fmt.Errorf("want at most one IPv4 and one IPv6 address, got %v", list)
+		case ip.Is4():
+			a.IPv4 = ip
+		default:
+			a.IPv6 = ip
+		}
 	}
-	return pinhole.Addrs{IPv6: a}
+	return a, nil
 }
 
 func resolve(ctx context.Context, host string) (netip.Addr, error) {

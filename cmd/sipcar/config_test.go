@@ -21,6 +21,8 @@ func TestConfigErrors(t *testing.T) {
 		{[]string{"SIPCAR_UPSTREAM=sip:pbx", "SIPCAR_PUBLIC_ADDR=203.0.113.1", "SIPCAR_SIGNALING_TTL=2 minutes"}, []string{"SIPCAR_SIGNALING_TTL: "}},
 		{[]string{"SIPCAR_UPSTREAM=sip:pbx", "SIPCAR_PUBLIC_ADDR=203.0.113.1", "SIPCAR_LISTEN_TLS=:5061"}, []string{"SIPCAR_LISTEN_TLS: needs SIPCAR_TLS_CERT"}},
 		{[]string{"SIPCAR_MODE=transparent", "SIPCAR_PUBLIC_ADDR=203.0.113.1"}, []string{"SIPCAR_INSIDE_NETS: required in transparent mode"}},
+		{[]string{"SIPCAR_UPSTREAM=sip:pbx", "SIPCAR_PUBLIC_ADDR=203.0.113.1,203.0.113.2"}, []string{"SIPCAR_PUBLIC_ADDR: want at most one IPv4"}},
+		{[]string{"SIPCAR_UPSTREAM=sip:pbx", "SIPCAR_PUBLIC_ADDR=0.0.0.0"}, []string{"SIPCAR_PUBLIC_ADDR: 0.0.0.0: want a unicast"}},
 		{[]string{"SIPCAR_UPSTREAM=sip:pbx", "SIPCAR_PUBLIC_ADDR=203.0.113.1", "SIPCAR_LOG_LEVEL=loud", "SIPCAR_MEDIA_MODE=x"},
 			[]string{"SIPCAR_LOG_LEVEL: ", "SIPCAR_MEDIA_MODE: "}},
 	}
@@ -52,5 +54,12 @@ func TestConfigErrors(t *testing.T) {
 	}
 	if cfg.Upstream != (sipURI{Host: "pbx.example", Port: 5070, Transport: "tcp"}) || cfg.ListenUDP.Port() != 5060 || cfg.RTPPorts.First != 20000 {
 		t.Errorf("parsed %+v", cfg)
+	}
+	cfg, err = loadConfig([]string{"SIPCAR_UPSTREAM=sip:[2001:db8:a::10]:5060", "SIPCAR_PUBLIC_ADDR=203.0.113.1,2001:db8:b::1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, _ := addrs(cfg.PublicAddr); a.IPv4.String() != "203.0.113.1" || a.IPv6.String() != "2001:db8:b::1" || cfg.Upstream.Host != "2001:db8:a::10" {
+		t.Errorf("dual stack parsed %+v, upstream %+v", a, cfg.Upstream)
 	}
 }
