@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -58,6 +59,9 @@ type Config struct {
 	// MaxMessageRate caps the SIP messages per second one source address may send; the excess is
 	// dropped and counted. 0 means no cap.
 	MaxMessageRate int
+	// ResponseTimeout is how long a request forwarded over UDP waits for a response before
+	// sipcar answers 503 (default RFC 3261's Timer B, 32 s).
+	ResponseTimeout time.Duration
 
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
@@ -82,6 +86,9 @@ func (c *Config) validate() error {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.ResponseTimeout <= 0 {
+		c.ResponseTimeout = timerB
 	}
 	return errors.Join(errs...)
 }

@@ -26,6 +26,7 @@ type Relay struct {
 	media   *mediarelay.Relay
 	metrics *metrics
 	flood   *throttle
+	pending *pendingRequests
 
 	mu       sync.Mutex // guards the following
 	closed   bool
@@ -62,6 +63,7 @@ func New(cfg Config) (*Relay, error) {
 	}
 	r.streams.conns = make(map[connKey]*streamConn)
 	r.flood = newThrottle(cfg.MaxMessageRate, 2*cfg.MaxMessageRate)
+	r.pending = newPendingRequests(cfg.ResponseTimeout)
 	var err error
 	if r.metrics, err = newMetrics(cfg.Registerer); err != nil {
 		return nil, err
@@ -124,7 +126,8 @@ func (r *Relay) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var bg sync.WaitGroup
-	bg.Add(3)
+	bg.Add(4)
+	go func() { defer bg.Done(); r.runPending(ctx) }()
 	go func() { defer bg.Done(); _ = r.m.Run(ctx) }()
 	go func() { defer bg.Done(); _ = r.media.Run(ctx) }()
 	go func() { defer bg.Done(); r.syncTraffic(ctx) }()
@@ -296,6 +299,26 @@ func (r *Relay) handle(in inbound, raw []byte) {
 		return
 	}
 	r.metrics.forwarded.WithLabelValues(from.Other().String(), out).Inc()
+	r.trackTransaction(&m, in, raw, out, isReq, method)
+}
+
+// trackTransaction watches a request forwarded over UDP until its response (see
+// pendingRequests); a response stops the watch of its request.
+func (r *Relay) trackTransaction(m *rewrite.Message, in inbound, raw []byte, out string, isReq bool, method string) {
+	branch := string(rewrite.ViaParam(m.TopVia(), "branch"))
+	if branch == "" {
+		return
+	}
+	if isReq {
+		if out == "udp" && method != "ACK" {
+			r.pending.watch(pendingKey{string(m.CallID()), branch, method}, in, raw, time.Now())
+		}
+		return
+	}
+	_, cseqMethod := m.CSeq()
+	if m.StatusCode() >= 200 || string(cseqMethod) == "INVITE" {
+		r.pending.answered(pendingKey{string(m.CallID()), branch, string(cseqMethod)})
+	}
 }
 
 // senderBinding returns the address a message from in.src leaves from on the far side.

@@ -297,3 +297,33 @@ func TestRetransmissionKeepsPorts(t *testing.T) {
 		t.Errorf("%d media bindings after a retransmitted offer, want 2", n)
 	}
 }
+
+// A request the next hop never answers gets 503 from sipcar once Timer B runs out; one that is
+// answered does not.
+func TestUnansweredRequestGets503(t *testing.T) {
+	b := newLoopbed(t, func(c *Config) { c.ResponseTimeout = 1500 * time.Millisecond })
+	opt := func(id string) string {
+		return fmt.Sprintf("OPTIONS sip:100@127.0.0.1:%d SIP/2.0\nVia: SIP/2.0/UDP %s;branch=z9hG4bK%s\n"+
+			"From: <sip:200@127.0.0.1>;tag=%s\nTo: <sip:100@127.0.0.1>\nCall-ID: %s\nCSeq: 1 OPTIONS\nMax-Forwards: 70\nContent-Length: 0\n\n",
+			b.sip.Port(), addrOf(b.phone), id, id, id)
+	}
+	b.send(b.phone, b.sip, opt("answered"))
+	m, src := b.recv(b.pbx)
+	b.send(b.pbx, src, fmt.Sprintf("SIP/2.0 200 OK\nVia: %s\nFrom: <sip:200@127.0.0.1>;tag=answered\nTo: <sip:100@127.0.0.1>;tag=u\n"+
+		"Call-ID: answered\nCSeq: 1 OPTIONS\nContent-Length: 0\n\n", m.(*sip.Request).Via().Value()))
+	if m, _ := b.recv(b.phone); m.(*sip.Response).StatusCode != 200 {
+		t.Fatal("200 not relayed")
+	}
+	b.send(b.phone, b.sip, opt("lost"))
+	b.recv(b.pbx) // and never answered
+	buf := make([]byte, 4096)
+	_ = b.phone.SetReadDeadline(time.Now().Add(4 * time.Second))
+	n, _, err := b.phone.ReadFromUDPAddrPort(buf)
+	if err != nil {
+		t.Fatalf("no 503 for the unanswered request: %v", err)
+	}
+	res, err := sip.ParseMessage(buf[:n])
+	if err != nil || res.(*sip.Response).StatusCode != 503 || res.(*sip.Response).CallID().Value() != "lost" {
+		t.Fatalf("got %q, want 503 for call lost", buf[:n])
+	}
+}

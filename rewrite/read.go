@@ -107,3 +107,12 @@ func ContactExpires(contact []byte) (int, bool) {
 	})
 	return best, found
 }
+
+// ViaParam returns the value of parameter name of the first via-parm of a Via value (nil when
+// it has none; empty for a parameter without a value).
+func ViaParam(via []byte, name string) []byte {
+	if i := indexUnquoted(via, ','); i >= 0 {
+		via = via[:i]
+	}
+	return paramValue(via, span{0, len(via)}, name)
+}

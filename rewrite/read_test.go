@@ -33,6 +33,9 @@ func TestReaders(t *testing.T) {
 	if a, ok := URIAddr([]byte("sips:bob@[2001:db8:c::5]")); !ok || a != ap("[2001:db8:c::5]:5061") {
 		t.Errorf("URIAddr = %v %v", a, ok)
 	}
+	if b := ViaParam([]byte("SIP/2.0/UDP 198.18.0.2;rport;branch=z9hG4bK77 , SIP/2.0/UDP x;branch=other"), "branch"); string(b) != "z9hG4bK77" {
+		t.Errorf("ViaParam branch = %q", b)
+	}
 	if _, ok := URIAddr([]byte("tel:+4930123")); ok {
 		t.Error("URIAddr of tel:")
 	}

@@ -63,3 +63,27 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// FuzzIndex checks the index against the rule-by-rule reference on arbitrary rules and requests.
+func FuzzIndex(f *testing.F) {
+	f.Add("permit src=198.18.0.0/24 dst=*.example.com,inside method=INVITE; deny dst=203.0.113.0/25,upstream transport=tls",
+		[]byte{198, 18, 0, 7}, []byte{203, 0, 113, 5}, "a.example.com", "INVITE", "udp", uint8(1), false)
+	f.Add("deny src=2001:db8:a::/64,::ffff:10.0.0.0/104; permit dst=pbx.example.com,2001:db8:c::/48",
+		[]byte{0x20, 0x01, 0x0d, 0xb8, 0, 0xa, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1}, []byte{}, "PBX.example.com.", "BYE", "TCP", uint8(2), true)
+	f.Fuzz(func(t *testing.T, text string, src, dst []byte, host, method, transport string, side uint8, up bool) {
+		rs, err := Parse(text)
+		if err != nil || rs.index == nil {
+			return
+		}
+		addr := func(b []byte) netip.Addr {
+			a, _ := netip.AddrFromSlice(b)
+			return a
+		}
+		req := Request{Src: netip.AddrPortFrom(addr(src), 5060), DstAddr: addr(dst), DstHost: host,
+			DstSide: Side(side % 3), ToUpstream: up, Method: method, Transport: transport}
+		k := keysOf(&req)
+		if got, want := rs.index.first(&req, &k), scan(rs.matchers, &req, &k); got != want {
+			t.Fatalf("index says rule %d, scan %d, for %+v under %q", got+1, want+1, req, rs)
+		}
+	})
+}

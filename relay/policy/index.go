@@ -18,9 +18,12 @@ const (
 // request's value can match is a precomputed bit set (bit i for rule i), looked up in one step
 // (methods × transports) or by binary search (addresses: the address space is cut at every
 // prefix boundary into intervals, each with the rules whose prefixes cover it). The AND of the
-// sets holds the candidates; the lowest bit is the first rule. Host names are looked up in maps
-// (the name, then each parent domain for wildcards). Every candidate is confirmed by
-// [matcher.match], the reference, so the index only ever saves work, never changes a decision.
+// sets holds the rules that match; the lowest bit is the first rule. Host names are looked up in
+// maps (the name, then each parent domain for wildcards).
+//
+// The index is exact, not a filter: an interval lies wholly inside or wholly outside every
+// prefix, and every other field is a set lookup. So it decides without [matcher.match], the
+// reference it must agree with; TestIndexAgreesWithScan and FuzzParse check that it does.
 type index struct {
 	words int      // uint64s per bit set
 	mt    []uint64 // per (method bit, transport bit): the rules whose method and transport lists hold them
@@ -30,9 +33,17 @@ type index struct {
 	srcAny  []uint64 // rules without src
 	dstAny  []uint64 // rules without dst
 	dstSide [3][]uint64
-	// rules by dst host name (lower case), and by wildcard suffix (".example.com")
+	// rules by dst host name (lower case), and by wildcard suffix (".example.com"), with the
+	// lengths present in each map, so that most lookups that would miss are skipped
 	hostExact, hostWild map[string][]uint64
+	exactLens, wildLens lengths
 }
+
+// lengths is a set of string lengths from 0 to 255.
+type lengths [4]uint64
+
+func (l *lengths) add(n int)      { l[n/64] |= 1 << (n % 64) }
+func (l *lengths) has(n int) bool { return n < 256 && l[n/64]&(1<<(n%64)) != 0 }
 
 const (
 	methodBits    = 15 // mInvite .. mOther
@@ -113,8 +124,10 @@ func newIndex(ms []matcher) *index {
 		}
 		for _, h := range m.dst.hosts {
 			byName := ix.hostExact
+			ix.exactLens.add(len(h.name))
 			if h.wildcard {
 				byName = ix.hostWild
+				ix.wildLens.add(len(h.name))
 			}
 			if byName[h.name] == nil {
 				byName[h.name] = make([]uint64, w)
@@ -242,8 +255,8 @@ func (s *span) row(k *ipKey, w int) []uint64 {
 	return nil
 }
 
-// first returns the number (from 0) of the first rule of ms that matches, or -1.
-func (ix *index) first(ms []matcher, req *Request, k *keys) int {
+// first returns the number (from 0) of the first rule that matches, or -1.
+func (ix *index) first(req *Request, k *keys) int {
 	w := ix.words
 	row := bits.TrailingZeros32(uint32(k.method))*transportBits + bits.TrailingZeros8(uint8(k.transport))
 	mt := ix.mt[row*w : row*w+w]
@@ -282,10 +295,8 @@ func (ix *index) first(ms []matcher, req *Request, k *keys) int {
 		if up != nil {
 			d |= up[i]
 		}
-		for c &= s & d; c != 0; c &= c - 1 {
-			if n := i*64 + bits.TrailingZeros64(c); ms[n].match(req, k) {
-				return n
-			}
+		if c &= s & d; c != 0 {
+			return i*64 + bits.TrailingZeros64(c)
 		}
 	}
 	return -1
@@ -313,13 +324,13 @@ func (ix *index) hostRows(host string, out []uint64) bool {
 			}
 		}
 	}
-	if start == 0 {
+	if start == 0 && ix.exactLens.has(len(name)) {
 		or(ix.hostExact[string(name)])
 	}
 	if len(ix.hostWild) > 0 {
 		// Every proper parent: "a.b.example.com" looks up ".b.example.com", ".example.com", ".com".
 		for i := range name {
-			if name[i] == '.' && start+i > 0 {
+			if name[i] == '.' && start+i > 0 && ix.wildLens.has(len(name)-i) {
 				or(ix.hostWild[string(name[i:])])
 			}
 		}

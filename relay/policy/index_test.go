@@ -84,7 +84,7 @@ func TestIndexAgreesWithScan(t *testing.T) {
 			for range 300 {
 				req := randomRequest(rnd)
 				k := keysOf(&req)
-				got, want := rs.index.first(rs.matchers, &req, &k), scan(rs.matchers, &req, &k)
+				got, want := rs.index.first(&req, &k), scan(rs.matchers, &req, &k)
 				if got != want {
 					t.Fatalf("index says rule %d, scan %d, for %+v under\n%s", got+1, want+1, req, text)
 				}

@@ -17,7 +17,7 @@ type Rules struct {
 // first returns the number (from 0) of the first rule that matches, or -1.
 func (rs *Rules) first(req *Request, k *keys) int {
 	if rs.index != nil {
-		return rs.index.first(rs.matchers, req, k)
+		return rs.index.first(req, k)
 	}
 	return scan(rs.matchers, req, k)
 }
@@ -94,7 +94,7 @@ func (r *Rule) Silent() bool { return r.silent }
 func (r *Rule) Rate() (perSecond float64, burst int) { return r.perSecond, r.burst }
 
 // matcher is what a rule compares. Its match is the reference for what a rule means: the
-// [index] only finds candidates faster, and rule sets too large to index are scanned with it.
+// [index] must agree with it, and rule sets too large to index are scanned with it.
 // It fits one cache line: the method and transport bits first (the cheapest test), the source
 // prefixes, and the destination behind a pointer (nil for dst=any).
 type matcher struct {
