@@ -84,3 +84,39 @@ func (r *Relay) runPending(ctx context.Context) {
 		}
 	}
 }
+
+// ownAnswers remembers the INVITEs sipcar answered itself with a final error, for Timer B, so
+// that their ACKs end here instead of reaching a next hop that never saw the INVITE.
+type ownAnswers struct {
+	mu   sync.Mutex
+	keys map[pendingKey]time.Time
+}
+
+func (o *ownAnswers) add(k pendingKey, now time.Time) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if len(o.keys) >= maxPending {
+		for key, at := range o.keys {
+			if now.Sub(at) > timerB {
+				delete(o.keys, key)
+			}
+		}
+		if len(o.keys) >= maxPending {
+			return
+		}
+	}
+	o.keys[k] = now
+}
+
+// take reports whether k is an ACK sipcar absorbs; retransmitted ACKs are absorbed too until
+// Timer B after the answer.
+func (o *ownAnswers) take(k pendingKey) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	at, ok := o.keys[k]
+	if ok && time.Since(at) > timerB {
+		delete(o.keys, k)
+		return false
+	}
+	return ok
+}

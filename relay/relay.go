@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sipcar/sipcar/mediarelay"
@@ -27,6 +28,7 @@ type Relay struct {
 	metrics *metrics
 	flood   *throttle
 	pending *pendingRequests
+	absorb  *ownAnswers
 
 	mu       sync.Mutex // guards the following
 	closed   bool
@@ -37,6 +39,7 @@ type Relay struct {
 	draining bool
 
 	streams streamState
+	ready   atomic.Bool // listeners open and not draining
 
 	wg sync.WaitGroup // socket readers
 }
@@ -64,6 +67,7 @@ func New(cfg Config) (*Relay, error) {
 	r.streams.conns = make(map[connKey]*streamConn)
 	r.flood = newThrottle(cfg.MaxMessageRate, 2*cfg.MaxMessageRate)
 	r.pending = newPendingRequests(cfg.ResponseTimeout)
+	r.absorb = &ownAnswers{keys: make(map[pendingKey]time.Time)}
 	var err error
 	if r.metrics, err = newMetrics(cfg.Registerer); err != nil {
 		return nil, err
@@ -131,13 +135,19 @@ func (r *Relay) Run(ctx context.Context) error {
 	go func() { defer bg.Done(); _ = r.m.Run(ctx) }()
 	go func() { defer bg.Done(); _ = r.media.Run(ctx) }()
 	go func() { defer bg.Done(); r.syncTraffic(ctx) }()
+	r.ready.Store(true)
 	r.log.Info("sipcar relaying", "mode", r.cfg.Mode.String(), "udp", r.cfg.ListenUDP, "tcp", r.cfg.ListenTCP,
 		"tls", r.cfg.ListenTLS, "media", mediaModeName(r.media))
 	<-ctx.Done()
+	r.ready.Store(false)
 	bg.Wait()
 	r.shutdown()
 	return nil
 }
+
+// Ready reports whether the relay takes new calls: its listeners are open and it is not
+// draining.
+func (r *Relay) Ready() bool { return r.ready.Load() }
 
 func mediaModeName(m *mediarelay.Relay) string {
 	if m.FanIn() {
@@ -195,6 +205,9 @@ func (r *Relay) handle(in inbound, raw []byte) {
 	callID := string(m.CallID())
 	method := string(m.Method())
 	isReq := m.IsRequest()
+	if isReq && method == "ACK" && r.absorb.take(pendingKey{callID, string(rewrite.ViaParam(m.TopVia(), "branch")), "ACK"}) {
+		return // the ACK of a final response sipcar sent itself
+	}
 
 	if isReq && method == "INVITE" && len(m.ToTag()) == 0 && r.isDraining() {
 		r.answer(in, raw, 503, "Service Unavailable", "sipcar is shutting down", 30)
@@ -299,6 +312,10 @@ func (r *Relay) handle(in inbound, raw []byte) {
 		return
 	}
 	r.metrics.forwarded.WithLabelValues(from.Other().String(), out).Inc()
+	if r.log.Enabled(context.Background(), slog.LevelDebug) {
+		r.log.Debug("relayed", "method", method, "status", m.StatusCode(), "call", callID, "src", in.src,
+			"at", in.local, "from", local, "to", next, "transport", out)
+	}
 	r.trackTransaction(&m, in, raw, out, isReq, method)
 }
 
@@ -380,9 +397,12 @@ func (r *Relay) refuse(in inbound, raw []byte, err error) {
 // answer sends sipcar's own response to a request back where it came from. Responses and ACKs
 // get none.
 func (r *Relay) answer(in inbound, req []byte, code int, reason, warning string, retryAfter int) {
-	out := reply(req, code, reason, warning, retryAfter)
+	out, ends := replyTo(req, code, reason, warning, retryAfter)
 	if out == nil {
 		return
+	}
+	if ends != nil {
+		r.absorb.add(*ends, time.Now())
 	}
 	r.metrics.answered.WithLabelValues(strconv.Itoa(code)).Inc()
 	if in.conn != nil {
@@ -408,6 +428,7 @@ func (r *Relay) isDraining() bool {
 // Drain stops accepting new calls (new INVITEs are answered 503 with Retry-After) while calls in
 // progress go on.
 func (r *Relay) Drain() {
+	r.ready.Store(false)
 	r.mu.Lock()
 	r.draining = true
 	r.mu.Unlock()

@@ -273,6 +273,14 @@ func TestExhaustionGets503(t *testing.T) {
 	if res.CallID().Value() != "c2" {
 		t.Errorf("503 for call %s", res.CallID().Value())
 	}
+	// Its ACK ends at sipcar: the PBX never saw the INVITE.
+	b.send(b.phone, b.sip, fmt.Sprintf("ACK sip:100@127.0.0.1:%d SIP/2.0\nVia: SIP/2.0/UDP %s;branch=z9hG4bKc2\n"+
+		"From: <sip:200@127.0.0.1>;tag=c2\nTo: %s\nCall-ID: c2\nCSeq: 1 ACK\nMax-Forwards: 70\nContent-Length: 0\n\n",
+		b.sip.Port(), addrOf(b.phone), res.To().Value()))
+	_ = b.pbx.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if n, _, err := b.pbx.ReadFromUDPAddrPort(make([]byte, 4096)); err == nil {
+		t.Errorf("the ACK of sipcar's own 503 reached the PBX (%d bytes)", n)
+	}
 	b.r.endCall("c1", pinhole.ReasonCallEnded)
 	b.send(b.phone, b.sip, invite("c3"))
 	if m, _ := b.recv(b.pbx); m.(*sip.Request).CallID().Value() != "c3" {

@@ -16,13 +16,21 @@ import (
 // sipgo builds the response: it copies Via, From, To, Call-ID and CSeq as RFC 3261 section 8.2.6
 // asks, which is what sipgo is for; the relay's own scanner is only for forwarding byte for byte.
 func reply(req []byte, code int, reason, warning string, retryAfter int) []byte {
+	out, _ := replyTo(req, code, reason, warning, retryAfter)
+	return out
+}
+
+// replyTo is reply, also returning the transaction the response ends when it is a final answer
+// to an INVITE: its ACK (same Call-ID and branch, RFC 3261 section 17.1.1.3) is sipcar's to
+// absorb, not to forward.
+func replyTo(req []byte, code int, reason, warning string, retryAfter int) ([]byte, *pendingKey) {
 	msg, err := parseSIP(req)
 	if err != nil {
-		return nil
+		return nil, nil
 	}
 	r, ok := msg.(*sip.Request)
 	if !ok || r.Method == sip.ACK {
-		return nil
+		return nil, nil
 	}
 	res := sip.NewResponseFromRequest(r, code, reason, nil)
 	if to := res.To(); to != nil && !to.Params.Has("tag") {
@@ -35,7 +43,12 @@ func reply(req []byte, code int, reason, warning string, retryAfter int) []byte 
 		res.AppendHeader(sip.NewHeader("Retry-After", strconv.Itoa(retryAfter)))
 	}
 	res.AppendHeader(sip.NewHeader("Server", "sipcar"))
-	return []byte(res.String())
+	var ends *pendingKey
+	if via := r.Via(); r.Method == sip.INVITE && code >= 300 && via != nil && r.CallID() != nil {
+		branch, _ := via.Params.Get("branch")
+		ends = &pendingKey{callID: r.CallID().Value(), branch: branch, method: "ACK"}
+	}
+	return []byte(res.String()), ends
 }
 
 // parseSIP is sipgo's parser, with a panic in it counted as a parse error: input here is hostile.

@@ -87,6 +87,11 @@ func (t *msgTranslator) TranslateTransport(a rewrite.Addr, to netip.AddrPort) st
 }
 
 func (t *msgTranslator) Media(from rewrite.Side, s *rewrite.Stream) (rewrite.MediaBinding, error) {
+	if b, ok := t.r.ownMedia(pinhole.Side(from), s.RTP); ok {
+		// One of sipcar's own pairs coming back (a call that hairpins through an inside proxy to
+		// another outside phone): like any binding, it stands for its original address.
+		return b, nil
+	}
 	if t.tx == nil {
 		t.tx = t.r.m.Begin(t.callID, t.r.callSource(t.src))
 	}
@@ -175,4 +180,22 @@ func (r *Relay) callSource(src netip.AddrPort) netip.Addr {
 		return netip.Addr{}
 	}
 	return src.Addr().Unmap()
+}
+
+// ownMedia returns, when a is the RTP address of one of sipcar's live media pairs on side, the
+// address that pair forwards to (RTP and RTCP).
+func (r *Relay) ownMedia(side pinhole.Side, a netip.AddrPort) (rewrite.MediaBinding, bool) {
+	a = netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+	if !r.m.Own(side, a.Addr()) {
+		return rewrite.MediaBinding{}, false
+	}
+	b := r.m.LookupMedia(a.Port())
+	if b == nil || b.Type() != pinhole.TypeRTP || b.Address() != a {
+		return rewrite.MediaBinding{}, false
+	}
+	out := rewrite.MediaBinding{RTP: b.ForwardTo(), RTCPPort: b.ForwardTo().Port() + 1}
+	if rtcp := r.m.LookupMedia(a.Port() + 1); rtcp != nil && rtcp.Type() == pinhole.TypeRTCP {
+		out.RTCPPort = rtcp.ForwardTo().Port()
+	}
+	return out, true
 }

@@ -71,3 +71,27 @@ func TestSDPEverywhere(t *testing.T) {
 		})
 	}
 }
+
+// An IPv6 SDP address in brackets (not RFC 4566, but sipp writes it) is read and translated, not
+// left behind.
+func TestSDPBracketedIPv6(t *testing.T) {
+	sdp := "v=0\r\no=- 1 1 IN IP6 [2001:db8:a::10]\r\ns=-\r\nc=IN IP6 [2001:db8:a::10]\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\n"
+	msg := "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP [2001:db8:b::10]:2222;branch=z9hG4bK1\r\nTo: <sip:b@x>;tag=b\r\nFrom: <sip:a@x>;tag=a\r\n" +
+		"Call-ID: v6\r\nCSeq: 1 INVITE\r\nContent-Type: application/sdp\r\n" + fmt.Sprintf("Content-Length: %d\r\n\r\n", len(sdp)) + sdp
+	var m Message
+	var r Result
+	if err := Parse([]byte(msg), &m); err != nil {
+		t.Fatal(err)
+	}
+	if err := Rewrite(&r, &m, Inside, newNAT()); err != nil {
+		t.Fatal(err)
+	}
+	checkInvariants(t, "", m.Bytes(), &r)
+	out := string(r.Out)
+	if strings.Contains(out, "2001:db8:a::10") || !strings.Contains(out, "c=IN IP6 2001:db8:b::10\r\n") || !strings.Contains(out, "IN IP6 2001:db8:b::10\r\ns=") {
+		t.Errorf("bracketed inside address not translated:\n%s", out)
+	}
+	if len(r.Streams) != 1 || r.Streams[0].Disposition != Relayed {
+		t.Errorf("streams %+v", r.Streams)
+	}
+}

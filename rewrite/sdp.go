@@ -247,6 +247,11 @@ func parseAddress(raw []byte, nettype, addrtype, addr span, c *connField) {
 	if !equalFold(raw[nettype.start:nettype.end], "IN") {
 		return
 	}
+	// RFC 4566 writes IPv6 addresses bare, but devices (sipp among them) bracket them; the
+	// address is read either way, and a translated one is written bare.
+	if len(a) > 2 && a[0] == '[' && a[len(a)-1] == ']' {
+		a = a[1 : len(a)-1]
+	}
 	if ip, ok := parseIP(a); ok {
 		c.ip = ip
 	}

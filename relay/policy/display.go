@@ -41,14 +41,14 @@ type RateStats struct {
 func (p *Policy) Snapshot() Snapshot {
 	set := p.active.Load()
 	s := Snapshot{
-		Time:    p.clock().UTC(),
+		Time:    p.timeOf(p.now()).UTC(),
 		Loaded:  set.loaded.UTC(),
 		Rules:   make([]RuleStats, len(set.list)),
-		Default: ruleStats(0, p.def.String(), p.def, set.def.stats),
+		Default: p.ruleStats(0, p.def.String(), p.def, set.def.stats),
 	}
 	for i := range set.list {
 		r := &set.list[i]
-		rs := ruleStats(i+1, r.text, r.action, set.entries[i].stats)
+		rs := p.ruleStats(i+1, r.text, r.action, set.entries[i].stats)
 		if l := set.entries[i].stats.limiter; l != nil {
 			sources, overflow := l.stats()
 			rs.Rate = &RateStats{
@@ -64,10 +64,10 @@ func (p *Policy) Snapshot() Snapshot {
 	return s
 }
 
-func ruleStats(n int, text string, a Action, st *stats) RuleStats {
+func (p *Policy) ruleStats(n int, text string, a Action, st *stats) RuleStats {
 	rs := RuleStats{Rule: n, Text: text, Action: a, Hits: st.hits.Load()}
-	if ns := st.lastHit.Load(); ns != 0 {
-		t := time.Unix(0, ns).UTC()
+	if last := st.lastHit.Load(); last != 0 {
+		t := p.timeOf(last - 1).UTC()
 		rs.LastHit = &t
 	}
 	return rs

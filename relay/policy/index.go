@@ -35,8 +35,9 @@ type index struct {
 	dstSide [3][]uint64
 	// rules by dst host name (lower case), and by wildcard suffix (".example.com"), with the
 	// lengths present in each map, so that most lookups that would miss are skipped
-	hostExact, hostWild map[string][]uint64
-	exactLens, wildLens lengths
+	hostExact, hostWild   map[string][]uint64
+	exactLens, wildLens   lengths
+	exactRules, wildRules []uint64 // rules with exact names, with wildcards
 }
 
 // lengths is a set of string lengths from 0 to 255.
@@ -87,12 +88,14 @@ func newIndex(ms []matcher) *index {
 	}
 	w := (len(ms) + 63) / 64
 	ix := &index{
-		words:     w,
-		mt:        make([]uint64, methodBits*transportBits*w),
-		srcAny:    make([]uint64, w),
-		dstAny:    make([]uint64, w),
-		hostExact: map[string][]uint64{},
-		hostWild:  map[string][]uint64{},
+		words:      w,
+		mt:         make([]uint64, methodBits*transportBits*w),
+		srcAny:     make([]uint64, w),
+		dstAny:     make([]uint64, w),
+		exactRules: make([]uint64, w),
+		wildRules:  make([]uint64, w),
+		hostExact:  map[string][]uint64{},
+		hostWild:   map[string][]uint64{},
 	}
 	for s := range ix.dstSide {
 		ix.dstSide[s] = make([]uint64, w)
@@ -123,12 +126,12 @@ func newIndex(ms []matcher) *index {
 			continue
 		}
 		for _, h := range m.dst.hosts {
-			byName := ix.hostExact
-			ix.exactLens.add(len(h.name))
+			byName, lens, rules := ix.hostExact, &ix.exactLens, ix.exactRules
 			if h.wildcard {
-				byName = ix.hostWild
-				ix.wildLens.add(len(h.name))
+				byName, lens, rules = ix.hostWild, &ix.wildLens, ix.wildRules
 			}
+			lens.add(len(h.name))
+			rules[word] |= bit
 			if byName[h.name] == nil {
 				byName[h.name] = make([]uint64, w)
 			}
@@ -255,12 +258,31 @@ func (s *span) row(k *ipKey, w int) []uint64 {
 	return nil
 }
 
-// first returns the number (from 0) of the first rule that matches, or -1.
+// first returns the number (from 0) of the first rule that matches, or -1. It resolves the
+// destination only for the rules that method, transport and source left: host names, the
+// costly part, are looked up only when such a rule has them.
 func (ix *index) first(req *Request, k *keys) int {
 	w := ix.words
 	row := bits.TrailingZeros32(uint32(k.method))*transportBits + bits.TrailingZeros8(uint8(k.transport))
 	mt := ix.mt[row*w : row*w+w]
-	src, dst := ix.src.row(&k.src, w), ix.dst.row(&k.dst, w)
+	src := ix.src.row(&k.src, w)
+	var cand [maxIndexedRules / 64]uint64
+	var found, exact, wild bool
+	for i := range mt {
+		c := ix.srcAny[i]
+		if src != nil {
+			c |= src[i]
+		}
+		c &= mt[i]
+		cand[i] = c
+		found = found || c != 0
+		exact = exact || c&ix.exactRules[i] != 0
+		wild = wild || c&ix.wildRules[i] != 0
+	}
+	if !found {
+		return -1
+	}
+	dst := ix.dst.row(&k.dst, w)
 	var side, up []uint64
 	switch req.DstSide {
 	case Inside:
@@ -272,15 +294,10 @@ func (ix *index) first(req *Request, k *keys) int {
 		up = ix.dstSide[2]
 	}
 	var hostBits [maxIndexedRules / 64]uint64
-	hosts := ix.hostRows(k.host, hostBits[:w])
-	for i := range mt {
-		c := mt[i]
+	hosts := (exact || wild) && ix.hostRows(k.host, exact, wild, hostBits[:w])
+	for i, c := range cand[:w] {
 		if c == 0 {
 			continue
-		}
-		s := ix.srcAny[i]
-		if src != nil {
-			s |= src[i]
 		}
 		d := ix.dstAny[i]
 		if hosts {
@@ -295,18 +312,19 @@ func (ix *index) first(req *Request, k *keys) int {
 		if up != nil {
 			d |= up[i]
 		}
-		if c &= s & d; c != 0 {
+		if c &= d; c != 0 {
 			return i*64 + bits.TrailingZeros64(c)
 		}
 	}
 	return -1
 }
 
-// hostRows ORs into out the rules whose dst host names match host, and reports whether any did.
+// hostRows ORs into out the rules whose dst host names match host (exact names, wildcards or
+// both), and reports whether any did.
 // The name is lowered on the stack (map lookups with string(bytes) keys do not allocate). Rule
 // names are at most 253 characters, so of a longer host only the tail can match a wildcard.
-func (ix *index) hostRows(host string, out []uint64) bool {
-	if host == "" || len(ix.hostExact)+len(ix.hostWild) == 0 {
+func (ix *index) hostRows(host string, exact, wild bool, out []uint64) bool {
+	if host == "" {
 		return false
 	}
 	var buf [254]byte
@@ -324,10 +342,10 @@ func (ix *index) hostRows(host string, out []uint64) bool {
 			}
 		}
 	}
-	if start == 0 && ix.exactLens.has(len(name)) {
+	if exact && start == 0 && ix.exactLens.has(len(name)) {
 		or(ix.hostExact[string(name)])
 	}
-	if len(ix.hostWild) > 0 {
+	if wild {
 		// Every proper parent: "a.b.example.com" looks up ".b.example.com", ".example.com", ".com".
 		for i := range name {
 			if name[i] == '.' && start+i > 0 && ix.wildLens.has(len(name)-i) {
