@@ -4,7 +4,7 @@ GO ?= go
 STATICCHECK_VERSION ?= v0.8.2
 GOBIN ?= $(shell $(GO) env GOPATH)/bin
 
-.PHONY: all build run test deps lint unit fuzz bench
+.PHONY: all build run demo test deps lint unit fuzz bench
 
 all: build
 
@@ -13,6 +13,12 @@ build:
 
 run: build
 	./bin/sipcar
+
+# demo builds a testbed in network namespaces (a PBX and a phone inside, a phone on the
+# internet), places a call with audio through sipcar and prints its server map and session
+# table. Run it as root.
+demo: deps
+	bash integration/demo/run.sh
 
 # test installs what the tests need (Debian packages, staticcheck), checks formatting, vet and
 # staticcheck, then runs every test with the race detector. Run it as root: the end-to-end tests
