@@ -42,6 +42,8 @@ FUZZTIME ?= 30s
 fuzz:
 	$(GO) test ./rewrite -run '^$$' -fuzz '^FuzzRewriteSIP$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./rewrite -run '^$$' -fuzz '^FuzzRewriteSDP$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./relay/policy -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./relay/policy -run '^$$' -fuzz '^FuzzIndex$$' -fuzztime $(FUZZTIME)
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...

@@ -13,6 +13,7 @@ import (
 
 	"github.com/sipcar/sipcar/mediarelay"
 	"github.com/sipcar/sipcar/pinhole"
+	"github.com/sipcar/sipcar/relay/policy"
 )
 
 // Mode is a deployment mode: it chooses the next hop of a message, nothing else.
@@ -55,6 +56,9 @@ type Config struct {
 	// callback. Media configures the media relay; the relay sets its port range and events.
 	Map   pinhole.Config
 	Media mediarelay.Config
+
+	// Policy screens the requests that start something (nil permits every one the mode allows).
+	Policy *policy.Policy
 
 	// MaxMessageRate caps the SIP messages per second one source address may send; the excess is
 	// dropped and counted. 0 means no cap.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/sipcar/sipcar/mediarelay"
 	"github.com/sipcar/sipcar/pinhole"
+	"github.com/sipcar/sipcar/relay/policy"
 	"github.com/sipcar/sipcar/rewrite"
 )
 
@@ -239,6 +240,10 @@ func (r *Relay) handle(in inbound, raw []byte) {
 		next = in.local
 	}
 
+	if isReq && !r.permitted(&m, in, raw, from, next, method) {
+		return
+	}
+
 	t := &msgTranslator{r: r, transport: in.transport, src: in.src, callID: callID, next: next, out: out}
 	if isReq {
 		if via, ok := topViaSentBy(&m); ok {
@@ -338,6 +343,46 @@ func (r *Relay) trackTransaction(m *rewrite.Message, in inbound, raw []byte, out
 	}
 }
 
+// permitted screens a request by the policy: requests out of a dialog, but not CANCEL (it follows
+// an INVITE that was screened) nor the ACK of a response (those carry a To tag). A denied
+// request is answered (403, or 503 when over its rate) or, for silent rules, dropped.
+func (r *Relay) permitted(m *rewrite.Message, in inbound, raw []byte, from pinhole.Side, next netip.AddrPort, method string) bool {
+	p := r.cfg.Policy
+	inDialog := len(m.ToTag()) > 0
+	if p == nil || inDialog || method == "CANCEL" {
+		return true
+	}
+	req := policy.Request{
+		Src:        in.src,
+		DstAddr:    next.Addr(),
+		DstSide:    policy.Outside,
+		ToUpstream: r.cfg.Mode == Upstream && next == r.cfg.Upstream,
+		Transport:  in.transport,
+		Method:     method,
+		Initial:    policy.Initial(method, inDialog),
+	}
+	if from == pinhole.Outside {
+		req.DstSide = policy.Inside
+	}
+	if host := rewrite.URIHost(m.RequestURI()); host != "" {
+		req.DstHost = host
+	}
+	d := p.Evaluate(req)
+	if d.Action == policy.Permit && !d.RateLimited {
+		return true
+	}
+	r.metrics.dropped.WithLabelValues("policy").Inc()
+	if d.Silent || method == "ACK" {
+		return false
+	}
+	code, reason := 403, "Forbidden"
+	if d.RateLimited {
+		code, reason = 503, "Service Unavailable"
+	}
+	r.answerWarning(in, raw, code, reason, d.Warning, d.RetryAfterSeconds())
+	return false
+}
+
 // senderBinding returns the address a message from in.src leaves from on the far side.
 func (r *Relay) senderBinding(from pinhole.Side, in inbound, out, callID string) (netip.AddrPort, error) {
 	if r.cfg.Mode == Transparent && from == pinhole.Outside {
@@ -397,6 +442,14 @@ func (r *Relay) refuse(in inbound, raw []byte, err error) {
 // answer sends sipcar's own response to a request back where it came from. Responses and ACKs
 // get none.
 func (r *Relay) answer(in inbound, req []byte, code int, reason, warning string, retryAfter int) {
+	if warning != "" {
+		warning = `399 sipcar "` + quoteWarning(warning) + `"`
+	}
+	r.answerWarning(in, req, code, reason, warning, retryAfter)
+}
+
+// answerWarning is answer with the Warning header's whole value given.
+func (r *Relay) answerWarning(in inbound, req []byte, code int, reason, warning string, retryAfter int) {
 	out, ends := replyTo(req, code, reason, warning, retryAfter)
 	if out == nil {
 		return

@@ -14,6 +14,7 @@ import (
 
 	"github.com/sipcar/sipcar/mediarelay"
 	"github.com/sipcar/sipcar/pinhole"
+	"github.com/sipcar/sipcar/relay/policy"
 )
 
 // A loopback testbed for the relay in upstream mode: the PBX at 127.0.0.2 is inside, the phone
@@ -333,5 +334,51 @@ func TestUnansweredRequestGets503(t *testing.T) {
 	res, err := sip.ParseMessage(buf[:n])
 	if err != nil || res.(*sip.Response).StatusCode != 503 || res.(*sip.Response).CallID().Value() != "lost" {
 		t.Fatalf("got %q, want 503 for call lost", buf[:n])
+	}
+}
+
+// The policy screens requests that start something: a denied INVITE gets 403 with the rule in
+// its Warning and is not forwarded, a silent rule drops without an answer, a permitted source
+// calls, and an in-dialog request of a permitted dialog is not screened again.
+func TestPolicy(t *testing.T) {
+	rules, err := policy.Parse("deny src=127.0.0.4/32 silent; permit src=127.0.0.3/32 method=INVITE,BYE,OPTIONS; deny src=any")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := policy.New(rules, policy.Config{Default: policy.Permit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := newLoopbed(t, func(c *Config) { c.Policy = pol })
+	scanner := listenRTP(t, "127.0.0.4")
+	req := func(from *net.UDPConn, method, id, toTag string) string {
+		return fmt.Sprintf("%s sip:100@127.0.0.1:%d SIP/2.0\nVia: SIP/2.0/UDP %s;branch=z9hG4bK%s\n"+
+			"From: <sip:200@127.0.0.1>;tag=%s\nTo: <sip:100@127.0.0.1>%s\nCall-ID: %s\nCSeq: 1 %s\nMax-Forwards: 70\nContent-Length: 0\n\n",
+			method, b.sip.Port(), addrOf(from), id, id, toTag, id, method)
+	}
+	b.send(b.phone, b.sip, req(b.phone, "REGISTER", "reg1", ""))
+	m, _ := b.recv(b.phone)
+	res := m.(*sip.Response)
+	if res.StatusCode != 403 {
+		t.Fatalf("REGISTER got %d, want 403 (rule 3)", res.StatusCode)
+	}
+	if w := res.GetHeader("Warning"); w == nil || !strings.Contains(w.Value(), "rule 3") {
+		t.Errorf("Warning %v does not name rule 3", w)
+	}
+	b.send(scanner, b.sip, req(scanner, "OPTIONS", "scan1", ""))
+	_ = scanner.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if _, _, err := scanner.ReadFromUDPAddrPort(make([]byte, 2048)); err == nil {
+		t.Error("a silent rule answered")
+	}
+	b.send(b.phone, b.sip, req(b.phone, "OPTIONS", "opt1", ""))
+	if m, _ := b.recv(b.pbx); m.(*sip.Request).CallID().Value() != "opt1" {
+		t.Error("permitted OPTIONS not forwarded")
+	}
+	b.send(b.phone, b.sip, req(b.phone, "INFO", "info1", ";tag=dlg")) // in a dialog: not screened
+	if m, _ := b.recv(b.pbx); m.(*sip.Request).CallID().Value() != "info1" {
+		t.Error("in-dialog INFO screened")
+	}
+	if s := pol.Snapshot(); s.Rules[2].Hits != 1 || s.Rules[0].Hits != 1 || s.Rules[1].Hits != 1 {
+		t.Errorf("rule hits %+v", s.Rules)
 	}
 }

@@ -10,7 +10,7 @@ import (
 // reply builds the response sipcar itself sends to a request it will not forward (400 for a
 // malformed request, 403 for one no rule permits, 503 when no port or next hop is left), with a
 // Warning (RFC 3261 section 20.43, code 399: miscellaneous) that says why, and Retry-After when
-// given. It returns nil when the request cannot be answered: it does not even parse as SIP, or
+// given. warning is the Warning header's whole value. It returns nil when the request cannot be answered: it does not even parse as SIP, or
 // it is an ACK (which is never answered).
 //
 // sipgo builds the response: it copies Via, From, To, Call-ID and CSeq as RFC 3261 section 8.2.6
@@ -37,7 +37,7 @@ func replyTo(req []byte, code int, reason, warning string, retryAfter int) ([]by
 		to.Params.Add("tag", "sipcar")
 	}
 	if warning != "" {
-		res.AppendHeader(sip.NewHeader("Warning", `399 sipcar "`+quoteWarning(warning)+`"`))
+		res.AppendHeader(sip.NewHeader("Warning", warning))
 	}
 	if retryAfter > 0 {
 		res.AppendHeader(sip.NewHeader("Retry-After", strconv.Itoa(retryAfter)))

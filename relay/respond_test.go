@@ -11,7 +11,7 @@ func TestReply(t *testing.T) {
 	req := "INVITE sip:bob@198.51.100.1 SIP/2.0\r\nVia: SIP/2.0/UDP 198.18.0.2:5060;branch=z9hG4bK1;rport\r\n" +
 		"Via: SIP/2.0/UDP 198.18.0.9;branch=z9hG4bK0\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:b@y>\r\nCall-ID: c1\r\nCSeq: 7 INVITE\r\n" +
 		"Content-Length: 0\r\n\r\n"
-	out := reply([]byte(req), 503, "Service Unavailable", `no relay ports left "now"`, 5)
+	out := reply([]byte(req), 503, "Service Unavailable", `399 sipcar "`+quoteWarning(`no relay ports left "now"`)+`"`, 5)
 	msg, err := sip.ParseMessage(out)
 	if err != nil {
 		t.Fatalf("reply does not parse: %v\n%s", err, out)

@@ -12,11 +12,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/sipcar/sipcar/relay"
+	"github.com/sipcar/sipcar/relay/policy"
 )
 
-// adminHandler serves /healthz, /readyz, /metrics, /servermap and /sessions (JSON, or the
-// vendors' text shape with ?format=text).
-func adminHandler(r *relay.Relay, reg *prometheus.Registry) http.Handler {
+// adminHandler serves /healthz, /readyz, /metrics, /servermap, /sessions and /policy (JSON, or
+// the vendors' text shape with ?format=text).
+func adminHandler(r *relay.Relay, pol *policy.Policy, reg *prometheus.Registry) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
@@ -51,14 +52,18 @@ func adminHandler(r *relay.Relay, reg *prometheus.Registry) http.Handler {
 		s := r.Map().Snapshot()
 		table(s.WriteSessionTable, w, req, s)
 	})
+	mux.HandleFunc("GET /policy", func(w http.ResponseWriter, req *http.Request) {
+		s := pol.Snapshot()
+		table(s.Format, w, req, s)
+	})
 	return mux
 }
 
 // show prints the server map or the session table of a running sipcar, read from its admin
 // endpoint (SIPCAR_ADMIN_ADDR).
 func show(args, environ []string, stdout, stderr io.Writer) int {
-	if len(args) != 1 || (args[0] != "servermap" && args[0] != "sessions") {
-		fmt.Fprintln(stderr, "usage: sipcar show servermap|sessions")
+	if len(args) != 1 || (args[0] != "servermap" && args[0] != "sessions" && args[0] != "policy") {
+		fmt.Fprintln(stderr, "usage: sipcar show servermap|sessions|policy")
 		return 2
 	}
 	cfg, _ := loadConfig(environ) // only the admin address matters here

@@ -17,10 +17,12 @@ import (
 	"time"
 
 	"github.com/caarlos0/env/v11"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sipcar/sipcar/mediarelay"
 	"github.com/sipcar/sipcar/pinhole"
 	"github.com/sipcar/sipcar/relay"
+	"github.com/sipcar/sipcar/relay/policy"
 )
 
 // config is sipcar's configuration: every field is one SIPCAR_ environment variable.
@@ -44,6 +46,9 @@ type config struct {
 	MediaIdleTTL      time.Duration     `env:"MEDIA_IDLE_TTL" envDefault:"60s" help:"a media pair's lifetime after its last packet"`
 	MaxCalls          int               `env:"MAX_CALLS" envDefault:"0" help:"cap on calls with media (0: the port range is the cap)"`
 	MaxCallsPerSource int               `env:"MAX_CALLS_PER_SOURCE" envDefault:"100" help:"cap on calls with media per source address (-1: none)"`
+	Policy            string            `env:"POLICY" help:"screening rules, ';'-separated, first match wins (relay/policy/README.md), e.g. permit src=198.51.100.0/24 method=INVITE,REGISTER; deny src=any"`
+	PolicyFile        string            `env:"POLICY_FILE" help:"a file of screening rules, one per line, reloaded on SIGHUP (instead of POLICY)"`
+	PolicyDefault     string            `env:"POLICY_DEFAULT" help:"action when no rule matches: permit or deny (default: permit in upstream mode, deny in transparent mode)"`
 	MaxMessageRate    int               `env:"MAX_MESSAGE_RATE" envDefault:"200" help:"SIP messages per second one source may send (burst twice that); 0: no cap"`
 	MediaMode         string            `env:"MEDIA_MODE" envDefault:"auto" help:"auto, fanin (nftables TPROXY, needs CAP_NET_ADMIN) or fallback (a socket per port)"`
 	AdminAddr         listenAddr        `env:"ADMIN_ADDR" envDefault:"127.0.0.1:9060" help:"admin HTTP endpoint (/healthz /readyz /metrics /servermap /sessions); empty disables"`
@@ -177,6 +182,24 @@ func loadConfig(environ []string) (config, error) {
 	}
 	if cfg.MediaMode != "auto" && cfg.MediaMode != "fanin" && cfg.MediaMode != "fallback" {
 		bad("MEDIA_MODE", fmt.Sprintf("%q: want auto, fanin or fallback", cfg.MediaMode))
+	}
+	if cfg.Policy != "" && cfg.PolicyFile != "" {
+		bad("POLICY_FILE", "set POLICY or POLICY_FILE, not both")
+	}
+	if cfg.Policy != "" {
+		if _, err := policy.Parse(cfg.Policy); err != nil {
+			bad("POLICY", strings.ReplaceAll(err.Error(), "\n", "; "))
+		}
+	}
+	if cfg.PolicyFile != "" {
+		if _, err := policy.Load(cfg.PolicyFile); err != nil {
+			bad("POLICY_FILE", strings.ReplaceAll(err.Error(), "\n", "; "))
+		}
+	}
+	if cfg.PolicyDefault != "" {
+		if _, err := policy.ParseAction(cfg.PolicyDefault); err != nil {
+			bad("POLICY_DEFAULT", fmt.Sprintf("%q: want permit or deny", cfg.PolicyDefault))
+		}
 	}
 	if _, err := parseLevel(cfg.LogLevel); err != nil {
 		bad("LOG_LEVEL", err.Error())
@@ -341,4 +364,32 @@ func netipLoopback(l listenAddr) netip.AddrPort {
 		return netip.AddrPortFrom(netip.IPv6Loopback(), l.Port())
 	}
 	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), l.Port())
+}
+
+// policy builds the screening policy: the rules of POLICY or POLICY_FILE (none: only the
+// default decides) and the default action of the mode unless POLICY_DEFAULT says otherwise.
+func (c config) policy(reg prometheus.Registerer) (*policy.Policy, error) {
+	def := policy.Permit
+	if c.Mode == "transparent" {
+		def = policy.Deny
+	}
+	if c.PolicyDefault != "" {
+		a, err := policy.ParseAction(c.PolicyDefault)
+		if err != nil {
+			return nil, fmt.Errorf("%sPOLICY_DEFAULT: %w", envPrefix, err)
+		}
+		def = a
+	}
+	var rules *policy.Rules
+	var err error
+	switch {
+	case c.PolicyFile != "":
+		rules, err = policy.Load(c.PolicyFile)
+	default:
+		rules, err = policy.Parse(c.Policy)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return policy.New(rules, policy.Config{Default: def, Registerer: reg})
 }

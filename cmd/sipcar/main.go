@@ -61,6 +61,12 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	rc.Registerer = reg
+	pol, err := cfg.policy(reg)
+	if err != nil {
+		fmt.Fprintln(stderr, "sipcar:", err)
+		return 2
+	}
+	rc.Policy = pol
 	r, err := relay.New(rc)
 	if err != nil {
 		fmt.Fprintln(stderr, "sipcar:", err)
@@ -74,7 +80,7 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 
 	var admin *http.Server
 	if cfg.AdminAddr.IsValid() {
-		admin = &http.Server{Addr: cfg.AdminAddr.String(), Handler: adminHandler(r, reg), ReadHeaderTimeout: 5 * time.Second}
+		admin = &http.Server{Addr: cfg.AdminAddr.String(), Handler: adminHandler(r, pol, reg), ReadHeaderTimeout: 5 * time.Second}
 		go func() {
 			if err := admin.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error("admin endpoint", "addr", cfg.AdminAddr, "err", err)
@@ -82,14 +88,32 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 		}()
 	}
 
-	select {
-	case err := <-done:
-		if err != nil {
-			fmt.Fprintln(stderr, "sipcar:", err)
-			return 1
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-hup:
+			// A reload that does not parse keeps the rules in force; calls are never dropped.
+			if cfg.PolicyFile == "" {
+				log.Info("SIGHUP: no SIPCAR_POLICY_FILE to reload")
+				continue
+			}
+			if err := pol.ReloadFile(cfg.PolicyFile); err != nil {
+				log.Error("policy reload failed; the old rules stay in force", "err", err)
+				continue
+			}
+			log.Info("policy reloaded", "file", cfg.PolicyFile, "rules", pol.Rules().Len())
+			continue
+		case err := <-done:
+			if err != nil {
+				fmt.Fprintln(stderr, "sipcar:", err)
+				return 1
+			}
+			return 0
+		case <-ctx.Done():
 		}
-		return 0
-	case <-ctx.Done():
+		break
 	}
 	// SIGTERM: take no new calls, let the ones in progress end, then close.
 	log.Info("draining", "calls", r.ActiveCalls(), "timeout", cfg.DrainTimeout)
