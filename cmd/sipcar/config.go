@@ -32,8 +32,8 @@ type config struct {
 	PublicAddr        []netip.Addr      `env:"PUBLIC_ADDR" help:"the address the world reaches sipcar at, IPv4 and/or IPv6, comma-separated (required)"`
 	InsideAddr        []netip.Addr      `env:"INSIDE_ADDR" help:"sipcar's inside-facing address(es) (default: PUBLIC_ADDR)"`
 	InsideNets        []netip.Prefix    `env:"INSIDE_NETS" help:"CIDRs of the inside, comma-separated (default in upstream mode: the upstream's address)"`
-	ListenUDP         listenAddr        `env:"LISTEN_UDP" envDefault:":5060" help:"UDP SIP listener; empty disables"`
-	ListenTCP         listenAddr        `env:"LISTEN_TCP" envDefault:":5060" help:"TCP SIP listener; empty disables"`
+	ListenUDP         listenAddr        `env:"LISTEN_UDP" default:":5060" help:"UDP SIP listener; set and empty disables"`
+	ListenTCP         listenAddr        `env:"LISTEN_TCP" default:":5060" help:"TCP SIP listener; set and empty disables"`
 	ListenTLS         listenAddr        `env:"LISTEN_TLS" envDefault:"" help:"TLS SIP listener (e.g. :5061); needs TLS_CERT and TLS_KEY"`
 	TLSCert           string            `env:"TLS_CERT" help:"PEM certificate chain presented to phones"`
 	TLSKey            string            `env:"TLS_KEY" help:"PEM private key of TLS_CERT"`
@@ -111,6 +111,8 @@ func (u *sipURI) UnmarshalText(b []byte) error {
 // listenAddr is host:port, :port (every address) or empty (disabled).
 type listenAddr struct{ netip.AddrPort }
 
+var defaultListen = listenAddr{netip.MustParseAddrPort("0.0.0.0:5060")}
+
 func (l *listenAddr) UnmarshalText(b []byte) error {
 	s := strings.TrimSpace(string(b))
 	if s == "" {
@@ -131,7 +133,16 @@ func (l *listenAddr) UnmarshalText(b []byte) error {
 // loadConfig reads the configuration from environ (KEY=value pairs). Its error lists every wrong
 // variable, one per line, by its name.
 func loadConfig(environ []string) (config, error) {
-	cfg, err := env.ParseAsWithOptions[config](env.Options{Prefix: envPrefix, Environment: env.ToMap(environ)})
+	vars := env.ToMap(environ)
+	cfg, err := env.ParseAsWithOptions[config](env.Options{Prefix: envPrefix, Environment: vars})
+	// The env library applies a default to a variable set to the empty string too, so the
+	// listeners, which an empty value disables, take their defaults here, only when unset.
+	if _, set := vars[envPrefix+"LISTEN_UDP"]; !set {
+		cfg.ListenUDP = defaultListen
+	}
+	if _, set := vars[envPrefix+"LISTEN_TCP"]; !set {
+		cfg.ListenTCP = defaultListen
+	}
 	var lines []string
 	if err != nil {
 		var agg env.AggregateError
@@ -246,6 +257,9 @@ func printHelp(w io.Writer) {
 	for i := range t.NumField() {
 		f := t.Field(i)
 		def := f.Tag.Get("envDefault")
+		if d := f.Tag.Get("default"); d != "" {
+			def = d
+		}
 		if def == "" {
 			def = "(none)"
 		}

@@ -55,6 +55,10 @@ func TestConfigErrors(t *testing.T) {
 	if cfg.Upstream != (sipURI{Host: "pbx.example", Port: 5070, Transport: "tcp"}) || cfg.ListenUDP.Port() != 5060 || cfg.RTPPorts.First != 20000 {
 		t.Errorf("parsed %+v", cfg)
 	}
+	cfg, err = loadConfig([]string{"SIPCAR_UPSTREAM=sip:pbx", "SIPCAR_PUBLIC_ADDR=203.0.113.1", "SIPCAR_LISTEN_TCP="})
+	if err != nil || cfg.ListenTCP.IsValid() || !cfg.ListenUDP.IsValid() {
+		t.Errorf("SIPCAR_LISTEN_TCP= did not disable TCP: %+v %v", cfg.ListenTCP, err)
+	}
 	cfg, err = loadConfig([]string{"SIPCAR_UPSTREAM=sip:[2001:db8:a::10]:5060", "SIPCAR_PUBLIC_ADDR=203.0.113.1,2001:db8:b::1"})
 	if err != nil {
 		t.Fatal(err)
