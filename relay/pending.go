@@ -77,6 +77,7 @@ func (r *Relay) runPending(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
+			r.absorb.prune(now)
 			for _, p := range r.pending.expired(now) {
 				r.metrics.dropped.WithLabelValues("timeout").Inc()
 				r.answer(p.in, p.raw, 503, "Service Unavailable", "no response from the next hop", 0)
@@ -119,4 +120,15 @@ func (o *ownAnswers) take(k pendingKey) bool {
 		return false
 	}
 	return ok
+}
+
+// prune forgets answers older than Timer B.
+func (o *ownAnswers) prune(now time.Time) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for k, at := range o.keys {
+		if now.Sub(at) > timerB {
+			delete(o.keys, k)
+		}
+	}
 }

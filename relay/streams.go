@@ -27,6 +27,9 @@ type streamConn struct {
 	listener  bool
 	// transparent: intercepted by TPROXY or REDIRECT.
 	transparent bool
+	// sniff: a connection to a binding port, which serves TCP and TLS alike (the server map
+	// reserves one port per binding): a first byte of 0x16 starts a TLS handshake.
+	sniff bool
 
 	wmu sync.Mutex // serialises writes: one message is written whole
 }
@@ -92,7 +95,8 @@ func (r *Relay) serveStreams(l net.Listener, transport string, local netip.AddrP
 			if _, ok := c.(*tls.Conn); ok {
 				tr = "tls"
 			}
-			sc := &streamConn{r: r, conn: c, transport: tr, remote: remote, local: local, listener: listener}
+			sc := &streamConn{r: r, conn: c, transport: tr, remote: remote, local: local, listener: listener,
+				sniff: !listener && r.cfg.TLS != nil}
 			if listener && r.cfg.Mode == Transparent && tr == "tcp" {
 				// TPROXY keeps the original destination as the local address; REDIRECT says it
 				// through SO_ORIGINAL_DST.
@@ -139,6 +143,9 @@ func (c *streamConn) read() {
 	r := c.r
 	defer r.wg.Done()
 	defer c.close()
+	if c.sniff && !c.startTLS() {
+		return
+	}
 	br := bufio.NewReaderSize(c.conn, 16<<10)
 	buf := make([]byte, 0, 16<<10)
 	chunk := make([]byte, 16<<10)
@@ -181,7 +188,10 @@ func (c *streamConn) write(msg []byte) error {
 }
 
 func (c *streamConn) close() {
-	c.conn.Close()
+	c.wmu.Lock()
+	conn := c.conn
+	c.wmu.Unlock()
+	conn.Close()
 	r := c.r
 	r.streams.mu.Lock()
 	k := connKey{c.transport, c.remote}
@@ -258,7 +268,7 @@ func (r *Relay) serveBindingTCP(addr netip.AddrPort) (io.Closer, error) {
 			return nil, fmt.Errorf("listen tcp %v: %w", addr, err)
 		}
 	}
-	r.serveStreams(tlsSniffer{l: l, cfg: r.cfg.TLS}, "tcp", addr, false)
+	r.serveStreams(l, "tcp", addr, false)
 	return l, nil
 }
 
@@ -276,39 +286,40 @@ func (r *Relay) closeStreams() {
 		l.Close()
 	}
 	for _, c := range conns {
-		c.conn.Close()
+		c.wmu.Lock() // startTLS may be swapping the conn
+		conn := c.conn
+		c.wmu.Unlock()
+		conn.Close()
 	}
 }
 
-// tlsSniffer accepts connections to a binding port and serves TLS on those that start with a
-// TLS handshake record: the server map reserves one port per binding for TCP and TLS alike.
-type tlsSniffer struct {
-	l   net.Listener
-	cfg *tls.Config
-}
-
-func (s tlsSniffer) Accept() (net.Conn, error) {
-	c, err := s.l.Accept()
-	if err != nil || s.cfg == nil {
-		return c, err
-	}
-	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	br := bufio.NewReader(c)
+// startTLS looks at the first byte of a connection to a binding port and, when it starts a TLS
+// handshake, serves TLS on it. It runs in the connection's own goroutine, so a peer that connects
+// and stays silent holds up nobody else.
+func (c *streamConn) startTLS() bool {
+	_ = c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c.conn)
 	first, err := br.Peek(1)
-	_ = c.SetReadDeadline(time.Time{})
+	_ = c.conn.SetReadDeadline(time.Time{})
 	if err != nil {
-		c.Close()
-		return s.Accept()
+		return false
 	}
-	pc := &peekedConn{Conn: c, r: br}
+	pc := &peekedConn{Conn: c.conn, r: br}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	if first[0] == 0x16 {
-		return tls.Server(pc, s.cfg), nil
+		c.conn, c.transport = tls.Server(pc, c.r.cfg.TLS), "tls"
+		c.r.streams.mu.Lock()
+		if c.r.streams.conns[connKey{"tcp", c.remote}] == c {
+			delete(c.r.streams.conns, connKey{"tcp", c.remote})
+		}
+		c.r.streams.conns[connKey{"tls", c.remote}] = c
+		c.r.streams.mu.Unlock()
+	} else {
+		c.conn = pc
 	}
-	return pc, nil
+	return true
 }
-
-func (s tlsSniffer) Close() error   { return s.l.Close() }
-func (s tlsSniffer) Addr() net.Addr { return s.l.Addr() }
 
 type peekedConn struct {
 	net.Conn
