@@ -128,11 +128,12 @@ func (r *Relay) wire(st *relayedStream) {
 	r.mu.Lock()
 	in, out := st.legs[pinhole.Inside], st.legs[pinhole.Outside]
 	mux := in.mux && out.mux
+	a, b := r.bindAddr(out.pair.RTP), r.bindAddr(in.pair.RTP)
 	spec := mediarelay.StreamSpec{
 		CallID: st.callID,
-		A: mediarelay.LegSpec{RTP: out.pair.RTP, RTCP: netip.AddrPortFrom(out.pair.RTP.Addr(), out.pair.RTCPPort),
+		A: mediarelay.LegSpec{RTP: a, RTCP: netip.AddrPortFrom(a.Addr(), out.pair.RTCPPort),
 			Mux: mux, Peer: in.rtp, PeerRTCP: in.rtcp},
-		B: mediarelay.LegSpec{RTP: in.pair.RTP, RTCP: netip.AddrPortFrom(in.pair.RTP.Addr(), in.pair.RTCPPort),
+		B: mediarelay.LegSpec{RTP: b, RTCP: netip.AddrPortFrom(b.Addr(), in.pair.RTCPPort),
 			Mux: mux, Peer: out.rtp, PeerRTCP: out.rtcp},
 		Hold: in.held || out.held,
 	}

@@ -52,6 +52,11 @@ type Config struct {
 	// sipcar opens to TLS next hops (nil: TLS 1.2+, verified against the system roots).
 	TLS, ClientTLS *tls.Config
 
+	// PublicBind maps sipcar's public addresses to the local addresses that receive their
+	// traffic, for a public address the host does not have (a cloud's 1:1 NAT, an elastic IP):
+	// media ports are bound and sent from the local address and advertised as the public one.
+	PublicBind map[netip.Addr]netip.Addr
+
 	// Map configures the server map; the relay sets its reservation hooks and release
 	// callback. Media configures the media relay; the relay sets its port range and events.
 	Map   pinhole.Config

@@ -88,7 +88,9 @@ func New(cfg Config) (*Relay, error) {
 		return nil, fmt.Errorf("media relay: %w", err)
 	}
 	pc := cfg.Map
-	pc.ReserveMedia = r.media.Reserve
+	pc.ReserveMedia = func(network string, a netip.AddrPort) (io.Closer, error) {
+		return r.media.Reserve(network, r.bindAddr(a))
+	}
 	pc.ReserveSignaling = r.reserveSignaling
 	pc.OnRelease = r.released
 	if pc.Registerer == nil {
@@ -381,6 +383,14 @@ func (r *Relay) permitted(m *rewrite.Message, in inbound, raw []byte, from pinho
 	}
 	r.answerWarning(in, raw, code, reason, d.Warning, d.RetryAfterSeconds())
 	return false
+}
+
+// bindAddr returns the local address that stands for a (one of sipcar's advertised addresses).
+func (r *Relay) bindAddr(a netip.AddrPort) netip.AddrPort {
+	if local, ok := r.cfg.PublicBind[a.Addr()]; ok {
+		return netip.AddrPortFrom(local, a.Port())
+	}
+	return a
 }
 
 // senderBinding returns the address a message from in.src leaves from on the far side.

@@ -382,3 +382,41 @@ func TestPolicy(t *testing.T) {
 		t.Errorf("rule hits %+v", s.Rules)
 	}
 }
+
+// A public address the host does not have (a cloud's 1:1 NAT): sipcar advertises it and binds
+// the local address that receives its traffic.
+func TestPublicAddressBehindOneToOneNAT(t *testing.T) {
+	public := netip.MustParseAddr("203.0.113.77")
+	b := newLoopbed(t, func(c *Config) {
+		c.Map.Public = pinhole.Addrs{IPv4: public}
+		c.PublicBind = map[netip.Addr]netip.Addr{public: netip.MustParseAddr("127.0.0.1")}
+	})
+	pbxRTP := listenRTP(t, "127.0.0.2")
+	b.send(b.phone, b.sip, withBody(fmt.Sprintf("INVITE sip:100@127.0.0.1:%d SIP/2.0\nVia: SIP/2.0/UDP %s;branch=z9hG4bKn1\n"+
+		"From: <sip:200@127.0.0.1>;tag=n1\nTo: <sip:100@127.0.0.1>\nCall-ID: nat1\nCSeq: 1 INVITE\nMax-Forwards: 70\n",
+		b.sip.Port(), addrOf(b.phone)), sdp("127.0.0.3", 4000)))
+	m, src := b.recv(b.pbx)
+	b.send(b.pbx, src, withBody(fmt.Sprintf("SIP/2.0 200 OK\nVia: %s\nFrom: <sip:200@127.0.0.1>;tag=n1\nTo: <sip:100@127.0.0.1>;tag=u\n"+
+		"Call-ID: nat1\nCSeq: 1 INVITE\nContact: <sip:100@%s>\n", m.(*sip.Request).Via().Value(), addrOf(b.pbx)),
+		sdp("127.0.0.2", int(addrOf(pbxRTP).Port()))))
+	m, _ = b.recv(b.phone)
+	res := m.(*sip.Response)
+	adv := sdpAddr(t, string(res.Body()))
+	if adv.Addr() != public {
+		t.Fatalf("phone told to send media to %v, want the public address %v", adv, public)
+	}
+	if c := res.Contact(); c == nil || c.Address.Host != public.String() {
+		t.Errorf("phone sees Contact %v, want the public address", c)
+	}
+	// What the 1:1 NAT delivers to the local address reaches the PBX.
+	phoneRTP := listenRTP(t, "127.0.0.3")
+	pkt := append([]byte{0x80, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9}, make([]byte, 160)...)
+	for range 3 {
+		phoneRTP.WriteToUDPAddrPort(pkt, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), adv.Port()))
+	}
+	buf := make([]byte, 2048)
+	_ = pbxRTP.SetReadDeadline(time.Now().Add(time.Second))
+	if _, _, err := pbxRTP.ReadFromUDPAddrPort(buf); err != nil {
+		t.Errorf("media to the bound local address not relayed: %v", err)
+	}
+}

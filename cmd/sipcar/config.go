@@ -30,6 +30,7 @@ type config struct {
 	Mode              string            `env:"MODE" envDefault:"upstream" help:"upstream (sidecar next to a PBX) or transparent (NAT gateway)"`
 	Upstream          sipURI            `env:"UPSTREAM" help:"the PBX, as a SIP URI: sip:pbx:5060;transport=udp (upstream mode)"`
 	PublicAddr        []netip.Addr      `env:"PUBLIC_ADDR" help:"the address the world reaches sipcar at, IPv4 and/or IPv6, comma-separated (required)"`
+	PublicBindAddr    []netip.Addr      `env:"PUBLIC_BIND_ADDR" help:"when PUBLIC_ADDR is not this host's (a cloud's 1:1 NAT): the local address(es) its traffic arrives at, one per family (default: PUBLIC_ADDR; required when that is not local)"`
 	InsideAddr        []netip.Addr      `env:"INSIDE_ADDR" help:"sipcar's inside-facing address(es) (default: PUBLIC_ADDR)"`
 	InsideNets        []netip.Prefix    `env:"INSIDE_NETS" help:"CIDRs of the inside, comma-separated (default in upstream mode: the upstream's address)"`
 	ListenUDP         listenAddr        `env:"LISTEN_UDP" default:":5060" help:"UDP SIP listener; set and empty disables"`
@@ -180,7 +181,7 @@ func loadConfig(environ []string) (config, error) {
 	for _, l := range []struct {
 		name  string
 		addrs []netip.Addr
-	}{{"PUBLIC_ADDR", cfg.PublicAddr}, {"INSIDE_ADDR", cfg.InsideAddr}} {
+	}{{"PUBLIC_ADDR", cfg.PublicAddr}, {"INSIDE_ADDR", cfg.InsideAddr}, {"PUBLIC_BIND_ADDR", cfg.PublicBindAddr}} {
 		if _, err := addrs(l.addrs); err != nil {
 			bad(l.name, err.Error())
 		}
@@ -300,6 +301,17 @@ func (c config) relayConfig(ctx context.Context, log *slog.Logger) (relay.Config
 	}
 	in, _ := addrs(inside)
 	pub, _ := addrs(c.PublicAddr)
+	bind, _ := addrs(c.PublicBindAddr)
+	rc.PublicBind = map[netip.Addr]netip.Addr{}
+	for _, p := range [][2]netip.Addr{{pub.IPv4, bind.IPv4}, {pub.IPv6, bind.IPv6}} {
+		switch {
+		case !p[0].IsValid():
+		case p[1].IsValid():
+			rc.PublicBind[p[0]] = p[1]
+		case !isLocal(p[0]):
+			return rc, fmt.Errorf("%sPUBLIC_ADDR %s is not an address of this host: set %sPUBLIC_BIND_ADDR to the local address its traffic arrives at", envPrefix, p[0], envPrefix)
+		}
+	}
 	rc.Map = pinhole.Config{
 		Inside:            in,
 		Public:            pub,
@@ -406,4 +418,20 @@ func (c config) policy(reg prometheus.Registerer) (*policy.Policy, error) {
 		return nil, err
 	}
 	return policy.New(rules, policy.Config{Default: def, Registerer: reg})
+}
+
+// isLocal reports whether a is one of this host's addresses.
+func isLocal(a netip.Addr) bool {
+	ifs, err := net.InterfaceAddrs()
+	if err != nil {
+		return true // cannot tell: let the bind say
+	}
+	for _, ia := range ifs {
+		if n, ok := ia.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok && ip.Unmap() == a.Unmap() {
+				return true
+			}
+		}
+	}
+	return false
 }
