@@ -116,3 +116,12 @@ func ViaParam(via []byte, name string) []byte {
 	}
 	return paramValue(via, span{0, len(via)}, name)
 }
+
+// URIHost returns the host of a sip: or sips: URI when it is a name (not an IP literal), else "".
+func URIHost(uri []byte) string {
+	u, err := parseURI(uri, span{0, len(uri)}, "URI")
+	if err != nil || !u.sip || u.hp.isIP() {
+		return ""
+	}
+	return string(uri[u.hp.host.start:u.hp.host.end])
+}
