@@ -114,6 +114,9 @@ func (r *Result) planSDP(raw []byte, b span, partIdx int, lenHdr span) error {
 			if inMedia {
 				return malformed("SDP o=", cs, "o= inside a media description")
 			}
+			if p.origin.ok {
+				return malformed("SDP o=", cs, "more than one o=")
+			}
 			if err := parseOrigin(raw, val, &p.origin); err != nil {
 				return err
 			}
@@ -124,9 +127,17 @@ func (r *Result) planSDP(raw []byte, b span, partIdx int, lenHdr span) error {
 				return err
 			}
 			c.line = line
+			// One address per level: a second would be left untranslated (RFC 4566 allows more
+			// only for multicast sessions, which sipcar does not relay).
 			if inMedia {
+				if cur.c.ok {
+					return malformed("SDP c=", cs, "more than one c= in a media description")
+				}
 				cur.c = c
 			} else {
+				if p.sessC.ok {
+					return malformed("SDP c=", cs, "more than one session-level c=")
+				}
 				p.sessC = c
 			}
 		case 'm':
@@ -147,6 +158,9 @@ func (r *Result) planSDP(raw []byte, b span, partIdx int, lenHdr span) error {
 			case iceAttribute(nb):
 				r.strip = append(r.strip, line)
 			case equalFold(nb, "rtcp") && inMedia:
+				if cur.rtcpPort.len() > 0 {
+					return malformed("SDP a=rtcp", cs, "more than one a=rtcp in a media description")
+				}
 				if err := parseRTCPAttr(raw, value, cur); err != nil {
 					return err
 				}
