@@ -227,7 +227,8 @@ func (r *Relay) handle(in inbound, raw []byte) {
 	if !in.listener {
 		b, ok := r.m.Resolve(from, in.local)
 		if !ok {
-			return // the binding expired between receipt and here
+			r.metrics.dropped.WithLabelValues("stale-binding").Inc() // expired between receipt and here
+			return
 		}
 		next, out = b.ForwardTo(), r.transportTo(b.ForwardTo(), b.Transport())
 	} else if isReq && from == pinhole.Outside && r.cfg.Mode == Upstream {
