@@ -198,6 +198,9 @@ func (r *Relay) endCall(callID string, reason pinhole.Reason) {
 // takes its media relay stream with it.
 func (r *Relay) released(b *pinhole.Binding, reason pinhole.Reason) {
 	if b.Type() == pinhole.TypeSIP {
+		r.mu.Lock()
+		delete(r.origTransport, b.Address())
+		r.mu.Unlock()
 		return
 	}
 	port := b.Address().Port()
@@ -310,23 +313,41 @@ func (r *Relay) syncTraffic(ctx context.Context) {
 		}
 		for _, s := range r.media.Streams() {
 			st := s.Stats()
-			r.observe(s, mediarelay.LegA, false, st.A)
-			r.observe(s, mediarelay.LegB, false, st.B)
+			r.observe(s, mediarelay.LegA, st.A, st.B)
+			r.observe(s, mediarelay.LegB, st.B, st.A)
 		}
 	}
 }
 
-// observe puts one leg's counters on its binding: what its peer sent arrived at the leg's port;
-// what was sent to its peer left from it.
-func (r *Relay) observe(s *mediarelay.Stream, leg mediarelay.Leg, rtcp bool, ls mediarelay.LegStats) {
-	b := r.bindingOf(s, leg, rtcp)
-	if b == nil {
+// observe puts one leg's counters on its bindings: what its peer sent arrived at the leg's ports
+// (RTP on the RTP binding, RTCP on the RTCP binding unless muxed); what was sent to its peer
+// left from them. The media relay counts packets sent per leg, RTP and RTCP together; the RTCP
+// share of them is what the other leg's peer sent as RTCP.
+func (r *Relay) observe(s *mediarelay.Stream, leg mediarelay.Leg, ls, other mediarelay.LegStats) {
+	rtp := r.bindingOf(s, leg, false)
+	if rtp == nil {
 		return
 	}
-	b.Observe(pinhole.Counters{
-		PacketsReceived: ls.RTP.Packets + ls.RTCP.Packets,
-		BytesReceived:   ls.RTP.Bytes + ls.RTCP.Bytes,
+	rtcp := r.bindingOf(s, leg, true)
+	if rtcp == rtp {
+		rtcp = nil // muxed: one binding carries both
+	}
+	c := pinhole.Counters{
+		PacketsReceived: ls.RTP.Packets,
+		BytesReceived:   ls.RTP.Bytes,
 		PacketsSent:     ls.Sent.Packets,
 		BytesSent:       ls.Sent.Bytes,
-	}, ls.LastPacket)
+	}
+	if rtcp == nil {
+		c.PacketsReceived += ls.RTCP.Packets
+		c.BytesReceived += ls.RTCP.Bytes
+	} else {
+		sentRTCP := min(other.RTCP.Packets, c.PacketsSent)
+		sentRTCPBytes := min(other.RTCP.Bytes, c.BytesSent)
+		c.PacketsSent -= sentRTCP
+		c.BytesSent -= sentRTCPBytes
+		rtcp.Observe(pinhole.Counters{PacketsReceived: ls.RTCP.Packets, BytesReceived: ls.RTCP.Bytes,
+			PacketsSent: sentRTCP, BytesSent: sentRTCPBytes}, ls.LastPacket)
+	}
+	rtp.Observe(c, ls.LastPacket)
 }

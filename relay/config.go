@@ -41,6 +41,9 @@ type Config struct {
 	// the transport to it ("udp", "tcp", "tls").
 	Upstream          netip.AddrPort
 	UpstreamTransport string
+	// UpstreamName is the upstream's host name as configured, for TLS server name checks; empty
+	// when it was given as an address.
+	UpstreamName string
 	// InsideNets are the networks on the inside; every other address is outside.
 	InsideNets []netip.Prefix
 

@@ -31,13 +31,17 @@ type Relay struct {
 	pending *pendingRequests
 	absorb  *ownAnswers
 
-	mu       sync.Mutex // guards the following
-	closed   bool
-	udp      map[netip.AddrPort]*udpSocket // by the address it stands for (listener or binding)
-	spoof    map[netip.AddrPort]*udpSocket // transparent mode: sockets sending from servers' addresses
-	aliases  map[aliasKey]netip.AddrPort
-	calls    map[string]*callState
-	draining bool
+	mu      sync.Mutex // guards the following
+	closed  bool
+	udp     map[netip.AddrPort]*udpSocket // by the address it stands for (listener or binding)
+	spoof   map[netip.AddrPort]*udpSocket // transparent mode: sockets sending from servers' addresses
+	aliases map[aliasKey]netip.AddrPort
+	// origTransport is, per sip binding, the transport its original address is reached over
+	// (the binding's own transport is the far side's: a phone on UDP behind a binding that a PBX
+	// reaches over TLS).
+	origTransport map[netip.AddrPort]string
+	calls         map[string]*callState
+	draining      bool
 
 	streams streamState
 	ready   atomic.Bool // listeners open and not draining
@@ -63,7 +67,9 @@ func New(cfg Config) (*Relay, error) {
 		udp:     make(map[netip.AddrPort]*udpSocket),
 		spoof:   make(map[netip.AddrPort]*udpSocket),
 		aliases: make(map[aliasKey]netip.AddrPort),
-		calls:   make(map[string]*callState),
+
+		origTransport: make(map[netip.AddrPort]string),
+		calls:         make(map[string]*callState),
 	}
 	r.streams.conns = make(map[connKey]*streamConn)
 	r.flood = newThrottle(cfg.MaxMessageRate, 2*cfg.MaxMessageRate)
@@ -230,7 +236,8 @@ func (r *Relay) handle(in inbound, raw []byte) {
 			r.metrics.dropped.WithLabelValues("stale-binding").Inc() // expired between receipt and here
 			return
 		}
-		next, out = b.ForwardTo(), r.transportTo(b.ForwardTo(), b.Transport())
+		next, out = b.ForwardTo(), r.transportTo(b.ForwardTo(), r.originalTransport(b))
+		b.Received(len(raw), r.m.Now())
 	} else if isReq && from == pinhole.Outside && r.cfg.Mode == Upstream {
 		next, out = r.cfg.Upstream, r.cfg.UpstreamTransport
 	} else if in.transparent {
@@ -306,12 +313,18 @@ func (r *Relay) handle(in inbound, raw []byte) {
 
 	// Send from the sender's own binding on the far side, so that the receiver sees one address
 	// per party and its replies come back through the same binding.
-	local, err := r.senderBinding(from, in, out, callID)
+	local, sb, err := r.senderBinding(from, in, out, callID)
 	if err != nil {
 		r.refuse(in, raw, err)
 		return
 	}
+	// Watch the transaction before sending: the response may come back on another socket's
+	// goroutine before this one would get to it.
+	watched := r.trackTransaction(&m, in, raw, out, isReq, method)
 	if err := r.send(local, out, next, res.Out); err != nil {
+		if watched.callID != "" {
+			r.pending.answered(watched)
+		}
 		r.log.Debug("send failed", "to", next, "err", err)
 		r.metrics.dropped.WithLabelValues("send").Inc()
 		if isReq && method != "ACK" {
@@ -320,30 +333,37 @@ func (r *Relay) handle(in inbound, raw []byte) {
 		return
 	}
 	r.metrics.forwarded.WithLabelValues(from.Other().String(), out).Inc()
+	if sb != nil {
+		// The signaling flow of the session table: this binding talks to next.
+		sb.SetPeer(next)
+		sb.Sent(len(res.Out), r.m.Now())
+	}
 	if r.log.Enabled(context.Background(), slog.LevelDebug) {
 		r.log.Debug("relayed", "method", method, "status", m.StatusCode(), "call", callID, "src", in.src,
 			"at", in.local, "from", local, "to", next, "transport", out)
 	}
-	r.trackTransaction(&m, in, raw, out, isReq, method)
 }
 
 // trackTransaction watches a request forwarded over UDP until its response (see
 // pendingRequests); a response stops the watch of its request.
-func (r *Relay) trackTransaction(m *rewrite.Message, in inbound, raw []byte, out string, isReq bool, method string) {
+func (r *Relay) trackTransaction(m *rewrite.Message, in inbound, raw []byte, out string, isReq bool, method string) pendingKey {
 	branch := string(rewrite.ViaParam(m.TopVia(), "branch"))
 	if branch == "" {
-		return
+		return pendingKey{}
 	}
 	if isReq {
 		if out == "udp" && method != "ACK" {
-			r.pending.watch(pendingKey{string(m.CallID()), branch, method}, in, raw, time.Now())
+			k := pendingKey{string(m.CallID()), branch, method}
+			r.pending.watch(k, in, raw, time.Now())
+			return k
 		}
-		return
+		return pendingKey{}
 	}
 	_, cseqMethod := m.CSeq()
 	if m.StatusCode() >= 200 || string(cseqMethod) == "INVITE" {
 		r.pending.answered(pendingKey{string(m.CallID()), branch, string(cseqMethod)})
 	}
+	return pendingKey{}
 }
 
 // permitted screens a request by the policy: requests out of a dialog, but not CANCEL (it follows
@@ -394,21 +414,43 @@ func (r *Relay) bindAddr(a netip.AddrPort) netip.AddrPort {
 	return a
 }
 
-// senderBinding returns the address a message from in.src leaves from on the far side.
-func (r *Relay) senderBinding(from pinhole.Side, in inbound, out, callID string) (netip.AddrPort, error) {
+// senderBinding returns the address a message from in.src leaves from on the far side, and its
+// binding when it is one of the server map's.
+func (r *Relay) senderBinding(from pinhole.Side, in inbound, out, callID string) (netip.AddrPort, *pinhole.Binding, error) {
 	if r.cfg.Mode == Transparent && from == pinhole.Outside {
 		// Toward the inside a transparent gateway changes only the destination: the phone sees
 		// the message come from whoever sent it.
-		return in.src, nil
+		return in.src, nil, nil
 	}
 	if to, ok := r.staticBinding(from, in.src, out); ok {
-		return to, nil
+		return to, nil, nil
 	}
 	b, err := r.m.Signaling(from, out, in.src, callID)
 	if err != nil {
-		return netip.AddrPort{}, err
+		return netip.AddrPort{}, nil, err
 	}
-	return b.Address(), nil
+	r.noteTransport(b, in.transport)
+	return b.Address(), b, nil
+}
+
+// noteTransport records the transport a sip binding's original address is reached over.
+func (r *Relay) noteTransport(b *pinhole.Binding, transport string) {
+	if transport == "" || transport == b.Transport() {
+		return
+	}
+	r.mu.Lock()
+	r.origTransport[b.Address()] = transport
+	r.mu.Unlock()
+}
+
+// originalTransport returns the transport that reaches what b stands for.
+func (r *Relay) originalTransport(b *pinhole.Binding) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if t, ok := r.origTransport[b.Address()]; ok {
+		return t
+	}
+	return b.Transport()
 }
 
 // transportTo returns the transport to reach dst over: a live TCP or TLS connection with it

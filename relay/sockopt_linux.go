@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"fmt"
 	"net"
@@ -112,6 +113,9 @@ func origDst(oob []byte) (netip.AddrPort, bool) {
 // soOriginalDst returns where a REDIRECTed TCP connection was going (SO_ORIGINAL_DST), or ok
 // false when the connection was not redirected (TPROXY keeps the original as the local address).
 func soOriginalDst(c net.Conn) (netip.AddrPort, bool) {
+	if t, ok := c.(*tls.Conn); ok {
+		c = t.NetConn()
+	}
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
 		return netip.AddrPort{}, false

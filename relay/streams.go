@@ -64,7 +64,13 @@ func (r *Relay) listenStreams(ctx context.Context) error {
 		r.serveStreams(l, "tcp", r.cfg.ListenTCP, true)
 	}
 	if r.cfg.ListenTLS.IsValid() {
-		l, err := reuseport.Listen("tcp", r.cfg.ListenTLS.String())
+		var l net.Listener
+		var err error
+		if r.cfg.Mode == Transparent {
+			l, err = listenTransparentTCP(r.cfg.ListenTLS)
+		} else {
+			l, err = reuseport.Listen("tcp", r.cfg.ListenTLS.String())
+		}
 		if err != nil {
 			return fmt.Errorf("listen tls %v: %w", r.cfg.ListenTLS, err)
 		}
@@ -97,7 +103,7 @@ func (r *Relay) serveStreams(l net.Listener, transport string, local netip.AddrP
 			}
 			sc := &streamConn{r: r, conn: c, transport: tr, remote: remote, local: local, listener: listener,
 				sniff: !listener && r.cfg.TLS != nil}
-			if listener && r.cfg.Mode == Transparent && tr == "tcp" {
+			if listener && r.cfg.Mode == Transparent {
 				// TPROXY keeps the original destination as the local address; REDIRECT says it
 				// through SO_ORIGINAL_DST.
 				sc.local, sc.transparent = addrPortOf(c.LocalAddr()), true
@@ -233,7 +239,7 @@ func (r *Relay) dial(local netip.AddrPort, transport string, dst netip.AddrPort)
 		return nil, fmt.Errorf("connect %s %v: %w", transport, dst, err)
 	}
 	if transport == "tls" {
-		tc := tls.Client(conn, r.clientTLS())
+		tc := tls.Client(conn, r.clientTLS(dst))
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		if err := tc.HandshakeContext(ctx); err != nil {
@@ -247,13 +253,21 @@ func (r *Relay) dial(local netip.AddrPort, transport string, dst netip.AddrPort)
 	return c, nil
 }
 
-// clientTLS is the configuration of connections sipcar opens: TLS 1.2 or later, verified
-// against the configured CA unless the operator said not to.
-func (r *Relay) clientTLS() *tls.Config {
+// clientTLS is the configuration of a connection sipcar opens to dst: TLS 1.2 or later,
+// verified against the configured CA unless the operator said not to, the server's name being
+// the upstream's configured name, else dst's IP address (which its certificate must then name).
+func (r *Relay) clientTLS(dst netip.AddrPort) *tls.Config {
+	c := &tls.Config{MinVersion: tls.VersionTLS12}
 	if r.cfg.ClientTLS != nil {
-		return r.cfg.ClientTLS
+		c = r.cfg.ClientTLS.Clone()
 	}
-	return &tls.Config{MinVersion: tls.VersionTLS12}
+	if c.ServerName == "" {
+		c.ServerName = dst.Addr().String()
+		if dst == r.cfg.Upstream && r.cfg.UpstreamName != "" {
+			c.ServerName = r.cfg.UpstreamName
+		}
+	}
+	return c
 }
 
 // serveBindingTCP listens on a sip binding's port for connections a peer opens to it.

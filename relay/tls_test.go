@@ -27,7 +27,7 @@ func selfSigned(t *testing.T) tls.Certificate {
 	}
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "sipcar.test"},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, KeyUsage: x509.KeyUsageDigitalSignature,
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv4(127, 0, 0, 2)}, KeyUsage: x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
@@ -113,5 +113,70 @@ func TestTLSPhoneUDPPBX(t *testing.T) {
 	if tr, _ := opt.Recipient.UriParams.Get("transport"); opt.Method != sip.OPTIONS || opt.Recipient.Host != "127.0.0.3" ||
 		strings.ToLower(tr) != "tls" || opt.Via().Transport != "TLS" || opt.Via().Host != "127.0.0.1" {
 		t.Errorf("phone got %s %s with Via %s", opt.Method, opt.Recipient.String(), opt.Via().Value())
+	}
+}
+
+// A PBX on TLS, given by its address: sipcar opens TLS to it, verifies its certificate against
+// the configured CA by that address, and the phone on UDP gets its answer.
+func TestTLSUpstreamByAddress(t *testing.T) {
+	cert := selfSigned(t)
+	l, err := tls.Listen("tcp", "127.0.0.2:0", &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	leaf, _ := x509.ParseCertificate(cert.Certificate[0])
+	roots := x509.NewCertPool()
+	roots.AddCert(leaf)
+	b := newLoopbed(t, func(c *Config) {
+		c.Upstream = l.Addr().(*net.TCPAddr).AddrPort()
+		c.UpstreamTransport = "tls"
+		c.ClientTLS = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+	})
+	got := make(chan string, 1)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		defer c.Close()
+		rd := bufio.NewReader(c)
+		var raw []byte
+		for {
+			line, err := rd.ReadString('\n')
+			if err != nil {
+				got <- err.Error()
+				return
+			}
+			raw = append(raw, line...)
+			if line == "\r\n" {
+				break
+			}
+		}
+		m, err := sip.ParseMessage(raw)
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		req := m.(*sip.Request)
+		got <- req.Via().Transport
+		res := sip.NewResponseFromRequest(req, 200, "OK", nil)
+		c.Write([]byte(res.String()))
+		time.Sleep(200 * time.Millisecond)
+	}()
+	b.send(b.phone, b.sip, fmt.Sprintf("OPTIONS sip:100@127.0.0.1:%d SIP/2.0\nVia: SIP/2.0/UDP %s;branch=z9hG4bKtu\n"+
+		"From: <sip:200@127.0.0.1>;tag=tu\nTo: <sip:100@127.0.0.1>\nCall-ID: tlsup\nCSeq: 1 OPTIONS\nMax-Forwards: 70\nContent-Length: 0\n\n",
+		b.sip.Port(), addrOf(b.phone)))
+	select {
+	case v := <-got:
+		if v != "TLS" {
+			t.Fatalf("PBX got %q, want a request whose Via says TLS", v)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("nothing reached the TLS PBX")
+	}
+	if m, _ := b.recv(b.phone); m.(*sip.Response).StatusCode != 200 {
+		t.Errorf("phone got %v", m)
 	}
 }

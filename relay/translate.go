@@ -72,6 +72,11 @@ func (t *msgTranslator) Translate(a rewrite.Addr) (netip.AddrPort, bool, error) 
 	if err != nil {
 		return netip.AddrPort{}, false, err
 	}
+	orig := a.Transport
+	if orig == "" || addr == t.src {
+		orig = t.transport
+	}
+	r.noteTransport(b, orig)
 	return b.Address(), true, nil
 }
 

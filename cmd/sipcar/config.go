@@ -290,6 +290,9 @@ func (c config) relayConfig(ctx context.Context, log *slog.Logger) (relay.Config
 			return rc, fmt.Errorf("%sUPSTREAM: %w", envPrefix, err)
 		}
 		rc.Upstream = netip.AddrPortFrom(ip, c.Upstream.Port)
+		if _, err := netip.ParseAddr(c.Upstream.Host); err != nil {
+			rc.UpstreamName = c.Upstream.Host
+		}
 		rc.UpstreamTransport = c.Upstream.Transport
 		if len(rc.InsideNets) == 0 {
 			rc.InsideNets = []netip.Prefix{netip.PrefixFrom(ip, ip.BitLen())}
