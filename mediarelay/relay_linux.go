@@ -97,6 +97,16 @@ func (r *Relay) open() error {
 		}
 		r.workers = append(r.workers, w)
 	}
+	if r.cfg.Mode == ModeAuto {
+		if why := bridgedNetfilter(); why != "" {
+			r.log.Warn("mediarelay: fan-in cannot receive through a bridge with br_netfilter: a socket per relay port instead",
+				"reason", why, "ports", fmt.Sprintf("%d-%d", r.cfg.PortMin, r.cfg.PortMax), "workers", len(r.workers))
+			if err := removeNft(); err != nil {
+				r.log.Debug("mediarelay: no stale nftables table removed", "reason", err)
+			}
+			return nil
+		}
+	}
 	if r.cfg.Mode != ModeFallback {
 		err := r.openFanIn()
 		if err == nil {

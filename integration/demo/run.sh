@@ -39,7 +39,7 @@ cd "$work"
 mkdir -p pcap && cp /usr/share/sip-tester/g711a.pcap pcap/
 ns pbx kamailio -f "$here/kamailio.cfg" -DD -E -Y "$work" -P "$work/kamailio.pid" >kamailio.log 2>&1 &
 ns car env SIPCAR_UPSTREAM=sip:198.18.0.10:5060 SIPCAR_PUBLIC_ADDR=198.51.100.1 SIPCAR_INSIDE_ADDR=198.18.0.1 \
-  SIPCAR_INSIDE_NETS=198.18.0.0/24 SIPCAR_MEDIA_MODE="${SIPCAR_MEDIA_MODE:-fallback}" "$work/sipcar" >sipcar.log 2>&1 &
+  SIPCAR_INSIDE_NETS=198.18.0.0/24 "$work/sipcar" >sipcar.log 2>&1 &
 for _ in $(seq 50); do ns car curl -sf http://127.0.0.1:9060/readyz >/dev/null && break; sleep 0.1; done
 
 echo "== phone B (198.18.0.30, inside) registers 2002 at the PBX"
