@@ -398,11 +398,13 @@ func (r *Relay) permitted(m *rewrite.Message, in inbound, raw []byte, from pinho
 	if d.Silent || method == "ACK" {
 		return false
 	}
-	code, reason := 403, "Forbidden"
+	// A denied source is not welcome: 403 without Retry-After. One over its rate may come back:
+	// 503 with Retry-After.
+	code, reason, retry := 403, "Forbidden", 0
 	if d.RateLimited {
-		code, reason = 503, "Service Unavailable"
+		code, reason, retry = 503, "Service Unavailable", d.RetryAfterSeconds()
 	}
-	r.answerWarning(in, raw, code, reason, d.Warning, d.RetryAfterSeconds())
+	r.answerWarning(in, raw, code, reason, d.Warning, retry)
 	return false
 }
 
