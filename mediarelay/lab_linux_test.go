@@ -81,7 +81,8 @@ func newLab(t testing.TB) *lab {
 		run(t, "ip", "-n", ns, "link", "set", "lo", "up")
 		// No duplicate address detection: link-local addresses would stay tentative for a
 		// second, and neighbour discovery with them.
-		run(t, "ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0")
+		run(t, "ip", "netns", "exec", ns, "sh", "-c",
+			"echo 0 >/proc/sys/net/ipv6/conf/all/accept_dad; echo 0 >/proc/sys/net/ipv6/conf/default/accept_dad")
 	}
 	run(t, "ip", "link", "add", "in0", "netns", l.sipcar, "address", mac["in0"], "type", "veth", "peer", "name", "ph0", "netns", l.phone, "address", mac["ph0"])
 	run(t, "ip", "link", "add", "out0", "netns", l.sipcar, "address", mac["out0"], "type", "veth", "peer", "name", "rm0", "netns", l.remote, "address", mac["rm0"])

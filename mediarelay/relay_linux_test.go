@@ -1,6 +1,15 @@
 package mediarelay
 
-import "testing"
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
 
 // pairSpec is a stream between the phone (inside, leg A) and remote (outside, leg B): relay
 // ports 20000/20001 facing the phone, 20002/20003 facing remote.
@@ -59,4 +68,77 @@ func TestForwardRTPAndRTCPBothWays(t *testing.T) {
 			t.Errorf("Counters().Forwarded = %d, want 8", got)
 		}
 	})
+}
+
+// lockedBuffer collects log output from the relay's goroutines.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// withoutNetAdmin runs fn with CAP_NET_ADMIN and CAP_NET_RAW out of the calling thread's
+// effective set (capabilities are per thread), as in a container that was not granted them.
+func withoutNetAdmin(t *testing.T, fn func()) {
+	t.Helper()
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		t.Fatal(err)
+	}
+	saved := data
+	data[0].Effective &^= 1<<unix.CAP_NET_ADMIN | 1<<unix.CAP_NET_RAW
+	if err := unix.Capset(&hdr, &data[0]); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := unix.Capset(&hdr, &saved[0]); err != nil {
+			t.Fatal(err) // the thread stays locked (in runs fn on a locked thread) and exits
+		}
+	}()
+	fn()
+}
+
+func TestAutoModeFallsBackWithoutNetAdmin(t *testing.T) {
+	l := newLab(t)
+	logs := &lockedBuffer{}
+	cfg := Config{PortMin: 20000, PortMax: 20999, Workers: 1, Logger: slog.New(slog.NewTextHandler(logs, nil))}
+	var r *Relay
+	var err error
+	in(t, l.sipcar, func() { withoutNetAdmin(t, func() { r, err = New(cfg) }) })
+	if err != nil {
+		t.Fatalf("New without CAP_NET_ADMIN: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	if r.FanIn() {
+		t.Fatal("FanIn() = true without CAP_NET_ADMIN")
+	}
+	if n := strings.Count(logs.String(), "falling back to a socket per relay port"); n != 1 {
+		t.Errorf("the fallback was logged %d times, want once:\n%s", n, logs)
+	}
+	if tables := nftList(t, l); strings.Contains(tables, "sipcar") {
+		t.Errorf("a fallback relay installed nftables rules:\n%s", tables)
+	}
+	// Same semantics: the stream flows.
+	spec := pairSpec(families[0])
+	phone := l.listen(t, l.phone, spec.A.Peer.String())
+	remote := l.listen(t, l.remote, spec.B.Peer.String())
+	addStream(t, r, spec)
+	p := rtpPacket(1, 0, 0xa, 1)
+	phone.send(spec.A.RTP, p)
+	remote.expect(p, spec.B.RTP)
 }
