@@ -2,8 +2,7 @@ package mediarelay
 
 // The relay-wide counters live in the workers (atomic, one set per worker so that the packet
 // path never shares a cache line with another worker) and are summed on demand, for the
-// session table and for a Prometheus collector (go.sum lacks client_golang's own
-// dependencies, so the collector is left to the package that wires metrics).
+// session table and for the Prometheus [Collector].
 
 // Drop reasons, as they appear in [Counters].
 const (

@@ -93,6 +93,12 @@ func New(cfg Config) (*Relay, error) {
 	if r.media, err = mediarelay.New(mc); err != nil {
 		return nil, fmt.Errorf("media relay: %w", err)
 	}
+	if cfg.Registerer != nil {
+		if err := cfg.Registerer.Register(mediarelay.NewCollector(r.media)); err != nil {
+			r.media.Close()
+			return nil, fmt.Errorf("media relay metrics: %w", err)
+		}
+	}
 	pc := cfg.Map
 	pc.ReserveMedia = func(network string, a netip.AddrPort) (io.Closer, error) {
 		return r.media.Reserve(network, r.bindAddr(a))

@@ -60,5 +60,5 @@ echo "== just before the hang-up: media counters"
 ns car env SIPCAR_ADMIN_ADDR=127.0.0.1:9060 "$work/sipcar" show sessions
 wait $uac && result=ok || result=failed
 echo "== after the call (phone A's sipp: $result): media bindings released, signaling bindings live on"
-ns car curl -s http://127.0.0.1:9060/metrics | grep -E '^sipcar_(pinhole_(calls|bindings)|sip_messages_(received|forwarded)_total)'
+ns car curl -s http://127.0.0.1:9060/metrics | grep -E '^sipcar_(pinhole_(calls|bindings)|sip_messages_(received|forwarded)_total|media_(packets_forwarded_total|streams))'
 [ "$result" = ok ] || { echo "--- sipcar log"; cat sipcar.log; exit 1; }
