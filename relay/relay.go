@@ -72,6 +72,7 @@ func New(cfg Config) (*Relay, error) {
 		calls:         make(map[string]*callState),
 	}
 	r.streams.conns = make(map[connKey]*streamConn)
+	r.streams.failed = make(map[netip.AddrPort]time.Time)
 	r.flood = newThrottle(cfg.MaxMessageRate, 2*cfg.MaxMessageRate)
 	r.pending = newPendingRequests(cfg.ResponseTimeout)
 	r.absorb = &ownAnswers{keys: make(map[pendingKey]time.Time)}

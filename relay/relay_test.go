@@ -420,3 +420,29 @@ func TestPublicAddressBehindOneToOneNAT(t *testing.T) {
 		t.Errorf("media to the bound local address not relayed: %v", err)
 	}
 }
+
+// A next hop on TCP that refuses connections: the request is answered 503 at once, and so is
+// the next one (without a new connect while the failure is fresh).
+func TestUnreachableTCPNextHopGets503(t *testing.T) {
+	closed := freeUDPPort(t) // nothing listens on TCP there
+	b := newLoopbed(t, func(c *Config) {
+		c.Upstream = netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), closed)
+		c.UpstreamTransport = "tcp"
+	})
+	for _, id := range []string{"u1", "u2"} {
+		b.send(b.phone, b.sip, fmt.Sprintf("OPTIONS sip:100@127.0.0.1:%d SIP/2.0\nVia: SIP/2.0/UDP %s;branch=z9hG4bK%s\n"+
+			"From: <sip:200@127.0.0.1>;tag=%s\nTo: <sip:100@127.0.0.1>\nCall-ID: %s\nCSeq: 1 OPTIONS\nMax-Forwards: 70\nContent-Length: 0\n\n",
+			b.sip.Port(), addrOf(b.phone), id, id, id))
+		m, _ := b.recv(b.phone)
+		res := m.(*sip.Response)
+		if res.StatusCode != 503 || res.CallID().Value() != id {
+			t.Errorf("%s: got %d for %s, want 503", id, res.StatusCode, res.CallID().Value())
+		}
+	}
+	b.r.streams.mu.Lock()
+	_, remembered := b.r.streams.failed[netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), closed)]
+	b.r.streams.mu.Unlock()
+	if !remembered {
+		t.Error("the failed next hop is not remembered")
+	}
+}

@@ -44,6 +44,7 @@ type streamState struct {
 	mu        sync.Mutex
 	listeners []net.Listener
 	conns     map[connKey]*streamConn
+	failed    map[netip.AddrPort]time.Time // next hops whose last connect failed, and when
 }
 
 // connIdle closes a connection that carried nothing for this long (no keep-alive either).
@@ -226,16 +227,22 @@ func (r *Relay) sendStream(local netip.AddrPort, transport string, dst netip.Add
 // dial opens a connection to dst. It binds to local's port (SO_REUSEPORT, beside the binding's
 // own listener) so that the peer sees the binding it was told of, and falls back to any port.
 func (r *Relay) dial(local netip.AddrPort, transport string, dst netip.AddrPort) (*streamConn, error) {
-	var conn net.Conn
-	var err error
-	if local.IsValid() {
-		conn, err = reuseport.Dial("tcp", local.String(), dst.String())
+	// A next hop that just failed fails at once: messages are handled on their socket's reader,
+	// and one dead PBX must not stall every phone behind it for a connect timeout each.
+	r.streams.mu.Lock()
+	if at, ok := r.streams.failed[dst]; ok && time.Since(at) < dialBackoff {
+		r.streams.mu.Unlock()
+		return nil, fmt.Errorf("connect %s %v: failed %v ago", transport, dst, time.Since(at).Round(time.Millisecond))
 	}
-	if conn == nil {
-		d := net.Dialer{Timeout: 5 * time.Second}
-		conn, err = d.Dial("tcp", dst.String())
-	}
+	r.streams.mu.Unlock()
+	conn, err := dialFrom(r.bindAddr(local), dst)
 	if err != nil {
+		r.streams.mu.Lock()
+		if len(r.streams.failed) > 10000 {
+			clear(r.streams.failed)
+		}
+		r.streams.failed[dst] = time.Now()
+		r.streams.mu.Unlock()
 		return nil, fmt.Errorf("connect %s %v: %w", transport, dst, err)
 	}
 	if transport == "tls" {
@@ -251,6 +258,31 @@ func (r *Relay) dial(local netip.AddrPort, transport string, dst netip.AddrPort)
 	c := &streamConn{r: r, conn: conn, transport: transport, remote: dst, local: local}
 	r.addConn(c)
 	return c, nil
+}
+
+// dialTimeout bounds a connect; dialBackoff is how long a next hop that refused or timed out is
+// given up on before the next try.
+const (
+	dialTimeout = 3 * time.Second
+	dialBackoff = 5 * time.Second
+)
+
+// dialFrom connects to dst from local's port when it can (SO_REUSEPORT, beside the binding's own
+// listener), else from any port.
+func dialFrom(local, dst netip.AddrPort) (net.Conn, error) {
+	if local.IsValid() {
+		d := net.Dialer{Timeout: dialTimeout, Control: reuseport.Control, LocalAddr: net.TCPAddrFromAddrPort(local)}
+		conn, err := d.Dial("tcp", dst.String())
+		if err == nil {
+			return conn, nil
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return nil, err
+		}
+	}
+	d := net.Dialer{Timeout: dialTimeout}
+	return d.Dial("tcp", dst.String())
 }
 
 // clientTLS is the configuration of a connection sipcar opens to dst: TLS 1.2 or later,
