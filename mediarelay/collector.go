@@ -6,7 +6,7 @@ import "github.com/prometheus/client_golang/prometheus"
 // read at scrape time: the packet path pays nothing for them. Per-stream figures (loss, jitter)
 // go to the session table, not to labels, so that metrics do not grow with calls.
 type Collector struct {
-	r                                  *Relay
+	r                                 *Relay
 	forwarded, dropped, streams, lost *prometheus.Desc
 }
 

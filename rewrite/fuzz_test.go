@@ -50,7 +50,8 @@ func checkRewrite(t *testing.T, in []byte, from Side) {
 		return
 	}
 	var r Result
-	if err := Rewrite(&r, &m, from, newNAT()); err != nil {
+	nat := newNAT()
+	if err := Rewrite(&r, &m, from, nat); err != nil {
 		var perr *Error
 		if !errors.As(err, &perr) {
 			t.Fatalf("Rewrite failed with a translator that never fails: %v", err)
@@ -68,7 +69,7 @@ func checkRewrite(t *testing.T, in []byte, from Side) {
 		t.Fatalf("sipgo parses the input but not the output:\n%q", r.Out)
 	}
 	if from == Inside {
-		if leak := insideLeaks(r.Out, testInsideNets); leak != "" {
+		if leak := insideLeaks(r.Out, nat.insideNets); leak != "" {
 			t.Fatalf("inside address left in %s:\n%q", leak, r.Out)
 		}
 	}
