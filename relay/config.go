@@ -68,6 +68,11 @@ type Config struct {
 	// Policy screens the requests that start something (nil permits every one the mode allows).
 	Policy *policy.Policy
 
+	// UDPTCPFallback sends a request that would go over UDP but is larger than 1300 bytes after
+	// rewriting over TCP instead (RFC 3261 section 18.1.1); otherwise it goes over UDP anyway,
+	// fragmented by IP.
+	UDPTCPFallback bool
+
 	// MaxMessageRate caps the SIP messages per second one source address may send; the excess is
 	// dropped and counted. 0 means no cap.
 	MaxMessageRate int

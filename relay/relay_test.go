@@ -32,7 +32,7 @@ func newLoopbed(t *testing.T, mutate func(*Config)) *loopbed {
 	listen := func(addr string) *net.UDPConn {
 		c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(addr)))
 		if err != nil {
-			t.Skipf("loopback address %s: %v", addr, err)
+			t.Fatalf("loopback address %s: %v", addr, err)
 		}
 		t.Cleanup(func() { c.Close() })
 		return c
@@ -444,5 +444,46 @@ func TestUnreachableTCPNextHopGets503(t *testing.T) {
 	b.r.streams.mu.Unlock()
 	if !remembered {
 		t.Error("the failed next hop is not remembered")
+	}
+}
+
+// A request that outgrows 1300 bytes after rewriting goes over TCP when the operator asks for it
+// (its Via says TCP); a small one stays on UDP.
+func TestLargeRequestFallsBackToTCP(t *testing.T) {
+	b := newLoopbed(t, func(c *Config) { c.UDPTCPFallback = true })
+	pbxTCP, err := net.Listen("tcp", addrOf(b.pbx).String())
+	if err != nil {
+		t.Fatalf("no TCP listener beside the PBX's UDP port: %v", err)
+	}
+	defer pbxTCP.Close()
+	got := make(chan string, 1)
+	go func() {
+		c, err := pbxTCP.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		buf := make([]byte, 8192)
+		n, _ := c.Read(buf)
+		got <- string(buf[:n])
+	}()
+	big := withBody(fmt.Sprintf("INVITE sip:100@127.0.0.1:%d SIP/2.0\nVia: SIP/2.0/UDP %s;branch=z9hG4bKbig\n"+
+		"From: <sip:200@127.0.0.1>;tag=big\nTo: <sip:100@127.0.0.1>\nCall-ID: big\nCSeq: 1 INVITE\nMax-Forwards: 70\n"+
+		"X-Padding: %s\n", b.sip.Port(), addrOf(b.phone), strings.Repeat("p", 1400)), sdp("127.0.0.3", 4000))
+	b.send(b.phone, b.sip, big)
+	select {
+	case msg := <-got:
+		if !strings.Contains(msg, "Via: SIP/2.0/TCP 127.0.0.1:") || !strings.Contains(msg, "Call-ID: big") {
+			t.Errorf("PBX got over TCP:\n%.300s", msg)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("the large INVITE did not arrive over TCP")
+	}
+	b.send(b.phone, b.sip, fmt.Sprintf("OPTIONS sip:100@127.0.0.1:%d SIP/2.0\nVia: SIP/2.0/UDP %s;branch=z9hG4bKsmall\n"+
+		"From: <sip:200@127.0.0.1>;tag=s\nTo: <sip:100@127.0.0.1>\nCall-ID: small\nCSeq: 1 OPTIONS\nMax-Forwards: 70\nContent-Length: 0\n\n",
+		b.sip.Port(), addrOf(b.phone)))
+	if m, _ := b.recv(b.pbx); m.(*sip.Request).CallID().Value() != "small" {
+		t.Error("a small request did not stay on UDP")
 	}
 }

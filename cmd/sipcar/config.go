@@ -50,6 +50,7 @@ type config struct {
 	Policy            string            `env:"POLICY" help:"screening rules, ';'-separated, first match wins (relay/policy/README.md), e.g. permit src=198.51.100.0/24 method=INVITE,REGISTER; deny src=any"`
 	PolicyFile        string            `env:"POLICY_FILE" help:"a file of screening rules, one per line, reloaded on SIGHUP (instead of POLICY)"`
 	PolicyDefault     string            `env:"POLICY_DEFAULT" help:"action when no rule matches: permit or deny (default: permit in upstream mode, deny in transparent mode)"`
+	UDPTCPFallback    bool              `env:"UDP_TCP_FALLBACK" envDefault:"false" help:"send requests larger than 1300 bytes after rewriting over TCP (RFC 3261 18.1.1) instead of fragmented UDP"`
 	MaxMessageRate    int               `env:"MAX_MESSAGE_RATE" envDefault:"200" help:"SIP messages per second one source may send (burst twice that); 0: no cap"`
 	MediaMode         string            `env:"MEDIA_MODE" envDefault:"auto" help:"auto, fanin (nftables TPROXY, needs CAP_NET_ADMIN) or fallback (a socket per port)"`
 	AdminAddr         listenAddr        `env:"ADMIN_ADDR" envDefault:"127.0.0.1:9060" help:"admin HTTP endpoint (/healthz /readyz /metrics /servermap /sessions); empty disables"`
@@ -280,6 +281,7 @@ func (c config) relayConfig(ctx context.Context, log *slog.Logger) (relay.Config
 		Logger:     log,
 
 		MaxMessageRate: c.MaxMessageRate,
+		UDPTCPFallback: c.UDPTCPFallback,
 	}
 	if c.Mode == "transparent" {
 		rc.Mode = relay.Transparent
