@@ -58,8 +58,9 @@ func TestForwardRTPAndRTCPBothWays(t *testing.T) {
 			t.Errorf("received counts A rtp %d rtcp %d, B rtp %d rtcp %d; want 3 1 3 1",
 				st.A.RTP.Packets, st.A.RTCP.Packets, st.B.RTP.Packets, st.B.RTCP.Packets)
 		}
-		if st.A.Sent.Packets != 4 || st.B.Sent.Packets != 4 {
-			t.Errorf("sent A %d B %d, want 4 each", st.A.Sent.Packets, st.B.Sent.Packets)
+		if st.A.Sent.Packets != 4 || st.B.Sent.Packets != 4 || st.A.SentRTCP.Packets != 1 || st.B.SentRTCP.Packets != 1 {
+			t.Errorf("sent A %d (rtcp %d) B %d (rtcp %d), want 4 (1) each",
+				st.A.Sent.Packets, st.A.SentRTCP.Packets, st.B.Sent.Packets, st.B.SentRTCP.Packets)
 		}
 		if st.A.Peer != spec.A.Peer || st.B.Peer != spec.B.Peer || !st.A.Final || !st.B.Final {
 			t.Errorf("latched A %v (final %v) B %v (final %v), want the SDP addresses, final", st.A.Peer, st.A.Final, st.B.Peer, st.B.Final)

@@ -24,8 +24,9 @@ type LegStats struct {
 
 	RTP  RTPStats
 	RTCP Counts
-	// Sent counts packets relayed to this leg's peer (RTP and RTCP).
-	Sent Counts
+	// Sent counts packets relayed to this leg's peer (RTP and RTCP); SentRTCP the part of them
+	// that left from the leg's own RTCP port (zero on a muxed leg).
+	Sent, SentRTCP Counts
 	// Bleed counts packets dropped because they came from a source other than the peer.
 	Bleed uint64
 	// LastPacket is when the last packet from the peer arrived; zero before the first.

@@ -170,6 +170,9 @@ func (s *Stream) Stats() StreamStats {
 			sent := e.sent.load()
 			ls.Sent.Packets += sent.Packets
 			ls.Sent.Bytes += sent.Bytes
+			if rtcp {
+				ls.SentRTCP = sent
+			}
 			if p := e.peer.Load(); p.state != latchNone {
 				if rtcp {
 					ls.PeerRTCP = p.addr

@@ -313,41 +313,32 @@ func (r *Relay) syncTraffic(ctx context.Context) {
 		}
 		for _, s := range r.media.Streams() {
 			st := s.Stats()
-			r.observe(s, mediarelay.LegA, st.A, st.B)
-			r.observe(s, mediarelay.LegB, st.B, st.A)
+			r.observe(s, mediarelay.LegA, st.A)
+			r.observe(s, mediarelay.LegB, st.B)
 		}
 	}
 }
 
 // observe puts one leg's counters on its bindings: what its peer sent arrived at the leg's ports
 // (RTP on the RTP binding, RTCP on the RTCP binding unless muxed); what was sent to its peer
-// left from them. The media relay counts packets sent per leg, RTP and RTCP together; the RTCP
-// share of them is what the other leg's peer sent as RTCP.
-func (r *Relay) observe(s *mediarelay.Stream, leg mediarelay.Leg, ls, other mediarelay.LegStats) {
+// left from them.
+func (r *Relay) observe(s *mediarelay.Stream, leg mediarelay.Leg, ls mediarelay.LegStats) {
 	rtp := r.bindingOf(s, leg, false)
 	if rtp == nil {
 		return
 	}
-	rtcp := r.bindingOf(s, leg, true)
-	if rtcp == rtp {
-		rtcp = nil // muxed: one binding carries both
-	}
 	c := pinhole.Counters{
 		PacketsReceived: ls.RTP.Packets,
 		BytesReceived:   ls.RTP.Bytes,
-		PacketsSent:     ls.Sent.Packets,
-		BytesSent:       ls.Sent.Bytes,
+		PacketsSent:     ls.Sent.Packets - ls.SentRTCP.Packets,
+		BytesSent:       ls.Sent.Bytes - ls.SentRTCP.Bytes,
 	}
-	if rtcp == nil {
-		c.PacketsReceived += ls.RTCP.Packets
-		c.BytesReceived += ls.RTCP.Bytes
-	} else {
-		sentRTCP := min(other.RTCP.Packets, c.PacketsSent)
-		sentRTCPBytes := min(other.RTCP.Bytes, c.BytesSent)
-		c.PacketsSent -= sentRTCP
-		c.BytesSent -= sentRTCPBytes
+	if rtcp := r.bindingOf(s, leg, true); rtcp != nil && rtcp != rtp {
 		rtcp.Observe(pinhole.Counters{PacketsReceived: ls.RTCP.Packets, BytesReceived: ls.RTCP.Bytes,
-			PacketsSent: sentRTCP, BytesSent: sentRTCPBytes}, ls.LastPacket)
+			PacketsSent: ls.SentRTCP.Packets, BytesSent: ls.SentRTCP.Bytes}, ls.LastPacket)
+	} else {
+		c.PacketsReceived += ls.RTCP.Packets // muxed: one binding carries both
+		c.BytesReceived += ls.RTCP.Bytes
 	}
 	rtp.Observe(c, ls.LastPacket)
 }
