@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -20,21 +19,7 @@ import (
 // Cleanup still kills it if it runs.
 func (tb *testbed) startSipcarNamed(ns *netns, name string, env ...string) *sipcarProc {
 	tb.t.Helper()
-	env = append([]string{
-		"SIPCAR_ADMIN_ADDR=" + adminAddr,
-		"SIPCAR_LOG_LEVEL=debug",
-		"SIPCAR_DRAIN_TIMEOUT=1s",
-	}, env...)
-	p := tb.start(ns, name, procOpts{env: env}, suite.sipcar)
-	s := &sipcarProc{
-		proc:  p,
-		ns:    ns,
-		admin: "http://" + adminAddr,
-		client: &http.Client{
-			Timeout:   5 * time.Second,
-			Transport: &http.Transport{DialContext: ns.dialContext, DisableKeepAlives: true},
-		},
-	}
+	s := tb.launchSipcar(ns, name, env...)
 	s.waitReady(tb.t)
 	return s
 }

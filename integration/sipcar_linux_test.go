@@ -35,13 +35,23 @@ const adminAddr = "127.0.0.1:9060"
 // data race or a panic.
 func (tb *testbed) startSipcar(ns *netns, env ...string) *sipcarProc {
 	tb.t.Helper()
+	s := tb.launchSipcar(ns, "sipcar", env...)
+	tb.t.Cleanup(func() { s.checkExit(tb.t) })
+	s.waitReady(tb.t)
+	return s
+}
+
+// launchSipcar starts sipcar inside ns with env over the test defaults (admin address, debug
+// log, a short drain), its log under name, and returns without waiting for it.
+func (tb *testbed) launchSipcar(ns *netns, name string, env ...string) *sipcarProc {
+	tb.t.Helper()
 	env = append([]string{
 		"SIPCAR_ADMIN_ADDR=" + adminAddr,
 		"SIPCAR_LOG_LEVEL=debug",
 		"SIPCAR_DRAIN_TIMEOUT=1s",
 	}, env...)
-	p := tb.start(ns, "sipcar", procOpts{env: env}, suite.sipcar)
-	s := &sipcarProc{
+	p := tb.start(ns, name, procOpts{env: env}, suite.sipcar)
+	return &sipcarProc{
 		proc:  p,
 		ns:    ns,
 		admin: "http://" + adminAddr,
@@ -50,13 +60,10 @@ func (tb *testbed) startSipcar(ns *netns, env ...string) *sipcarProc {
 			Transport: &http.Transport{DialContext: ns.dialContext, DisableKeepAlives: true},
 		},
 	}
-	tb.t.Cleanup(func() { s.checkExit(tb.t) })
-	s.waitReady(tb.t)
-	return s
 }
 
-// waitReady waits until /readyz answers 200. It then also waits for the log line that says the
-// listeners are open: /readyz does not wait for them (see README.md, "Known gaps").
+// waitReady waits until /readyz answers 200 (sipcar says ready once its listeners are open),
+// and for the log line that says so.
 func (s *sipcarProc) waitReady(t testing.TB) {
 	t.Helper()
 	eventually(t, 15*time.Second, "sipcar /readyz", func() (bool, string) {
