@@ -51,8 +51,11 @@ type Relay struct {
 // portSlot is one relay port of the forwarding table. Packet goroutines read it without
 // locks; the control plane stores under Relay.mu.
 type portSlot struct {
-	ep   atomic.Pointer[endpoint]
-	sock atomic.Pointer[portSocket]
+	ep atomic.Pointer[endpoint]
+	// shared lists the endpoints when several streams share the port (LegSpec.Shared); nil
+	// otherwise, so the common case costs one more load.
+	shared atomic.Pointer[[]*endpoint]
+	sock   atomic.Pointer[portSocket]
 }
 
 // New opens a relay for the port range of cfg in the calling thread's network namespace.
@@ -244,7 +247,7 @@ func (r *Relay) Close() error {
 		}
 		r.wg.Wait()
 		for s := range sockets {
-			r.ports[s.idx].ep.Store(nil)
+			r.ports[s.idx].clear()
 			r.ports[s.idx].sock.CompareAndSwap(s, nil)
 			s.close(-1)
 		}
@@ -386,7 +389,7 @@ func (r *Relay) release(s *portSocket) {
 	delete(r.sockets, s)
 	slot := &r.ports[s.idx]
 	if ep := slot.ep.Load(); ep != nil && ep.sock == s {
-		slot.ep.Store(nil)
+		slot.clear()
 	}
 	slot.sock.CompareAndSwap(s, nil)
 	r.mu.Unlock()

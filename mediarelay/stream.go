@@ -51,6 +51,12 @@ type LegSpec struct {
 	// PeerRTCP is the peer's RTCP address (a=rtcp); zero means Peer's port + 1. Ignored when Mux.
 	PeerRTCP netip.AddrPort
 	Latch    LatchMode
+	// Shared lets this leg's relay ports carry the same leg of other streams that also share
+	// them: the dialogs of a forked call, each answering the one offer whose pair this leg is.
+	// A packet arriving on a shared port belongs to the stream whose peer it comes from (latched
+	// or SDP address), else to one whose peer is still unknown; packets to each peer leave from
+	// the shared port.
+	Shared bool
 }
 
 // StreamSpec describes one media stream: a packet arriving on leg A's port from A's peer
@@ -102,6 +108,7 @@ type endpoint struct {
 	rtcp   bool // the RTCP port of a non-muxed leg
 	mux    bool // the RTP port of a muxed leg
 	local  netip.AddrPort
+	shared bool // LegSpec.Shared
 	sock   *portSocket
 	// outRTP and outRTCP are where packets arriving here leave: the other leg's RTP endpoint,
 	// and its RTCP endpoint (its RTP endpoint when that leg is muxed).
@@ -164,6 +171,31 @@ func (e *endpoint) accept(src netip.AddrPort) bool {
 			return true
 		}
 	}
+}
+
+// pickShared chooses among the endpoints that share a port (forks of one offer) the one a packet
+// from src belongs to: the one latched on src, else the one whose SDP names src, else the first
+// still learning its peer, else the first (which drops it as bleed).
+func pickShared(eps []*endpoint, src netip.AddrPort) *endpoint {
+	var learning *endpoint
+	for _, e := range eps {
+		p := e.peer.Load()
+		if p.state != latchNone && p.addr == src {
+			return e
+		}
+		if learning == nil && p.state == latchNone && (!p.strict || p.sdp == src) {
+			learning = e
+		}
+	}
+	for _, e := range eps {
+		if p := e.peer.Load(); p.state != latchFinal && p.sdp == src {
+			return e
+		}
+	}
+	if learning != nil {
+		return learning
+	}
+	return eps[0]
 }
 
 // finalize ends the learning window of a tentative latch.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 )
 
 const defaultClockRate = 8000
@@ -51,7 +52,7 @@ func (r *Relay) AddStream(spec StreamSpec) (*Stream, error) {
 	}
 	for _, e := range s.eps {
 		if e != nil {
-			r.ports[r.slot(e.local)].ep.Store(e)
+			r.ports[r.slot(e.local)].install(e)
 		}
 	}
 	r.streams[s] = struct{}{}
@@ -59,6 +60,71 @@ func (r *Relay) AddStream(spec StreamSpec) (*Stream, error) {
 }
 
 func (r *Relay) slot(a netip.AddrPort) int { return int(a.Port() - r.cfg.PortMin) }
+
+// shareable reports whether an endpoint may be installed on the port: it is free, or every
+// endpoint on it is a shared one of the same kind.
+func (p *portSlot) shareable(shared, rtcp, mux bool) bool {
+	cur := p.ep.Load()
+	if cur == nil {
+		return true
+	}
+	if !shared {
+		return false
+	}
+	for _, e := range p.endpoints() {
+		if !e.shared || e.rtcp != rtcp || e.mux != mux {
+			return false
+		}
+	}
+	return true
+}
+
+// endpoints returns the endpoints on the port.
+func (p *portSlot) endpoints() []*endpoint {
+	if sh := p.shared.Load(); sh != nil {
+		return *sh
+	}
+	if e := p.ep.Load(); e != nil {
+		return []*endpoint{e}
+	}
+	return nil
+}
+
+// install puts e on the port, alone or beside the endpoints sharing it. Callers hold Relay.mu.
+// The list is replaced, never changed, so that packet goroutines read it without locks.
+func (p *portSlot) install(e *endpoint) {
+	cur := p.endpoints()
+	if len(cur) == 0 {
+		p.ep.Store(e)
+		return
+	}
+	list := append(slices.Clip(cur), e)
+	p.shared.Store(&list)
+}
+
+// uninstall takes e off the port. Callers hold Relay.mu.
+func (p *portSlot) uninstall(e *endpoint) {
+	sh := p.shared.Load()
+	if sh == nil {
+		p.ep.CompareAndSwap(e, nil)
+		return
+	}
+	list := slices.DeleteFunc(slices.Clone(*sh), func(x *endpoint) bool { return x == e })
+	if len(list) > 0 {
+		p.ep.Store(list[0])
+	}
+	if len(list) > 1 {
+		p.shared.Store(&list)
+	} else {
+		p.shared.Store(nil)
+	}
+}
+
+// clear takes every endpoint off the port (its socket is going).
+func (p *portSlot) clear() {
+	p.shared.Store(nil)
+	p.ep.Store(nil)
+}
 
 func (r *Relay) addEndpointLocked(s *Stream, l Leg, rtcp bool, ls *LegSpec) error {
 	local, sdp := ls.RTP, ls.Peer
@@ -72,10 +138,10 @@ func (r *Relay) addEndpointLocked(s *Stream, l Leg, rtcp bool, ls *LegSpec) erro
 		return fmt.Errorf("relay port %v not reserved", local)
 	case sock.local != local:
 		return fmt.Errorf("relay port %v reserved on %v", local, sock.local)
-	case slot.ep.Load() != nil:
+	case !slot.shareable(ls.Shared, rtcp, ls.Mux && !rtcp):
 		return fmt.Errorf("relay port %v in use by another stream", local)
 	}
-	e := &endpoint{stream: s, leg: l, rtcp: rtcp, mux: ls.Mux && !rtcp, local: local, sock: sock}
+	e := &endpoint{stream: s, leg: l, rtcp: rtcp, mux: ls.Mux && !rtcp, local: local, shared: ls.Shared, sock: sock}
 	e.peer.Store(newPeerState(latchNone, ls.Latch == LatchStrict, sdp, netip.AddrPort{}))
 	s.eps[epIndex(l, rtcp)] = e
 	return nil
@@ -134,7 +200,7 @@ func (r *Relay) RemoveStream(s *Stream) {
 	}
 	for _, e := range s.eps {
 		if e != nil {
-			r.ports[r.slot(e.local)].ep.CompareAndSwap(e, nil)
+			r.ports[r.slot(e.local)].uninstall(e)
 		}
 	}
 	delete(r.streams, s)

@@ -206,7 +206,11 @@ func (w *worker) handle(i, n int, flags int32, src, dst netip.AddrPort) {
 		w.drops[dropUnknownPort].Add(1)
 		return
 	}
-	e := r.ports[idx].ep.Load()
+	slot := &r.ports[idx]
+	e := slot.ep.Load()
+	if sh := slot.shared.Load(); sh != nil {
+		e = pickShared(*sh, src)
+	}
 	if e == nil || e.local.Addr() != dst.Addr() {
 		w.drops[dropUnknownPort].Add(1)
 		return

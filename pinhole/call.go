@@ -20,36 +20,79 @@ type streamKey struct {
 }
 
 // stream is one media stream of a call: a leg per side that advertised it, each a pair of
-// bindings on the far side. Both legs share one deadline, so that media flowing one way keeps
+// bindings on the far side. All legs share one deadline, so that media flowing one way keeps
 // the other way open (a muted phone sends nothing). Guarded by Map.mu.
+//
+// A forked call (several early dialogs answering one offer, RFC 3261 section 19.3) has one
+// answer leg per dialog: the first in legs, the others in forks, all on the same side, each with
+// a pair of its own facing the one offer leg. The 2xx that settles the call keeps one.
 type stream struct {
 	call    *call
 	key     streamKey
 	legs    [2]leg // by the side the SDP came from: legs[from-1]
+	forks   []leg  // further answer legs of a forked call, on the side of the leg whose fork is set
 	touched int64  // tick of the last signaling that (re)negotiated or touched it
 	sched   sched
 }
 
 type leg struct {
 	rtp, rtcp *Binding
-	held      bool // its latest SDP was sendonly, recvonly or inactive
+	held      bool   // its latest SDP was sendonly, recvonly or inactive
+	fork      string // the answering dialog's tag (MediaRequest.Fork); "" for the offerer's leg
 }
 
 func legIndex(from Side) int { return int(from) - 1 }
 
 func (st *stream) held() bool { return st.legs[0].held || st.legs[1].held }
 
-func (st *stream) empty() bool { return st.legs[0].rtp == nil && st.legs[1].rtp == nil }
+func (st *stream) empty() bool {
+	return st.legs[0].rtp == nil && st.legs[1].rtp == nil && len(st.forks) == 0
+}
 
 // lastTraffic returns the tick of the latest packet on any binding of the stream, 0 if none.
 func (st *stream) lastTraffic() int64 {
 	var last int64
-	for _, l := range st.legs {
+	for _, l := range st.allLegs() {
 		if l.rtp != nil {
 			last = max(last, l.rtp.last.Load(), l.rtcp.last.Load())
 		}
 	}
 	return last
+}
+
+// allLegs returns the stream's legs and its forks' answer legs.
+func (st *stream) allLegs() []leg {
+	if len(st.forks) == 0 {
+		return st.legs[:]
+	}
+	return append(st.legs[:], st.forks...)
+}
+
+// forkSide returns the index of the leg that answers for a dialog (its fork is set), or -1.
+func (st *stream) forkSide() int {
+	for i, l := range st.legs {
+		if l.rtp != nil && l.fork != "" {
+			return i
+		}
+	}
+	return -1
+}
+
+// forkOf returns the position in forks of the answer leg of dialog tag, or -1.
+func (st *stream) forkOf(tag string) int {
+	for j, f := range st.forks {
+		if f.fork == tag {
+			return j
+		}
+	}
+	return -1
+}
+
+// isFork reports whether an answer from side i for dialog tag is a further fork's: the stream's
+// leg from i answers for another dialog.
+func (st *stream) isFork(i int, tag string) bool {
+	l := st.legs[i]
+	return tag != "" && l.rtp != nil && l.fork != "" && l.fork != tag
 }
 
 func (c *call) stream(key streamKey) *stream {
@@ -112,8 +155,11 @@ func (m *Map) releaseCallLocked(c *call, r Reason, out []released) []released {
 	return out
 }
 
-// releaseStreamLocked releases both legs of st and takes it out of its call.
+// releaseStreamLocked releases every leg of st and takes it out of its call.
 func (m *Map) releaseStreamLocked(st *stream, r Reason, out []released) []released {
+	for len(st.forks) > 0 {
+		out = m.releaseForkLocked(st, len(st.forks)-1, r, out)
+	}
 	for i := range st.legs {
 		out = m.releaseLegLocked(st, i, r, out)
 	}
@@ -132,22 +178,51 @@ func (m *Map) releaseStreamLocked(st *stream, r Reason, out []released) []releas
 	return out
 }
 
-// releaseLegLocked releases one leg's pair and unlinks the other leg from it.
+// releaseLegLocked releases one leg's pair and unlinks the legs facing it from it.
 func (m *Map) releaseLegLocked(st *stream, i int, r Reason, out []released) []released {
 	l := st.legs[i]
 	if l.rtp == nil {
 		return out
 	}
 	if o := st.legs[1-i]; o.rtp != nil {
-		o.rtp.partner.Store(nil)
-		o.rtcp.partner.Store(nil)
+		o.rtp.partner.CompareAndSwap(l.rtp, nil)
+		o.rtcp.partner.CompareAndSwap(l.rtcp, nil)
 	}
+	for _, f := range st.forks {
+		f.rtp.partner.CompareAndSwap(l.rtp, nil)
+		f.rtcp.partner.CompareAndSwap(l.rtcp, nil)
+	}
+	out = m.unlinkLocked(l, r, out)
+	st.legs[i] = leg{}
+	return out
+}
+
+// releaseForkLocked releases the answer leg forks[j] of st.
+func (m *Map) releaseForkLocked(st *stream, j int, r Reason, out []released) []released {
+	out = m.unlinkLocked(st.forks[j], r, out)
+	st.forks = append(st.forks[:j], st.forks[j+1:]...)
+	return out
+}
+
+func (m *Map) unlinkLocked(l leg, r Reason, out []released) []released {
 	l.rtp.partner.Store(nil)
 	l.rtcp.partner.Store(nil)
 	out = m.unpublishLocked(l.rtp, r, out)
-	out = m.unpublishLocked(l.rtcp, r, out)
-	st.legs[i] = leg{}
-	return out
+	return m.unpublishLocked(l.rtcp, r, out)
+}
+
+// linkLocked makes l and the leg facing it (the other side's leg of st) partners.
+func linkLocked(st *stream, i int, l leg, primary bool) {
+	o := st.legs[1-i]
+	if o.rtp == nil {
+		return
+	}
+	l.rtp.partner.Store(o.rtp)
+	l.rtcp.partner.Store(o.rtcp)
+	if primary {
+		o.rtp.partner.Store(l.rtp)
+		o.rtcp.partner.Store(l.rtcp)
+	}
 }
 
 // limitError is an ErrCallLimit that says which cap.

@@ -63,7 +63,7 @@ func (m *Map) Snapshot() Snapshot {
 	}
 	for _, c := range m.calls {
 		for _, st := range c.streams {
-			for _, l := range st.legs {
+			for _, l := range st.allLegs() {
 				if l.rtp != nil {
 					bs = append(bs, l.rtp, l.rtcp)
 				}

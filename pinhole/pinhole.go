@@ -277,6 +277,13 @@ func (m *Map) Release(b *Binding, r Reason) {
 			for i := range st.legs {
 				if st.legs[i].rtp == b || st.legs[i].rtcp == b {
 					out = m.releaseLegLocked(st, i, r, out)
+					promoteForkLocked(st, i)
+				}
+			}
+			for j, f := range st.forks {
+				if f.rtp == b || f.rtcp == b {
+					out = m.releaseForkLocked(st, j, r, out)
+					break
 				}
 			}
 			if st.empty() {

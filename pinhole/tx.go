@@ -22,6 +22,11 @@ type MediaRequest struct {
 	// Held: the stream is sendonly, recvonly or inactive. A held stream does not expire while
 	// its call lives.
 	Held bool
+	// Fork names the dialog an answering side's SDP belongs to: the tag of the answering side
+	// (the To tag of a response to the initial INVITE), "" for the offerer's SDP. When the
+	// stream's leg from From already answers for another dialog, the call forked: this dialog's
+	// leg gets a pair of its own beside it instead of replacing it (see [Map.SettleFork]).
+	Fork string
 }
 
 // Pair is the address a relayed stream is advertised at on the far side. Its fields are those of
@@ -58,6 +63,7 @@ type pendingLeg struct {
 	rtp, rtcp *Binding
 	reused    bool // rtp and rtcp are the stream's live leg, not new
 	mux, held bool
+	fork      string
 }
 
 type pendingHold struct {
@@ -94,7 +100,7 @@ func (tx *Tx) Media(req MediaRequest) (Pair, error) {
 
 	// A second request for the same stream and side in this message: keep or replace the first.
 	for j, p := range tx.legs {
-		if p.key == key && p.from == req.From {
+		if p.key == key && p.from == req.From && p.fork == req.Fork {
 			if p.rtp.to == rtp && p.rtcp.to == rtcp {
 				tx.legs[j].mux, tx.legs[j].held = req.Mux, req.Held
 				return pairOf(p.rtp), nil
@@ -112,9 +118,16 @@ func (tx *Tx) Media(req MediaRequest) (Pair, error) {
 		return Pair{}, err
 	}
 	if st := tx.call.stream(key); st != nil {
-		if l := st.legs[i]; l.rtp != nil && l.rtp.to == rtp && l.rtcp.to == rtcp {
+		l := st.legs[i]
+		if st.isFork(i, req.Fork) {
+			l = leg{}
+			if j := st.forkOf(req.Fork); j >= 0 {
+				l = st.forks[j]
+			}
+		}
+		if l.rtp != nil && l.rtp.to == rtp && l.rtcp.to == rtcp {
 			m.mu.Unlock()
-			tx.legs = append(tx.legs, pendingLeg{key: key, from: req.From, rtp: l.rtp, rtcp: l.rtcp, reused: true, mux: req.Mux, held: req.Held})
+			tx.legs = append(tx.legs, pendingLeg{key: key, from: req.From, rtp: l.rtp, rtcp: l.rtcp, reused: true, mux: req.Mux, held: req.Held, fork: req.Fork})
 			return pairOf(l.rtp), nil
 		}
 	}
@@ -132,7 +145,7 @@ func (tx *Tx) Media(req MediaRequest) (Pair, error) {
 	mk := func(typ Type, p uint16, to netip.AddrPort, res io.Closer) *Binding {
 		return &Binding{m: m, typ: typ, faces: faces, transport: "udp", addr: netip.AddrPortFrom(local, p), to: to, callID: tx.call.id, slot: slot, res: res}
 	}
-	p := pendingLeg{key: key, from: req.From, mux: req.Mux, held: req.Held}
+	p := pendingLeg{key: key, from: req.From, mux: req.Mux, held: req.Held, fork: strings.Clone(req.Fork)}
 	p.rtp = mk(TypeRTP, port, rtp, pr[0])
 	p.rtcp = mk(TypeRTCP, port+1, rtcp, pr[1])
 	tx.legs = append(tx.legs, p)
@@ -215,21 +228,43 @@ func (tx *Tx) Commit() error {
 			c.streams = append(c.streams, st)
 		}
 		i := legIndex(p.from)
-		if !p.reused {
-			out = m.releaseLegLocked(st, i, ReasonRenegotiated, out)
-			p.rtp.st, p.rtcp.st = st, st
-			m.publishLocked(p.rtp, now)
-			m.publishLocked(p.rtcp, now)
-			if o := st.legs[1-i]; o.rtp != nil {
-				p.rtp.partner.Store(o.rtp)
-				p.rtcp.partner.Store(o.rtcp)
-				o.rtp.partner.Store(p.rtp)
-				o.rtcp.partner.Store(p.rtcp)
+		l := leg{rtp: p.rtp, rtcp: p.rtcp, held: p.held, fork: p.fork}
+		if st.isFork(i, p.fork) {
+			// Another early dialog answered the same offer: its pair joins the stream's forks.
+			j := st.forkOf(p.fork)
+			if !p.reused {
+				if j >= 0 {
+					out = m.releaseForkLocked(st, j, ReasonRenegotiated, out)
+					j = -1
+				}
+				p.rtp.st, p.rtcp.st = st, st
+				m.publishLocked(p.rtp, now)
+				m.publishLocked(p.rtcp, now)
+				linkLocked(st, i, l, false)
+			}
+			if j >= 0 {
+				st.forks[j] = l
+			} else {
+				st.forks = append(st.forks, l)
+			}
+		} else {
+			if !p.reused {
+				out = m.releaseLegLocked(st, i, ReasonRenegotiated, out)
+				p.rtp.st, p.rtcp.st = st, st
+				m.publishLocked(p.rtp, now)
+				m.publishLocked(p.rtcp, now)
+			}
+			st.legs[i] = l
+			if !p.reused {
+				linkLocked(st, i, l, true)
+				for _, f := range st.forks {
+					// The offer changed: every fork's answer faces the new pair.
+					linkLocked(st, 1-i, f, false)
+				}
 			}
 		}
 		p.rtp.mux.Store(p.mux)
 		p.rtcp.mux.Store(p.mux)
-		st.legs[i] = leg{rtp: p.rtp, rtcp: p.rtcp, held: p.held}
 		st.touched = now
 		m.scheduleLocked(&st.sched)
 	}

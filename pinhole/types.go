@@ -82,6 +82,7 @@ const (
 	ReasonCancelled                      // CANCEL of the initial INVITE
 	ReasonRejected                       // a final error response to the initial INVITE
 	ReasonRenegotiated                   // an offer or answer dropped or changed the stream
+	ReasonForkEnded                      // another fork of the call answered, or this fork's dialog ended
 	ReasonReleased                       // the owner released it ([Map.Release])
 	ReasonClosed                         // the Map was closed
 	reasonCount
@@ -95,6 +96,7 @@ var reasonNames = [...]string{
 	ReasonCancelled:    "cancelled",
 	ReasonRejected:     "rejected",
 	ReasonRenegotiated: "renegotiated",
+	ReasonForkEnded:    "fork-ended",
 	ReasonReleased:     "released",
 	ReasonClosed:       "closed",
 }

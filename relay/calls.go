@@ -16,19 +16,54 @@ import (
 type callState struct {
 	established bool // a 2xx answered the initial INVITE
 	cancelled   bool // a CANCEL passed
-	streams     map[streamKey]*relayedStream
+	// caller is the side the initial INVITE came from, and callerTag its From tag: the other tag
+	// of a message names the dialog it belongs to, which tells the forks of a call apart.
+	caller    pinhole.Side
+	callerTag string
+	streams   map[streamKey]*relayedStream
 }
 
-type streamKey struct{ part, index int }
+// streamKey names a relayed stream: the m= line (SDP body and index) and, in a forked call, the
+// dialog (the answering side's tag; "" until an answer names one).
+type streamKey struct {
+	fork        string
+	part, index int
+}
 
 // relayedStream is one media stream of a call as the media relay forwards it: the pair each
 // side's SDP was given (legs, by the side whose SDP it was) and the media relay's stream once
-// both sides have spoken.
+// both sides have spoken. The dialogs of a forked call each have one, sharing the offerer's leg.
 type relayedStream struct {
-	callID string
-	legs   [3]*mediaAlloc // by pinhole.Side
-	stream *mediarelay.Stream
-	spec   mediarelay.StreamSpec
+	callID  string
+	offerer pinhole.Side   // the caller's side, whose pair the forks share; 0 when not known
+	legs    [3]*mediaAlloc // by pinhole.Side
+	stream  *mediarelay.Stream
+	spec    mediarelay.StreamSpec
+}
+
+// dialogTag returns the tag that names the dialog of m within call c: the one of From and To that
+// is not the caller's. It is "" when c's caller is not known.
+func (c *callState) dialogTag(m *rewrite.Message) string {
+	if c.callerTag == "" {
+		return ""
+	}
+	if ft := m.FromTag(); string(ft) != c.callerTag {
+		return string(ft)
+	}
+	return string(m.ToTag())
+}
+
+// forkOf names the dialog that SDP from side from in m answers for, for pinhole's
+// MediaRequest.Fork: the dialog's tag for the callee's side of a known call, else "" (the
+// caller's offers are shared by every dialog).
+func (r *Relay) forkOf(callID string, from pinhole.Side, m *rewrite.Message) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c := r.calls[callID]
+	if c == nil || from == c.caller {
+		return ""
+	}
+	return c.dialogTag(m)
 }
 
 // afterRewrite updates call state once a message is rewritten and its allocations committed:
@@ -38,7 +73,8 @@ func (r *Relay) afterRewrite(m *rewrite.Message, t *msgTranslator, from pinhole.
 	callID := t.callID
 	r.m.TouchCall(callID)
 	if len(t.media) > 0 || r.hasCall(callID) {
-		r.updateStreams(callID, t, from, res)
+		initial := m.IsRequest() && string(m.Method()) == "INVITE" && len(m.ToTag()) == 0
+		r.updateStreams(callID, t, from, res, initial, m.FromTag())
 	}
 	if m.IsRequest() {
 		if string(m.Method()) == "CANCEL" {
@@ -54,7 +90,17 @@ func (r *Relay) afterRewrite(m *rewrite.Message, t *msgTranslator, from pinhole.
 	switch string(method) {
 	case "INVITE":
 		if code < 300 {
-			r.withCall(callID, func(c *callState) { c.established = true })
+			first, tag := false, ""
+			r.withCall(callID, func(c *callState) {
+				first, tag = !c.established, c.dialogTag(m)
+				c.established = true
+			})
+			if first && tag != "" {
+				// The call is settled on this dialog: other forks' media goes (their pairs'
+				// release removes their streams). A later 2xx of another fork keeps its own
+				// until its BYE.
+				r.m.SettleFork(callID, tag)
+			}
 			return
 		}
 		var established, cancelled bool
@@ -67,6 +113,11 @@ func (r *Relay) afterRewrite(m *rewrite.Message, t *msgTranslator, from pinhole.
 			r.endCall(callID, reason)
 		}
 	case "BYE":
+		tag := ""
+		r.withCall(callID, func(c *callState) { tag = c.dialogTag(m) })
+		if tag != "" && r.m.EndFork(callID, tag) {
+			return // one dialog of a forked call ended; the others keep their media
+		}
 		r.endCall(callID, pinhole.ReasonCallEnded)
 	case "REGISTER":
 		if code < 300 {
@@ -77,7 +128,7 @@ func (r *Relay) afterRewrite(m *rewrite.Message, t *msgTranslator, from pinhole.
 
 // updateStreams records the pairs a message's SDP was given, marks held and dropped streams,
 // and hands streams whose two sides are known to the media relay.
-func (r *Relay) updateStreams(callID string, t *msgTranslator, from pinhole.Side, res *rewrite.Result) {
+func (r *Relay) updateStreams(callID string, t *msgTranslator, from pinhole.Side, res *rewrite.Result, initial bool, fromTag []byte) {
 	r.mu.Lock()
 	c := r.calls[callID]
 	if c == nil {
@@ -88,30 +139,30 @@ func (r *Relay) updateStreams(callID string, t *msgTranslator, from pinhole.Side
 		c = &callState{streams: make(map[streamKey]*relayedStream)}
 		r.calls[callID] = c
 	}
+	if initial && c.callerTag == "" && len(fromTag) > 0 {
+		c.caller, c.callerTag = from, string(fromTag)
+	}
 	var ready []*relayedStream
 	for i := range t.media {
 		a := t.media[i]
-		k := streamKey{a.part, a.index}
-		st := c.streams[k]
-		if st == nil {
-			st = &relayedStream{callID: callID}
-			c.streams[k] = st
-		}
-		st.legs[a.from] = &a
-		if st.legs[pinhole.Inside] != nil && st.legs[pinhole.Outside] != nil {
-			ready = append(ready, st)
+		for _, st := range c.streamsFor(callID, &a) {
+			st.legs[a.from] = &a
+			if st.legs[pinhole.Inside] != nil && st.legs[pinhole.Outside] != nil {
+				ready = append(ready, st)
+			}
 		}
 	}
 	for _, s := range res.Streams {
-		st := c.streams[streamKey{s.Part, s.Index}]
-		if st == nil || st.stream == nil {
-			continue
-		}
-		switch s.Disposition {
-		case rewrite.Held, rewrite.Rejected:
-			ready = append(ready, st) // re-specified below with the hold flag
-			if l := st.legs[from]; l != nil {
-				l.held = true
+		for k, st := range c.streams {
+			if k.part != s.Part || k.index != s.Index || (t.fork != "" && k.fork != t.fork) || st.stream == nil {
+				continue
+			}
+			switch s.Disposition {
+			case rewrite.Held, rewrite.Rejected:
+				ready = append(ready, st) // re-specified below with the hold flag
+				if l := st.legs[from]; l != nil {
+					l.held = true
+				}
 			}
 		}
 	}
@@ -119,6 +170,43 @@ func (r *Relay) updateStreams(callID string, t *msgTranslator, from pinhole.Side
 	for _, st := range ready {
 		r.wire(st)
 	}
+}
+
+// streamsFor returns the relayed streams that pair a takes a side in, making the one it needs:
+// the offerer's pair (no fork) is every dialog's; an answer's belongs to its dialog's stream,
+// which takes over the stream the offer made or, for a further fork, starts with the offer's
+// leg. Callers hold r.mu.
+func (c *callState) streamsFor(callID string, a *mediaAlloc) []*relayedStream {
+	var sts []*relayedStream
+	var unanswered *relayedStream
+	for k, st := range c.streams {
+		if k.part != a.part || k.index != a.index {
+			continue
+		}
+		if a.fork == "" || k.fork == a.fork {
+			sts = append(sts, st)
+		}
+		if k.fork == "" && st.legs[a.from] == nil {
+			unanswered = st
+		}
+	}
+	if len(sts) > 0 {
+		return sts
+	}
+	st := unanswered
+	if st != nil {
+		delete(c.streams, streamKey{"", a.part, a.index})
+	} else {
+		st = &relayedStream{callID: callID, offerer: c.caller}
+		for k, o := range c.streams {
+			if k.part == a.part && k.index == a.index && c.caller != 0 {
+				st.legs[c.caller] = o.legs[c.caller] // the offer every fork answers
+				break
+			}
+		}
+	}
+	c.streams[streamKey{a.fork, a.part, a.index}] = st
+	return []*relayedStream{st}
 }
 
 // wire gives the media relay a stream's current spec. Leg A of the media relay is the relay
@@ -137,6 +225,9 @@ func (r *Relay) wire(st *relayedStream) {
 			Mux: mux, Peer: out.rtp, PeerRTCP: out.rtcp},
 		Hold: in.held || out.held,
 	}
+	// The offerer's pair is shared by the dialogs of a forked call.
+	spec.A.Shared = st.offerer == pinhole.Outside
+	spec.B.Shared = st.offerer == pinhole.Inside
 	if mux {
 		spec.A.PeerRTCP, spec.B.PeerRTCP = netip.AddrPort{}, netip.AddrPort{}
 	}
@@ -206,24 +297,26 @@ func (r *Relay) released(b *pinhole.Binding, reason pinhole.Reason) {
 	port := b.Address().Port()
 	r.mu.Lock()
 	c := r.calls[b.CallID()]
-	var gone *mediarelay.Stream
+	var gone []*mediarelay.Stream
 	if c != nil {
 		for k, st := range c.streams {
 			for _, l := range st.legs {
 				if l != nil && (l.pair.RTP.Port() == port || l.pair.RTCPPort == port) && l.pair.RTP.Addr() == b.Address().Addr() {
-					gone = st.stream
+					if st.stream != nil {
+						gone = append(gone, st.stream)
+					}
 					delete(c.streams, k)
 					break
 				}
 			}
 		}
-		if len(c.streams) == 0 && reason != pinhole.ReasonRenegotiated {
+		if len(c.streams) == 0 && reason != pinhole.ReasonRenegotiated && reason != pinhole.ReasonForkEnded {
 			delete(r.calls, b.CallID())
 		}
 	}
 	r.mu.Unlock()
-	if gone != nil {
-		r.media.RemoveStream(gone)
+	for _, s := range gone {
+		r.media.RemoveStream(s)
 	}
 }
 
@@ -266,12 +359,40 @@ func (e *mediaEvents) Latched(s *mediarelay.Stream, leg mediarelay.Leg, rtcp boo
 
 func (e *mediaEvents) Idle(s *mediarelay.Stream, _ time.Duration) {
 	r := (*Relay)(e)
-	if b := r.bindingOf(s, mediarelay.LegA, false); b != nil {
-		r.m.Release(b, pinhole.ReasonIdle)
+	for _, leg := range []mediarelay.Leg{mediarelay.LegA, mediarelay.LegB} {
+		if r.sharedWithOthers(s, leg) {
+			continue // the offer's pair of a forked call: another dialog's stream still uses it
+		}
+		if b := r.bindingOf(s, leg, false); b != nil {
+			r.m.Release(b, pinhole.ReasonIdle)
+		}
 	}
-	if b := r.bindingOf(s, mediarelay.LegB, false); b != nil {
-		r.m.Release(b, pinhole.ReasonIdle)
+}
+
+// sharedWithOthers reports whether leg's relay port of s also carries another stream of its call
+// (the offer's pair, shared by the dialogs of a forked call).
+func (r *Relay) sharedWithOthers(s *mediarelay.Stream, leg mediarelay.Leg) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c := r.calls[s.CallID()]
+	if c == nil {
+		return false
 	}
+	var port netip.AddrPort
+	for _, st := range c.streams {
+		if st.stream == s {
+			port = st.spec.A.RTP
+			if leg == mediarelay.LegB {
+				port = st.spec.B.RTP
+			}
+		}
+	}
+	for _, st := range c.streams {
+		if st.stream != s && st.stream != nil && (st.spec.A.RTP == port || st.spec.B.RTP == port) {
+			return true
+		}
+	}
+	return false
 }
 
 // bindingOf returns the server map's binding of a media relay port.

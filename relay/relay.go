@@ -261,7 +261,8 @@ func (r *Relay) handle(in inbound, raw []byte) {
 		return
 	}
 
-	t := &msgTranslator{r: r, transport: in.transport, src: in.src, callID: callID, next: next, out: out}
+	t := &msgTranslator{r: r, transport: in.transport, src: in.src, callID: callID, next: next, out: out,
+		fork: r.forkOf(callID, from, &m)}
 	if isReq {
 		if via, ok := topViaSentBy(&m); ok {
 			t.senderVia = via
@@ -306,7 +307,8 @@ func (r *Relay) handle(in inbound, raw []byte) {
 			t.tx.Rollback()
 		}
 		out = "tcp"
-		t = &msgTranslator{r: r, transport: in.transport, src: in.src, callID: callID, next: next, out: out, senderVia: t.senderVia}
+		t = &msgTranslator{r: r, transport: in.transport, src: in.src, callID: callID, next: next, out: out,
+			senderVia: t.senderVia, fork: t.fork}
 		if err := rewrite.Rewrite(&res, &m, rewrite.Side(from), t); err != nil {
 			if t.tx != nil {
 				t.tx.Rollback()

@@ -20,8 +20,10 @@ type msgTranslator struct {
 	callID    string
 	// next is the message's next hop when known before the rewrite, and out the transport it
 	// goes over: the transport every binding this message makes is reached by.
-	next  netip.AddrPort
-	out   string
+	next netip.AddrPort
+	out  string
+	// fork is the dialog the message's SDP answers for in a forked call ([Relay.forkOf]).
+	fork  string
 	tx    *pinhole.Tx
 	media []mediaAlloc
 }
@@ -29,6 +31,7 @@ type msgTranslator struct {
 // mediaAlloc is one pair the message's SDP asked for.
 type mediaAlloc struct {
 	from        pinhole.Side
+	fork        string
 	part, index int
 	pair        pinhole.Pair
 	rtp, rtcp   netip.AddrPort
@@ -108,12 +111,13 @@ func (t *msgTranslator) Media(from rewrite.Side, s *rewrite.Stream) (rewrite.Med
 		RTCP:  s.RTCP,
 		Mux:   s.Mux,
 		Held:  s.Direction != rewrite.SendRecv,
+		Fork:  t.fork,
 	}
 	p, err := t.tx.Media(req)
 	if err != nil {
 		return rewrite.MediaBinding{}, err
 	}
-	t.media = append(t.media, mediaAlloc{from: req.From, part: s.Part, index: s.Index, pair: p,
+	t.media = append(t.media, mediaAlloc{from: req.From, fork: t.fork, part: s.Part, index: s.Index, pair: p,
 		rtp: s.RTP, rtcp: s.RTCP, mux: s.Mux, held: req.Held})
 	return rewrite.MediaBinding(p), nil
 }
