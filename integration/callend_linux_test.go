@@ -26,7 +26,8 @@ func TestCallEnds(t *testing.T) {
 }
 
 // testCallRefused runs a call that never gets answered: while it rings, the INVITE's media has
-// its pair; after the final response, nothing.
+// its pair, and the pair reserved for the answer faces the phone standing for nobody yet; after
+// the final response, nothing.
 func testCallRefused(t *testing.T, uas, uac, ending string) {
 	l := newUpstreamLab(newTestbed(t))
 	pbx := l.sipp(l.pbx, "pbx", sippOpts{scenario: uas, local: pbxAddr.String()})
@@ -34,9 +35,18 @@ func testCallRefused(t *testing.T, uas, uac, ending string) {
 	car := l.startSipcar(l.car, l.sipcarEnv("udp")...)
 	phone := l.sipp(l.phone, "phone", sippOpts{scenario: uac, local: phoneAddr.String(), remote: publicAddr.String() + ":5060"})
 
-	car.waitMap(t, 10*time.Second, "the ringing call's media pair (sip-rtp and sip-rtcp toward the phone)", func(m serverMap) bool {
+	car.waitMap(t, 10*time.Second, "the ringing call's media pair toward the phone and its answer's reserved pair", func(m serverMap) bool {
 		rtp := m.of("sip-rtp")
-		return len(rtp) == 1 && len(m.of("sip-rtcp")) == 1 && rtp[0].ForwardTo == netip.AddrPortFrom(phoneAddr, 6000)
+		offer, answer := 0, 0
+		for _, e := range rtp {
+			switch {
+			case e.ForwardTo == netip.AddrPortFrom(phoneAddr, 6000) && e.Faces == "inside":
+				offer++
+			case !e.ForwardTo.IsValid() && e.Faces == "outside":
+				answer++
+			}
+		}
+		return len(rtp) == 2 && len(m.of("sip-rtcp")) == 2 && offer == 1 && answer == 1
 	})
 	phone.succeeded(t, 30*time.Second, 1)
 	pbx.succeeded(t, 10*time.Second, 1)

@@ -49,9 +49,10 @@ func TestRetransmission(t *testing.T) {
 	if !insideNet.Contains(offers[0].Addr()) {
 		t.Errorf("the PBX was offered media at %v; want sipcar's inside address", offers[0])
 	}
+	// The offer's pair and the pair reserved for its answer: once, not twice.
 	m := car.mustServerMap(t)
-	if len(m.of("sip-rtp")) != 1 || m.MediaPorts.InUse != 2 {
-		t.Errorf("after the INVITE and its retransmission: %d sip-rtp bindings, %d media ports in use; want 1 and 2\n%v",
+	if len(m.of("sip-rtp")) != 2 || m.MediaPorts.InUse != 4 {
+		t.Errorf("after the INVITE and its retransmission: %d sip-rtp bindings, %d media ports in use; want 2 and 4\n%v",
 			len(m.of("sip-rtp")), m.MediaPorts.InUse, m)
 	}
 

@@ -27,11 +27,14 @@ type streamKey struct {
 // answer leg per dialog: the first in legs, the others in forks, all on the same side, each with
 // a pair of its own facing the one offer leg. The 2xx that settles the call keeps one.
 type stream struct {
-	call    *call
-	key     streamKey
-	legs    [2]leg // by the side the SDP came from: legs[from-1]
-	forks   []leg  // further answer legs of a forked call, on the side of the leg whose fork is set
-	touched int64  // tick of the last signaling that (re)negotiated or touched it
+	call  *call
+	key   streamKey
+	legs  [2]leg // by the side the SDP came from: legs[from-1]
+	forks []leg  // further answer legs of a forked call, on the side of the leg whose fork is set
+	// spare is the pair reserved with the stream's first offer for its first answer: it faces
+	// the offerer and stands for nobody until the answer takes it over.
+	spare   leg
+	touched int64 // tick of the last signaling that (re)negotiated or touched it
 	sched   sched
 }
 
@@ -60,12 +63,16 @@ func (st *stream) lastTraffic() int64 {
 	return last
 }
 
-// allLegs returns the stream's legs and its forks' answer legs.
+// allLegs returns the stream's legs, its forks' answer legs and its answer pair.
 func (st *stream) allLegs() []leg {
-	if len(st.forks) == 0 {
+	if len(st.forks) == 0 && st.spare.rtp == nil {
 		return st.legs[:]
 	}
-	return append(st.legs[:], st.forks...)
+	all := append(st.legs[:], st.forks...)
+	if st.spare.rtp != nil {
+		all = append(all, st.spare)
+	}
+	return all
 }
 
 // forkSide returns the index of the leg that answers for a dialog (its fork is set), or -1.
@@ -160,6 +167,7 @@ func (m *Map) releaseStreamLocked(st *stream, r Reason, out []released) []releas
 	for len(st.forks) > 0 {
 		out = m.releaseForkLocked(st, len(st.forks)-1, r, out)
 	}
+	out = m.releaseSpareLocked(st, r, out)
 	for i := range st.legs {
 		out = m.releaseLegLocked(st, i, r, out)
 	}
@@ -195,6 +203,24 @@ func (m *Map) releaseLegLocked(st *stream, i int, r Reason, out []released) []re
 	out = m.unlinkLocked(l, r, out)
 	st.legs[i] = leg{}
 	return out
+}
+
+// releaseSpareLocked releases the answer pair st reserved, if any.
+func (m *Map) releaseSpareLocked(st *stream, r Reason, out []released) []released {
+	if st.spare.rtp == nil {
+		return out
+	}
+	out = m.unlinkLocked(st.spare, r, out)
+	st.spare = leg{}
+	return out
+}
+
+// retireLocked takes b out of the tables without giving back its port or reservation, which
+// a new binding on the same port has taken over (and overwrote b in the port index with).
+func (m *Map) retireLocked(b *Binding) {
+	if b.live.Swap(false) {
+		m.metrics.bindings[b.typ].Dec()
+	}
 }
 
 // releaseForkLocked releases the answer leg forks[j] of st.

@@ -146,6 +146,11 @@ type Config struct {
 	// message); 0 means DefaultMaxCallsPerSource, a negative value no cap.
 	MaxCalls, MaxCallsPerSource int
 
+	// ReserveAnswerPair makes the offer that starts a stream reserve the pair of its first answer
+	// too ([Map.AnswerPair]), so that media the answerer sends before its answer reached sipcar
+	// can be relayed. A call then needs its two pairs when the offer comes.
+	ReserveAnswerPair bool
+
 	// ReserveMedia holds each media port (RTP and RTCP, "udp") until its binding is released;
 	// ReserveSignaling each sip binding's port ("udp" for UDP, "tcp" for TCP, TLS and WebSocket).
 	// They are called with the binding's own address. Nil means [ReserveSocket], which binds

@@ -139,7 +139,7 @@ func (s Snapshot) WriteServerMap(w io.Writer) error {
 			left = fmt.Sprintf("%02d:%02d:%02d", n/3600, n/60%60, n%60)
 		}
 		fmt.Fprintf(bw, "Type: ALG, %s -> %s[%s], Protocol: %s(Appro: %s), Left-Time: %s\n",
-			peer, e.Address, e.ForwardTo, e.Protocol, e.Type, left)
+			peer, e.Address, forwardTo(e), e.Protocol, e.Type, left)
 	}
 	return bw.Flush()
 }
@@ -165,8 +165,17 @@ func (s Snapshot) WriteSessionTable(w io.Writer) error {
 			arrow = "+->"
 		}
 		fmt.Fprintf(bw, "%s  %s[%s] %s %s  pkts %d/%d  bytes %d/%d\n",
-			e.Type, e.ForwardTo, e.Address, arrow, peer,
+			e.Type, forwardTo(e), e.Address, arrow, peer,
 			e.PacketsSent, e.PacketsReceived, e.BytesSent, e.BytesReceived)
 	}
 	return bw.Flush()
+}
+
+// forwardTo is the address an entry stands for, or "ANY" for an answer pair reserved with its
+// offer that no answer took over yet.
+func forwardTo(e Entry) string {
+	if !e.ForwardTo.IsValid() {
+		return "ANY"
+	}
+	return e.ForwardTo.String()
 }

@@ -245,6 +245,23 @@ func (m *Map) TouchCall(callID string) {
 	}
 }
 
+// AnswerPair returns the pair reserved with the offer of the call's stream (part, index) for its
+// first answer, while no answer took it over: the media relay forwards the answerer's early
+// packets (sent before its answer reached sipcar) through it.
+func (m *Map) AnswerPair(callID string, part, index int) (Pair, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c := m.calls[callID]
+	if c == nil {
+		return Pair{}, false
+	}
+	st := c.stream(streamKey{part: int32(part), index: int32(index)})
+	if st == nil || st.spare.rtp == nil {
+		return Pair{}, false
+	}
+	return pairOf(st.spare.rtp), true
+}
+
 // ReleaseCall releases every media pair of the call at once (BYE and its 200, CANCEL, a final
 // error response to the initial INVITE) and reports whether the call had any. Its ports are
 // free when it returns. The call's sip bindings are shared with other calls and live on.
@@ -285,6 +302,9 @@ func (m *Map) Release(b *Binding, r Reason) {
 					out = m.releaseForkLocked(st, j, r, out)
 					break
 				}
+			}
+			if st.spare.rtp == b || st.spare.rtcp == b {
+				out = m.releaseSpareLocked(st, r, out)
 			}
 			if st.empty() {
 				out = m.releaseStreamLocked(st, r, out)

@@ -64,6 +64,10 @@ type pendingLeg struct {
 	reused    bool // rtp and rtcp are the stream's live leg, not new
 	mux, held bool
 	fork      string
+	// adopted is the stream's answer pair that rtp and rtcp take over (new bindings on its
+	// ports and reservations); spare is the answer pair this offer reserves for a new stream.
+	adopted *Binding
+	spare   leg
 }
 
 type pendingHold struct {
@@ -81,7 +85,12 @@ func (m *Map) Begin(callID string, source netip.Addr) *Tx {
 // Media returns the pair for the stream req describes. If the stream's leg from req.From exists
 // and forwards to the same addresses, it is kept (and its hold state updated at Commit);
 // otherwise a new pair is allocated, which replaces the old at Commit (the old is released then,
-// ReasonRenegotiated). Errors: ErrInvalid, ErrNoPorts, ErrCallLimit, ErrCallEnded, ErrClosed,
+// ReasonRenegotiated).
+//
+// With Config.ReserveAnswerPair the offer that starts a stream also reserves the pair its answer
+// will get (see [Map.AnswerPair]): the answerer's media often reaches sipcar before its answer
+// does, and the media relay forwards it through that pair meanwhile. The first answer takes it
+// over. Errors: ErrInvalid, ErrNoPorts, ErrCallLimit, ErrCallEnded, ErrClosed,
 // ErrTxDone; after an error the caller rolls the transaction back.
 func (tx *Tx) Media(req MediaRequest) (Pair, error) {
 	if tx.done {
@@ -130,26 +139,65 @@ func (tx *Tx) Media(req MediaRequest) (Pair, error) {
 			tx.legs = append(tx.legs, pendingLeg{key: key, from: req.From, rtp: l.rtp, rtcp: l.rtcp, reused: true, mux: req.Mux, held: req.Held, fork: req.Fork})
 			return pairOf(l.rtp), nil
 		}
+		if sp := st.spare.rtp; sp != nil && l.rtp == nil && !st.isFork(i, req.Fork) && sp.faces == req.From.Other() &&
+			sp.addr.Addr() == m.addrs(sp.faces).pick(rtp.Addr()) {
+			// The first answer: it takes over the pair its offer reserved.
+			m.mu.Unlock()
+			p := pendingLeg{key: key, from: req.From, mux: req.Mux, held: req.Held, fork: strings.Clone(req.Fork), adopted: sp}
+			p.rtp = tx.binding(TypeRTP, sp.faces, sp.addr, rtp, sp.slot, sp.res)
+			p.rtcp = tx.binding(TypeRTCP, sp.faces, netip.AddrPortFrom(sp.addr.Addr(), sp.addr.Port()+1), rtcp, sp.slot, st.spare.rtcp.res)
+			tx.legs = append(tx.legs, p)
+			return pairOf(p.rtp), nil
+		}
 	}
+	newStream := m.cfg.ReserveAnswerPair && tx.call.stream(key) == nil && !tx.pending(key)
 	m.mu.Unlock()
 
-	faces := req.From.Other()
+	p := pendingLeg{key: key, from: req.From, mux: req.Mux, held: req.Held, fork: strings.Clone(req.Fork)}
+	var err error
+	if p.rtp, p.rtcp, err = tx.allocate(req.From.Other(), rtp, rtcp); err != nil {
+		return Pair{}, fmt.Errorf("media pair for %s stream %d/%d at %v: %w", req.From, req.Part, req.Index, rtp, err)
+	}
+	if newStream {
+		if p.spare.rtp, p.spare.rtcp, err = tx.allocate(req.From, netip.AddrPortFrom(rtp.Addr(), 0), netip.AddrPort{}); err != nil {
+			tx.discard(p)
+			return Pair{}, fmt.Errorf("answer pair for %s stream %d/%d: %w", req.From, req.Part, req.Index, err)
+		}
+	}
+	tx.legs = append(tx.legs, p)
+	return pairOf(p.rtp), nil
+}
+
+// allocate reserves a pair on side faces, in the family of rtp, standing for rtp and rtcp.
+func (tx *Tx) allocate(faces Side, rtp, rtcp netip.AddrPort) (*Binding, *Binding, error) {
+	m := tx.m
 	local := m.addrs(faces).pick(rtp.Addr())
 	slot, res, err := m.allocate(m.mediaPool, local, TypeRTP, "udp")
 	if err != nil {
 		m.metrics.failed(TypeRTP, err)
-		return Pair{}, fmt.Errorf("media pair for %s stream %d/%d at %v: %w", req.From, req.Part, req.Index, rtp, err)
+		return nil, nil, err
 	}
 	port := m.mediaPool.port(slot)
 	pr := res.(pairReservation)
-	mk := func(typ Type, p uint16, to netip.AddrPort, res io.Closer) *Binding {
-		return &Binding{m: m, typ: typ, faces: faces, transport: "udp", addr: netip.AddrPortFrom(local, p), to: to, callID: tx.call.id, slot: slot, res: res}
+	if rtp.Port() == 0 {
+		rtp = netip.AddrPort{} // an answer pair: it stands for nobody until the answer
 	}
-	p := pendingLeg{key: key, from: req.From, mux: req.Mux, held: req.Held, fork: strings.Clone(req.Fork)}
-	p.rtp = mk(TypeRTP, port, rtp, pr[0])
-	p.rtcp = mk(TypeRTCP, port+1, rtcp, pr[1])
-	tx.legs = append(tx.legs, p)
-	return pairOf(p.rtp), nil
+	return tx.binding(TypeRTP, faces, netip.AddrPortFrom(local, port), rtp, slot, pr[0]),
+		tx.binding(TypeRTCP, faces, netip.AddrPortFrom(local, port+1), rtcp, slot, pr[1]), nil
+}
+
+func (tx *Tx) binding(typ Type, faces Side, addr, to netip.AddrPort, slot int32, res io.Closer) *Binding {
+	return &Binding{m: tx.m, typ: typ, faces: faces, transport: "udp", addr: addr, to: to, callID: tx.call.id, slot: slot, res: res}
+}
+
+// pending reports whether the transaction already asked for a pair of stream key.
+func (tx *Tx) pending(key streamKey) bool {
+	for _, p := range tx.legs {
+		if p.key == key {
+			return true
+		}
+	}
+	return false
 }
 
 // joinLocked finds or enters the transaction's call, once.
@@ -229,6 +277,27 @@ func (tx *Tx) Commit() error {
 		}
 		i := legIndex(p.from)
 		l := leg{rtp: p.rtp, rtcp: p.rtcp, held: p.held, fork: p.fork}
+		if p.spare.rtp != nil {
+			if st.spare.rtp == nil && st.legs[1-i].rtp == nil {
+				p.spare.rtp.st, p.spare.rtcp.st = st, st
+				m.publishLocked(p.spare.rtp, now)
+				m.publishLocked(p.spare.rtcp, now)
+				st.spare = p.spare
+			} else {
+				tx.discardSpare(p)
+			}
+		}
+		if p.adopted != nil {
+			// The answer pair's ports and reservations pass to the answer's bindings, silently:
+			// for the media relay it is the same pair.
+			m.retireLocked(st.spare.rtp)
+			m.retireLocked(st.spare.rtcp)
+			st.spare = leg{}
+		} else if sp := st.spare.rtp; sp != nil && !p.reused && sp.faces == p.from.Other() && st.legs[i].rtp == nil && !st.isFork(i, p.fork) {
+			// The first answer got a pair of its own (another address family): the reserved one
+			// is not needed.
+			out = m.releaseSpareLocked(st, ReasonRenegotiated, out)
+		}
 		if st.isFork(i, p.fork) {
 			// Another early dialog answered the same offer: its pair joins the stream's forks.
 			j := st.forkOf(p.fork)
@@ -303,6 +372,9 @@ func (tx *Tx) checkLocked() error {
 			// The pair the message advertises expired or was replaced meanwhile.
 			return fmt.Errorf("call %q: media pair %v released meanwhile: %w", tx.callID, p.rtp.addr, ErrCallEnded)
 		}
+		if p.adopted != nil && (!p.adopted.live.Load() || tx.call.stream(p.key) == nil || tx.call.stream(p.key).spare.rtp != p.adopted) {
+			return fmt.Errorf("call %q: answer pair %v released meanwhile: %w", tx.callID, p.adopted.addr, ErrCallEnded)
+		}
 	}
 	return nil
 }
@@ -327,12 +399,21 @@ func (tx *Tx) Rollback() {
 	tx.legs = nil
 }
 
-// discard gives back a pending leg's pair if the transaction allocated it.
+// discard gives back a pending leg's pairs that the transaction allocated.
 func (tx *Tx) discard(p pendingLeg) {
-	if !p.reused {
+	if !p.reused && p.adopted == nil {
 		closeReservation(p.rtp.res)
 		closeReservation(p.rtcp.res)
 		tx.m.mediaPool.put(p.rtp.slot)
+	}
+	tx.discardSpare(p)
+}
+
+func (tx *Tx) discardSpare(p pendingLeg) {
+	if p.spare.rtp != nil {
+		closeReservation(p.spare.rtp.res)
+		closeReservation(p.spare.rtcp.res)
+		tx.m.mediaPool.put(p.spare.rtp.slot)
 	}
 }
 

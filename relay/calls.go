@@ -37,7 +37,10 @@ type relayedStream struct {
 	callID  string
 	offerer pinhole.Side   // the caller's side, whose pair the forks share; 0 when not known
 	legs    [3]*mediaAlloc // by pinhole.Side
-	stream  *mediarelay.Stream
+	// answer is the pair reserved with the offer for its answer, while only the offer is known:
+	// the stream is wired with it so that the answerer's early packets reach the offerer.
+	answer pinhole.Pair
+	stream *mediarelay.Stream
 	spec    mediarelay.StreamSpec
 }
 
@@ -148,6 +151,10 @@ func (r *Relay) updateStreams(callID string, t *msgTranslator, from pinhole.Side
 		for _, st := range c.streamsFor(callID, &a) {
 			st.legs[a.from] = &a
 			if st.legs[pinhole.Inside] != nil && st.legs[pinhole.Outside] != nil {
+				st.answer = pinhole.Pair{}
+				ready = append(ready, st)
+			} else if p, ok := r.m.AnswerPair(callID, a.part, a.index); ok {
+				st.answer = p
 				ready = append(ready, st)
 			}
 		}
@@ -215,6 +222,19 @@ func (c *callState) streamsFor(callID string, a *mediaAlloc) []*relayedStream {
 func (r *Relay) wire(st *relayedStream) {
 	r.mu.Lock()
 	in, out := st.legs[pinhole.Inside], st.legs[pinhole.Outside]
+	if in == nil || out == nil {
+		if !st.answer.RTP.IsValid() {
+			r.mu.Unlock()
+			return
+		}
+		// Only the offer is known: the answer's reserved pair, its peer learned from the first
+		// packet.
+		if in == nil {
+			in = &mediaAlloc{pair: st.answer}
+		} else {
+			out = &mediaAlloc{pair: st.answer}
+		}
+	}
 	mux := in.mux && out.mux
 	a, b := r.bindAddr(out.pair.RTP), r.bindAddr(in.pair.RTP)
 	spec := mediarelay.StreamSpec{
@@ -231,12 +251,17 @@ func (r *Relay) wire(st *relayedStream) {
 	if mux {
 		spec.A.PeerRTCP, spec.B.PeerRTCP = netip.AddrPort{}, netip.AddrPort{}
 	}
-	cur := st.stream
-	same := cur != nil && st.spec == spec
+	cur, old := st.stream, st.spec
+	same := cur != nil && old == spec
 	st.spec = spec
 	r.mu.Unlock()
 	if same {
 		return
+	}
+	if cur != nil && !sameRelayPorts(old, spec) {
+		// The answer took rtcp-mux the offer's early stream could not assume: a new stream.
+		r.media.RemoveStream(cur)
+		cur = nil
 	}
 	if cur != nil {
 		if err := r.media.UpdateStream(cur, spec); err != nil {
@@ -252,6 +277,13 @@ func (r *Relay) wire(st *relayedStream) {
 	r.mu.Lock()
 	st.stream = s
 	r.mu.Unlock()
+}
+
+// sameRelayPorts reports whether two specs use the same relay ports and rtcp-mux, which
+// [mediarelay.Relay.UpdateStream] requires.
+func sameRelayPorts(a, b mediarelay.StreamSpec) bool {
+	same := func(x, y mediarelay.LegSpec) bool { return x.RTP == y.RTP && x.RTCP == y.RTCP && x.Mux == y.Mux }
+	return same(a.A, b.A) && same(a.B, b.B)
 }
 
 func (r *Relay) hasCall(callID string) bool {
@@ -300,7 +332,7 @@ func (r *Relay) released(b *pinhole.Binding, reason pinhole.Reason) {
 	var gone []*mediarelay.Stream
 	if c != nil {
 		for k, st := range c.streams {
-			for _, l := range st.legs {
+			for _, l := range append(st.legs[:], &mediaAlloc{pair: st.answer}) {
 				if l != nil && (l.pair.RTP.Port() == port || l.pair.RTCPPort == port) && l.pair.RTP.Addr() == b.Address().Addr() {
 					if st.stream != nil {
 						gone = append(gone, st.stream)

@@ -106,6 +106,9 @@ func New(cfg Config) (*Relay, error) {
 	}
 	pc.ReserveSignaling = r.reserveSignaling
 	pc.OnRelease = r.released
+	// The answerer's first packets often overtake its answer: the media relay forwards them
+	// through the answer's pair, reserved with the offer.
+	pc.ReserveAnswerPair = true
 	if pc.Registerer == nil {
 		pc.Registerer = cfg.Registerer
 	}

@@ -257,14 +257,15 @@ func TestMalformedRequestGets400(t *testing.T) {
 // With the port range exhausted an INVITE is answered 503 with Retry-After, nothing is left
 // allocated, and once the first call ends a new one gets its ports.
 func TestExhaustionGets503(t *testing.T) {
-	b := newLoopbed(t, func(c *Config) { c.Map.MediaPorts = pinhole.PortRange{First: 31000, Last: 31001} })
+	// Two pairs: one call's offer and the pair reserved for its answer.
+	b := newLoopbed(t, func(c *Config) { c.Map.MediaPorts = pinhole.PortRange{First: 31000, Last: 31003} })
 	invite := func(id string) string {
 		return withBody(fmt.Sprintf("INVITE sip:100@127.0.0.1:%d SIP/2.0\nVia: SIP/2.0/UDP %s;branch=z9hG4bK%s\n"+
 			"From: <sip:200@127.0.0.1>;tag=%s\nTo: <sip:100@127.0.0.1>\nCall-ID: %s\nCSeq: 1 INVITE\nMax-Forwards: 70\n",
 			b.sip.Port(), addrOf(b.phone), id, id, id), sdp("127.0.0.3", 4000))
 	}
 	b.send(b.phone, b.sip, invite("c1"))
-	b.recv(b.pbx) // the first call holds the only pair
+	b.recv(b.pbx) // the first call holds both pairs
 	b.send(b.phone, b.sip, invite("c2"))
 	m, _ := b.recv(b.phone)
 	res := m.(*sip.Response)
@@ -302,8 +303,8 @@ func TestRetransmissionKeepsPorts(t *testing.T) {
 	if first.String() != second.String() {
 		t.Errorf("retransmission rewritten differently:\n%s\n---\n%s", first, second)
 	}
-	if n := media(b.r); n != 2 {
-		t.Errorf("%d media bindings after a retransmitted offer, want 2", n)
+	if n := media(b.r); n != 4 {
+		t.Errorf("%d media bindings after a retransmitted offer, want 4 (the offer's pair and the one reserved for its answer)", n)
 	}
 }
 

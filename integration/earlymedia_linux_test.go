@@ -1,0 +1,96 @@
+package integration
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+)
+
+// TestMediaBeforeAnswer: a callee's first packets often overtake its answer (it sends RTP as it
+// sends the 200). sipcar reserves the answer's pair with the offer, so those packets reach the
+// caller at once, from the port the answer then names, and the answer keeps that pair.
+func TestMediaBeforeAnswer(t *testing.T) {
+	for _, mode := range []string{"fallback", "fanin"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			l := newUpstreamLab(newTestbed(t))
+			pbx := l.udpPeer(l.pbx, netip.AddrPortFrom(pbxAddr, 5060))
+			pbxMedia := l.udpPeer(l.pbx, netip.AddrPortFrom(pbxAddr, 8000))
+			car := l.startSipcar(l.car, l.sipcarEnv("udp", "SIPCAR_MEDIA_MODE="+mode)...)
+			phone := l.udpPeer(l.phone, netip.AddrPortFrom(phoneAddr, 5070))
+			phoneMedia := l.udpPeer(l.phone, netip.AddrPortFrom(phoneAddr, 7000))
+
+			phone.send(t, netip.AddrPortFrom(publicAddr, 5060), buildSIP("INVITE sip:pbx@198.51.100.1:5060 SIP/2.0", []string{
+				"Via: SIP/2.0/UDP 198.51.100.20:5070;branch=z9hG4bKearly",
+				"From: <sip:phone@198.51.100.1>;tag=caller",
+				"To: <sip:pbx@198.51.100.1>",
+				"Call-ID: early",
+				"CSeq: 1 INVITE",
+				"Contact: <sip:phone@198.51.100.20:5070>",
+				"Max-Forwards: 70",
+				"Content-Type: application/sdp",
+			}, offer(phoneMedia.addr)))
+			invite := pbx.recv(t, 5*time.Second, "the INVITE at the PBX", isRequest("INVITE"))
+			offered, err := invite.media()
+			if err != nil {
+				t.Fatal(err)
+			}
+
+			// The callee's media leaves before its answer, and arrives before it.
+			pbxMedia.send(t, offered, rtp(0xea, 1))
+			src, ok := tryRTP(phoneMedia, 0xea, 3*time.Second)
+			if !ok {
+				t.Fatal("the callee's media sent before its answer did not reach the caller")
+			}
+			if src.Addr() != publicAddr {
+				t.Errorf("early media reached the caller from %v, want sipcar's public address", src)
+			}
+
+			reply, err := invite.viaAddr()
+			if err != nil {
+				t.Fatal(err)
+			}
+			pbx.send(t, reply, response(invite, 200, "OK", "callee", []string{"Contact: <sip:pbx@198.18.0.10:5060>", "Content-Type: application/sdp"},
+				offer(pbxMedia.addr)))
+			ok200 := phone.recv(t, 5*time.Second, "the 200 OK at the phone", isResponse("INVITE", 200))
+			answered, err := ok200.media()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if answered != src {
+				t.Errorf("the 200 names media at %v, but the callee's first packets came from %v", answered, src)
+			}
+			// Both ways through the same pairs once the answer is in.
+			phoneMedia.send(t, answered, rtp(0xca, 1))
+			expectRTP(t, pbxMedia, 0xca, offered, "the caller's media at the callee")
+			pbxMedia.send(t, offered, rtp(0xea, 2))
+			expectRTP(t, phoneMedia, 0xea, answered, "the callee's media after the answer")
+			if m := car.mustServerMap(t); len(m.of("sip-rtp")) != 2 || m.MediaPorts.InUse != 4 {
+				t.Errorf("mid-call %d sip-rtp bindings, %d media ports in use; want 2 and 4\n%v", len(m.of("sip-rtp")), m.MediaPorts.InUse, m)
+			}
+
+			target, err := uriAddr(ok200.contactURI())
+			if err != nil {
+				t.Fatal(err)
+			}
+			bye := buildSIP("BYE "+ok200.contactURI()+" SIP/2.0", []string{
+				"Via: SIP/2.0/UDP 198.51.100.20:5070;branch=z9hG4bKearlybye",
+				"From: <sip:phone@198.51.100.1>;tag=caller",
+				"To: " + ok200.header("To"),
+				"Call-ID: early",
+				"CSeq: 2 BYE",
+				"Max-Forwards: 70",
+			}, "")
+			phone.send(t, target, bye)
+			req := pbx.recv(t, 5*time.Second, "the BYE at the PBX", isRequest("BYE"))
+			dst, err := req.viaAddr()
+			if err != nil {
+				t.Fatal(err)
+			}
+			pbx.send(t, dst, response(req, 200, "OK", "", nil, ""))
+			phone.recv(t, 5*time.Second, "the 200 OK of the BYE", isResponse("BYE", 200))
+			car.waitNoMedia(t, "BYE")
+			car.checkLogClean(t)
+		})
+	}
+}
