@@ -41,7 +41,7 @@ type relayedStream struct {
 	// the stream is wired with it so that the answerer's early packets reach the offerer.
 	answer pinhole.Pair
 	stream *mediarelay.Stream
-	spec    mediarelay.StreamSpec
+	spec   mediarelay.StreamSpec
 }
 
 // dialogTag returns the tag that names the dialog of m within call c: the one of From and To that
