@@ -250,6 +250,10 @@ func (r *Relay) handle(in inbound, raw []byte) {
 		b.Received(len(raw), r.m.Now())
 	} else if isReq && from == pinhole.Outside && r.cfg.Mode == Upstream {
 		next, out = r.cfg.Upstream, r.cfg.UpstreamTransport
+	} else if via, ok := topViaSentBy(&m); ok && !isReq && from == pinhole.Outside && r.cfg.Mode == Upstream && r.isPublicListen(via) {
+		// A phone's response to the upstream's request (sent from the public listener's
+		// address): back to the upstream over its own transport, whatever the phone's was.
+		next, out = r.cfg.Upstream, r.cfg.UpstreamTransport
 	} else if in.transparent {
 		if from == pinhole.Outside || r.m.Own(pinhole.Outside, in.local.Addr()) || r.m.Own(pinhole.Inside, in.local.Addr()) {
 			// Interception serves the inside's traffic to the world; anything else is not sipcar's.

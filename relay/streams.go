@@ -255,7 +255,9 @@ func (r *Relay) dial(local netip.AddrPort, transport string, dst netip.AddrPort)
 		}
 		conn = tc
 	}
-	c := &streamConn{r: r, conn: conn, transport: transport, remote: dst, local: local}
+	// From the public listener's address (the upstream's requests to phones): what comes back on
+	// the connection is read as if it reached the listener, not a binding.
+	c := &streamConn{r: r, conn: conn, transport: transport, remote: dst, local: local, listener: r.isPublicListen(local)}
 	r.addConn(c)
 	return c, nil
 }

@@ -87,9 +87,20 @@ func (t *msgTranslator) Translate(a rewrite.Addr) (netip.AddrPort, bool, error) 
 // on the far side (bindings) and the next hop are reached over the transport the message goes
 // out on; other addresses keep theirs.
 func (t *msgTranslator) TranslateTransport(a rewrite.Addr, to netip.AddrPort) string {
-	far := pinhole.Side(a.From).Other()
-	if t.r.m.Own(far, to.Addr()) || (t.next.IsValid() && to == t.next) {
+	from := pinhole.Side(a.From)
+	if t.r.m.Own(from.Other(), to.Addr()) || (t.next.IsValid() && to == t.next) {
 		return t.out
+	}
+	if own := netip.AddrPortFrom(a.AddrPort.Addr().Unmap(), a.AddrPort.Port()); t.r.m.Own(from, own.Addr()) {
+		// One of sipcar's addresses going back to what it stands for (a Via or Record-Route of
+		// the other side in a response, a Contact of a registered phone): over the transport
+		// that reaches that, not the one it was published with.
+		if t.r.cfg.Mode == Upstream && to == t.r.cfg.Upstream {
+			return t.r.cfg.UpstreamTransport
+		}
+		if b, ok := t.r.m.Resolve(from, own); ok {
+			return t.r.originalTransport(b)
+		}
 	}
 	return ""
 }

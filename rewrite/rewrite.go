@@ -290,7 +290,7 @@ func (w *rewriter) headers(m *Message) error {
 		if err != nil {
 			return err
 		}
-		if err := w.uri(FieldRequestURI, &u); err != nil {
+		if _, err := w.uri(FieldRequestURI, &u, span{}); err != nil {
 			return err
 		}
 	}
@@ -321,7 +321,24 @@ func (w *rewriter) headers(m *Message) error {
 			if err != nil {
 				return err
 			}
-			return w.uri(field, &u)
+			if na.angled {
+				_, err := w.uri(field, &u, span{})
+				return err
+			}
+			// An addr-spec without angle brackets: its parameters are header parameters (RFC 3261
+			// section 20), but a UA that writes ;transport= there means the URI's. A changed
+			// transport goes into the URI, which then needs its brackets, and the loose one goes.
+			loose, value := headerParam(w.raw, na.params, "transport")
+			changed, err := w.uri(field, &u, value)
+			if err != nil || !changed {
+				return err
+			}
+			w.edit(field, "angle bracket", span{na.uri.start, na.uri.start}, func(dst []byte) []byte { return append(dst, '<') })
+			w.edit(field, "angle bracket", span{na.uri.end, na.uri.end}, func(dst []byte) []byte { return append(dst, '>') })
+			if loose.len() > 0 {
+				w.edit(field, "transport", loose, func(dst []byte) []byte { return dst })
+			}
+			return nil
 		})
 		if err != nil {
 			return err
@@ -331,10 +348,11 @@ func (w *rewriter) headers(m *Message) error {
 }
 
 // uri translates the host and port of a sip: or sips: URI, and its transport when the
-// translator converts it.
-func (w *rewriter) uri(field Field, u *uriInfo) error {
+// translator converts it; it reports whether it changed the transport. loose is the value of a
+// transport header parameter after a URI without angle brackets, read as the URI's.
+func (w *rewriter) uri(field Field, u *uriInfo, loose span) (bool, error) {
 	if !u.sip || !u.hp.isIP() {
-		return nil
+		return false, nil
 	}
 	transport := ""
 	switch {
@@ -342,18 +360,20 @@ func (w *rewriter) uri(field Field, u *uriInfo) error {
 		transport = transportName(w.raw[u.transport.start:u.transport.end])
 	case u.secure:
 		transport = "tls"
+	case loose.len() > 0:
+		transport = transportName(w.raw[loose.start:loose.end])
 	}
 	a, to, changed, err := w.hostPort(field, transport, &u.hp)
 	if err != nil || !changed {
-		return err
+		return false, err
 	}
 	tt, ok := w.tr.(TransportTranslator)
 	if !ok {
-		return nil
+		return false, nil
 	}
 	want := tt.TranslateTransport(a, to)
 	if want == "" || want == transport || (transport == "" && want == "udp") {
-		return nil
+		return false, nil
 	}
 	// sips: means TLS all the way; any other transport makes it sip:.
 	if u.secure && want != "tls" {
@@ -366,7 +386,7 @@ func (w *rewriter) uri(field Field, u *uriInfo) error {
 			return append(append(dst, ";transport="...), want...)
 		})
 	}
-	return nil
+	return true, nil
 }
 
 // defaultPort is the port a SIP URI or Via without one means.
@@ -731,7 +751,7 @@ func (w *rewriter) connEdit(field Field, c *connField, ip netip.Addr) {
 // to the length of the rewritten body.
 func (w *rewriter) contentLength(m *Message) {
 	res := w.res
-	slices.SortFunc(res.pending, func(a, b pendingEdit) int { return a.start - b.start })
+	slices.SortStableFunc(res.pending, byPosition)
 	growth := func(s span) int {
 		n := 0
 		for _, e := range res.pending {
@@ -767,7 +787,17 @@ func (w *rewriter) contentLength(m *Message) {
 			return appendEOL(strconv.AppendUint(append(dst, "Content-Length: "...), uint64(n), 10), m.blank.len() == 2)
 		})
 	}
-	slices.SortStableFunc(res.pending, func(a, b pendingEdit) int { return a.start - b.start })
+	slices.SortStableFunc(res.pending, byPosition)
+}
+
+// byPosition orders edits by where they start; at one position an insertion goes before a
+// replacement, and insertions keep the order they were made in (a port, then a parameter, then
+// a closing bracket).
+func byPosition(a, b pendingEdit) int {
+	if a.start != b.start {
+		return a.start - b.start
+	}
+	return a.end - b.end
 }
 
 // build applies the pending edits to raw.

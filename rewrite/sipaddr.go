@@ -501,3 +501,42 @@ func parseIPv6ABNFBug(b []byte) (netip.Addr, bool) {
 	n += copy(buf[n:], b[i+3:])
 	return parseIP(buf[:n])
 }
+
+// headerParam finds the parameter name among the header parameters at params (";a=b;c"): the
+// span to delete it (from its ';' to the end of its value) and its value's span. Both are empty
+// when it is absent.
+func headerParam(raw []byte, params span, name string) (whole, value span) {
+	i := params.start
+	for i < params.end && raw[i] == ';' {
+		start := i
+		i = skipLWS(raw, i+1, params.end)
+		ns := i
+		for i < params.end && tokenChars[raw[i]] {
+			i++
+		}
+		n := raw[ns:i]
+		i = skipLWS(raw, i, params.end)
+		vs, ve := i, i
+		if i < params.end && raw[i] == '=' {
+			i = skipLWS(raw, i+1, params.end)
+			vs = i
+			if i < params.end && raw[i] == '"' {
+				if e := quotedEnd(raw, i, params.end); e > 0 {
+					i = e
+				} else {
+					i = params.end
+				}
+			} else {
+				for i < params.end && raw[i] != ';' && !isLWS(raw[i]) {
+					i++
+				}
+			}
+			ve = i
+			i = skipLWS(raw, i, params.end)
+		}
+		if equalFold(n, name) {
+			return span{start, ve}, span{vs, ve}
+		}
+	}
+	return span{}, span{}
+}

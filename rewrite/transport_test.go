@@ -51,3 +51,45 @@ func TestTransportConversion(t *testing.T) {
 		})
 	}
 }
+
+// A Contact without angle brackets carries its parameters as header parameters (RFC 3261 section
+// 20), though the UAs that write ;transport= there mean the URI's. A converted transport goes
+// into the URI, which gets its brackets, and the loose parameter goes.
+func TestTransportConversionBareContact(t *testing.T) {
+	tests := []struct {
+		contact, to, want string
+	}{
+		{"Contact: sip:sipp@192.168.1.1:5070;transport=UDP", "tls", "Contact: <sip:sipp@1.1.1.10:2222;transport=tls>\r\n"},
+		{"Contact: sip:sipp@192.168.1.1:5070;expires=60;transport=udp;q=0.5", "tcp", "Contact: <sip:sipp@1.1.1.10:2222;transport=tcp>;expires=60;q=0.5\r\n"},
+		{"Contact: sip:sipp@192.168.1.1:5070", "tls", "Contact: <sip:sipp@1.1.1.10:2222;transport=tls>\r\n"},
+		{"Contact: sip:sipp@192.168.1.1", "tcp", "Contact: <sip:sipp@1.1.1.10:2222;transport=tcp>\r\n"},
+		{"Contact: sips:sipp@192.168.1.1:5061", "udp", "Contact: <sip:sipp@1.1.1.10:2222;transport=udp>\r\n"},
+		// Nothing to convert: no brackets added, the loose parameter kept.
+		{"Contact: sip:sipp@192.168.1.1:5070;transport=tcp", "tcp", "Contact: sip:sipp@1.1.1.10:2222;transport=tcp\r\n"},
+		{"Contact: sip:sipp@192.168.1.1:5070", "udp", "Contact: sip:sipp@1.1.1.10:2222\r\n"},
+		{"Contact: sip:a@192.168.1.1:5070, <sip:b@192.168.1.2;transport=udp>", "tls",
+			"Contact: <sip:a@1.1.1.10:2222;transport=tls>, <sip:b@1.1.1.10:2223;transport=tls>\r\n"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.contact+" to "+tc.to, func(t *testing.T) {
+			in := crlf("REGISTER sip:1.1.1.1 SIP/2.0\nVia: SIP/2.0/UDP 1.1.1.9:5060;branch=z9hG4bK1\n" +
+				"To: <sip:a@1.1.1.1>\nFrom: <sip:a@1.1.1.1>;tag=1\nCall-ID: bare\nCSeq: 1 REGISTER\n" + tc.contact + "\nContent-Length: 0\n\n")
+			var m Message
+			var r Result
+			if err := Parse(in, &m); err != nil {
+				t.Fatal(err)
+			}
+			if err := Rewrite(&r, &m, Inside, convertingNAT{newNAT(), tc.to}); err != nil {
+				t.Fatal(err)
+			}
+			checkInvariants(t, "", m.Bytes(), &r)
+			if !strings.Contains(string(r.Out), tc.want) {
+				t.Errorf("output lacks %q:\n%s", tc.want, r.Out)
+			}
+			var again Message
+			if err := Parse(r.Out, &again); err != nil {
+				t.Errorf("output does not parse: %v", err)
+			}
+		})
+	}
+}
