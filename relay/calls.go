@@ -69,6 +69,65 @@ func (r *Relay) forkOf(callID string, from pinhole.Side, m *rewrite.Message) str
 	return c.dialogTag(m)
 }
 
+// hairpinKey names one crossing of a call through sipcar: its Call-ID and its party outside.
+type hairpinKey struct {
+	callID string
+	party  netip.AddrPort
+}
+
+// maxHairpins bounds the hairpinned calls remembered; past it the table starts again (a crossing
+// then shares its call's state, as before it was told apart).
+const maxHairpins = 100000
+
+// passOf returns the key of the call state a message belongs to: its Call-ID, or for the second
+// crossing of a call that hairpins, a key of its own. An outside phone calling another through an
+// inside proxy that does not anchor media (kamailio without rtpengine) crosses sipcar twice with
+// one Call-ID and one set of tags: outside to inside, then inside to outside. Each crossing is a
+// call of its own for the media relay, with its own offer and answer, so that media is anchored
+// (DESIGN.md: phones see each other at sipcar's bindings) rather than sent between phones that may
+// not reach each other. In upstream mode a crossing is told apart by its party outside: where a
+// message from outside came from, or where one from inside goes.
+func (r *Relay) passOf(callID string, from pinhole.Side, src, next netip.AddrPort, m *rewrite.Message) string {
+	if r.cfg.Mode != Upstream {
+		return callID
+	}
+	party := src
+	if from == pinhole.Inside {
+		party = next
+	}
+	if !party.IsValid() {
+		return callID
+	}
+	hk := hairpinKey{callID, party}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if k, ok := r.hairpins[hk]; ok {
+		return k
+	}
+	if from != pinhole.Inside || !m.IsRequest() || string(m.Method()) != "INVITE" || len(m.ToTag()) > 0 {
+		return callID
+	}
+	if c := r.calls[callID]; c == nil || c.caller != pinhole.Outside {
+		return callID
+	}
+	// The call's initial INVITE came in from outside and now goes back out: a hairpin.
+	if len(r.hairpins) >= maxHairpins {
+		clear(r.hairpins)
+	}
+	k := callID + " to " + party.String()
+	r.hairpins[hk] = k
+	return k
+}
+
+// forgetPassLocked drops the hairpin entry of a crossing whose call state is gone.
+func (r *Relay) forgetPassLocked(key string) {
+	for hk, k := range r.hairpins {
+		if k == key {
+			delete(r.hairpins, hk)
+		}
+	}
+}
+
 // afterRewrite updates call state once a message is rewritten and its allocations committed:
 // it gives the media relay the streams whose both sides are known and releases media when the
 // call ends.
@@ -306,6 +365,7 @@ func (r *Relay) endCall(callID string, reason pinhole.Reason) {
 	r.mu.Lock()
 	c := r.calls[callID]
 	delete(r.calls, callID)
+	r.forgetPassLocked(callID)
 	r.mu.Unlock()
 	if c == nil {
 		return
@@ -344,6 +404,7 @@ func (r *Relay) released(b *pinhole.Binding, reason pinhole.Reason) {
 		}
 		if len(c.streams) == 0 && reason != pinhole.ReasonRenegotiated && reason != pinhole.ReasonForkEnded {
 			delete(r.calls, b.CallID())
+			r.forgetPassLocked(b.CallID())
 		}
 	}
 	r.mu.Unlock()

@@ -41,7 +41,10 @@ type Relay struct {
 	// reaches over TLS).
 	origTransport map[netip.AddrPort]string
 	calls         map[string]*callState
-	draining      bool
+	// hairpins names the second crossing of calls that hairpin (see passOf): by Call-ID and
+	// outside party, the key its call state has.
+	hairpins map[hairpinKey]string
+	draining bool
 
 	streams streamState
 	ready   atomic.Bool // listeners open and not draining
@@ -70,6 +73,7 @@ func New(cfg Config) (*Relay, error) {
 
 		origTransport: make(map[netip.AddrPort]string),
 		calls:         make(map[string]*callState),
+		hairpins:      make(map[hairpinKey]string),
 	}
 	r.streams.conns = make(map[connKey]*streamConn)
 	r.streams.failed = make(map[netip.AddrPort]time.Time)
@@ -268,8 +272,9 @@ func (r *Relay) handle(in inbound, raw []byte) {
 		return
 	}
 
-	t := &msgTranslator{r: r, transport: in.transport, src: in.src, callID: callID, next: next, out: out,
-		fork: r.forkOf(callID, from, &m)}
+	key := r.passOf(callID, from, in.src, next, &m)
+	t := &msgTranslator{r: r, transport: in.transport, src: in.src, callID: key, next: next, out: out,
+		fork: r.forkOf(key, from, &m)}
 	if isReq {
 		if via, ok := topViaSentBy(&m); ok {
 			t.senderVia = via
@@ -314,7 +319,7 @@ func (r *Relay) handle(in inbound, raw []byte) {
 			t.tx.Rollback()
 		}
 		out = "tcp"
-		t = &msgTranslator{r: r, transport: in.transport, src: in.src, callID: callID, next: next, out: out,
+		t = &msgTranslator{r: r, transport: in.transport, src: in.src, callID: key, next: next, out: out,
 			senderVia: t.senderVia, fork: t.fork}
 		if err := rewrite.Rewrite(&res, &m, rewrite.Side(from), t); err != nil {
 			if t.tx != nil {
@@ -324,8 +329,8 @@ func (r *Relay) handle(in inbound, raw []byte) {
 			return
 		}
 	}
-	if t.tx == nil && r.hasCall(callID) {
-		t.tx = r.m.Begin(callID, r.callSource(in.src))
+	if t.tx == nil && r.hasCall(key) {
+		t.tx = r.m.Begin(key, r.callSource(in.src))
 	}
 	if t.tx != nil {
 		for _, s := range res.Streams {

@@ -106,9 +106,9 @@ func (t *msgTranslator) TranslateTransport(a rewrite.Addr, to netip.AddrPort) st
 }
 
 func (t *msgTranslator) Media(from rewrite.Side, s *rewrite.Stream) (rewrite.MediaBinding, error) {
-	if b, ok := t.r.ownMedia(pinhole.Side(from), s.RTP); ok {
-		// One of sipcar's own pairs coming back (a call that hairpins through an inside proxy to
-		// another outside phone): like any binding, it stands for its original address.
+	if b, ok := t.r.ownMedia(pinhole.Side(from), s.RTP, t.callID); ok {
+		// One of the call's own pairs coming back in the same call state (a hairpin whose two
+		// crossings could not be told apart): it stands for its original address.
 		return b, nil
 	}
 	if t.tx == nil {
@@ -202,15 +202,16 @@ func (r *Relay) callSource(src netip.AddrPort) netip.Addr {
 	return src.Addr().Unmap()
 }
 
-// ownMedia returns, when a is the RTP address of one of sipcar's live media pairs on side, the
-// address that pair forwards to (RTP and RTCP).
-func (r *Relay) ownMedia(side pinhole.Side, a netip.AddrPort) (rewrite.MediaBinding, bool) {
+// ownMedia returns, when a is the RTP address of one of call key's live media pairs on side,
+// the address that pair forwards to (RTP and RTCP). Another call's pair (a B2BUA's other leg, a
+// hairpin's other crossing) is not: it is an address like any, anchored by a pair of its own.
+func (r *Relay) ownMedia(side pinhole.Side, a netip.AddrPort, key string) (rewrite.MediaBinding, bool) {
 	a = netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
 	if !r.m.Own(side, a.Addr()) {
 		return rewrite.MediaBinding{}, false
 	}
 	b := r.m.LookupMedia(a.Port())
-	if b == nil || b.Type() != pinhole.TypeRTP || b.Address() != a {
+	if b == nil || b.Type() != pinhole.TypeRTP || b.Address() != a || b.CallID() != key {
 		return rewrite.MediaBinding{}, false
 	}
 	out := rewrite.MediaBinding{RTP: b.ForwardTo(), RTCPPort: b.ForwardTo().Port() + 1}
