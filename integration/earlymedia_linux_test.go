@@ -94,3 +94,57 @@ func TestMediaBeforeAnswer(t *testing.T) {
 		})
 	}
 }
+
+// TestLongRinging: a phone may ring for minutes with nothing sent but the 180, longer than the
+// media pairs' setup and idle lifetimes (2 s here). The pairs stay while the INVITE waits for its
+// final response, and the call has media once answered.
+func TestLongRinging(t *testing.T) {
+	t.Parallel()
+	l := newUpstreamLab(newTestbed(t))
+	pbx := l.udpPeer(l.pbx, netip.AddrPortFrom(pbxAddr, 5060))
+	pbxMedia := l.udpPeer(l.pbx, netip.AddrPortFrom(pbxAddr, 8000))
+	car := l.startSipcar(l.car, l.sipcarEnv("udp", "SIPCAR_MEDIA_TTL=2s", "SIPCAR_MEDIA_IDLE_TTL=2s")...)
+	phone := l.udpPeer(l.phone, netip.AddrPortFrom(phoneAddr, 5070))
+	phoneMedia := l.udpPeer(l.phone, netip.AddrPortFrom(phoneAddr, 7000))
+
+	phone.send(t, netip.AddrPortFrom(publicAddr, 5060), buildSIP("INVITE sip:pbx@198.51.100.1:5060 SIP/2.0", []string{
+		"Via: SIP/2.0/UDP 198.51.100.20:5070;branch=z9hG4bKring",
+		"From: <sip:phone@198.51.100.1>;tag=caller",
+		"To: <sip:pbx@198.51.100.1>",
+		"Call-ID: ringing",
+		"CSeq: 1 INVITE",
+		"Contact: <sip:phone@198.51.100.20:5070>",
+		"Max-Forwards: 70",
+		"Content-Type: application/sdp",
+	}, offer(phoneMedia.addr)))
+	invite := pbx.recv(t, 5*time.Second, "the INVITE at the PBX", isRequest("INVITE"))
+	offered, err := invite.media()
+	if err != nil {
+		t.Fatal(err)
+	}
+	reply, err := invite.viaAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pbx.send(t, reply, response(invite, 180, "Ringing", "callee", nil, ""))
+	phone.recv(t, 5*time.Second, "the 180 at the phone", isResponse("INVITE", 180))
+
+	// Ring for more than twice the lifetimes, with no message and no packet.
+	time.Sleep(5 * time.Second)
+	if m := car.mustServerMap(t); len(m.of("sip-rtp")) != 2 {
+		t.Fatalf("after ringing 5 s: %d sip-rtp bindings, want 2 (the offer's pair and its answer's)\n%v", len(m.of("sip-rtp")), m)
+	}
+
+	pbx.send(t, reply, response(invite, 200, "OK", "callee", []string{"Contact: <sip:pbx@198.18.0.10:5060>", "Content-Type: application/sdp"},
+		offer(pbxMedia.addr)))
+	ok := phone.recv(t, 5*time.Second, "the 200 OK at the phone", isResponse("INVITE", 200))
+	answered, err := ok.media()
+	if err != nil {
+		t.Fatal(err)
+	}
+	phoneMedia.send(t, answered, rtp(0xca, 1))
+	expectRTP(t, pbxMedia, 0xca, offered, "the caller's media after a long ringing")
+	pbxMedia.send(t, offered, rtp(0xea, 1))
+	expectRTP(t, phoneMedia, 0xea, answered, "the callee's media after a long ringing")
+	car.checkLogClean(t)
+}

@@ -16,6 +16,7 @@ import (
 type callState struct {
 	established bool // a 2xx answered the initial INVITE
 	cancelled   bool // a CANCEL passed
+	started     time.Time
 	// caller is the side the initial INVITE came from, and callerTag its From tag: the other tag
 	// of a message names the dialog it belongs to, which tells the forks of a call apart.
 	caller    pinhole.Side
@@ -198,7 +199,7 @@ func (r *Relay) updateStreams(callID string, t *msgTranslator, from pinhole.Side
 			r.mu.Unlock()
 			return
 		}
-		c = &callState{streams: make(map[streamKey]*relayedStream)}
+		c = &callState{streams: make(map[streamKey]*relayedStream), started: time.Now()}
 		r.calls[callID] = c
 	}
 	if initial && c.callerTag == "" && len(fromTag) > 0 {
@@ -452,6 +453,14 @@ func (e *mediaEvents) Latched(s *mediarelay.Stream, leg mediarelay.Leg, rtcp boo
 
 func (e *mediaEvents) Idle(s *mediarelay.Stream, _ time.Duration) {
 	r := (*Relay)(e)
+	ringing := false
+	r.withCall(s.CallID(), func(c *callState) { ringing = !c.established })
+	if st := s.Stats(); ringing || (st.A.LastPacket.IsZero() && st.B.LastPacket.IsZero()) {
+		// A call still ringing (its stream is wired from the offer, and early media may pause)
+		// or one whose media never started: the server map's setup time decides, which the
+		// call's messages renew and, while it rings, syncTraffic.
+		return
+	}
 	for _, leg := range []mediarelay.Leg{mediarelay.LegA, mediarelay.LegB} {
 		if r.sharedWithOthers(s, leg) {
 			continue // the offer's pair of a forked call: another dialog's stream still uses it
@@ -514,16 +523,34 @@ func (r *Relay) bindingOf(s *mediarelay.Stream, leg mediarelay.Leg, rtcp bool) *
 	return r.m.LookupMedia(port)
 }
 
+// maxRinging is how long a call that is not answered yet keeps its media pairs without a
+// message: a proxy gives up on an INVITE after Timer C (more than 3 minutes, RFC 3261 section
+// 16.6), with a margin.
+const maxRinging = 4 * time.Minute
+
 // syncTraffic copies the media relay's counters into the server map every second: the session
-// table shows them, and traffic keeps a stream's pairs from expiring.
+// table shows them, and traffic keeps a stream's pairs from expiring. It also keeps the pairs of
+// calls still ringing: nothing but the final response is sent for as long as a phone rings.
 func (r *Relay) syncTraffic(ctx context.Context) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
+	var ringing []string
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		ringing = ringing[:0]
+		r.mu.Lock()
+		for key, c := range r.calls {
+			if !c.established && !c.cancelled && time.Since(c.started) < maxRinging {
+				ringing = append(ringing, key)
+			}
+		}
+		r.mu.Unlock()
+		for _, key := range ringing {
+			r.m.TouchCall(key)
 		}
 		for _, s := range r.media.Streams() {
 			st := s.Stats()
