@@ -142,10 +142,11 @@ func (tx *Tx) Media(req MediaRequest) (Pair, error) {
 		if sp := st.spare.rtp; sp != nil && l.rtp == nil && !st.isFork(i, req.Fork) && sp.faces == req.From.Other() &&
 			sp.addr.Addr() == m.addrs(sp.faces).pick(rtp.Addr()) {
 			// The first answer: it takes over the pair its offer reserved.
+			spRTCP := st.spare.rtcp
 			m.mu.Unlock()
 			p := pendingLeg{key: key, from: req.From, mux: req.Mux, held: req.Held, fork: strings.Clone(req.Fork), adopted: sp}
 			p.rtp = tx.binding(TypeRTP, sp.faces, sp.addr, rtp, sp.slot, sp.res)
-			p.rtcp = tx.binding(TypeRTCP, sp.faces, netip.AddrPortFrom(sp.addr.Addr(), sp.addr.Port()+1), rtcp, sp.slot, st.spare.rtcp.res)
+			p.rtcp = tx.binding(TypeRTCP, sp.faces, spRTCP.addr, rtcp, sp.slot, spRTCP.res)
 			tx.legs = append(tx.legs, p)
 			return pairOf(p.rtp), nil
 		}
