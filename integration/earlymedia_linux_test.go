@@ -148,3 +148,54 @@ func TestLongRinging(t *testing.T) {
 	expectRTP(t, phoneMedia, 0xea, answered, "the callee's media after a long ringing")
 	car.checkLogClean(t)
 }
+
+// TestRTCPMuxAnswer: with a=rtcp-mux offered and accepted, the stream sipcar wired from the offer
+// (before it knew the answer would multiplex) is replaced at the answer; media and RTCP then
+// flow on the one port each way.
+func TestRTCPMuxAnswer(t *testing.T) {
+	t.Parallel()
+	l := newUpstreamLab(newTestbed(t))
+	pbx := l.udpPeer(l.pbx, netip.AddrPortFrom(pbxAddr, 5060))
+	pbxMedia := l.udpPeer(l.pbx, netip.AddrPortFrom(pbxAddr, 8000))
+	car := l.startSipcar(l.car, l.sipcarEnv("udp")...)
+	phone := l.udpPeer(l.phone, netip.AddrPortFrom(phoneAddr, 5070))
+	phoneMedia := l.udpPeer(l.phone, netip.AddrPortFrom(phoneAddr, 7000))
+	muxed := func(a netip.AddrPort) string { return offer(a) + "a=rtcp-mux\r\n" }
+
+	phone.send(t, netip.AddrPortFrom(publicAddr, 5060), buildSIP("INVITE sip:pbx@198.51.100.1:5060 SIP/2.0", []string{
+		"Via: SIP/2.0/UDP 198.51.100.20:5070;branch=z9hG4bKmux",
+		"From: <sip:phone@198.51.100.1>;tag=caller",
+		"To: <sip:pbx@198.51.100.1>",
+		"Call-ID: muxed",
+		"CSeq: 1 INVITE",
+		"Contact: <sip:phone@198.51.100.20:5070>",
+		"Max-Forwards: 70",
+		"Content-Type: application/sdp",
+	}, muxed(phoneMedia.addr)))
+	invite := pbx.recv(t, 5*time.Second, "the INVITE at the PBX", isRequest("INVITE"))
+	offered, err := invite.media()
+	if err != nil {
+		t.Fatal(err)
+	}
+	reply, err := invite.viaAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pbx.send(t, reply, response(invite, 200, "OK", "callee", []string{"Contact: <sip:pbx@198.18.0.10:5060>", "Content-Type: application/sdp"},
+		muxed(pbxMedia.addr)))
+	ok := phone.recv(t, 5*time.Second, "the 200 OK at the phone", isResponse("INVITE", 200))
+	answered, err := ok.media()
+	if err != nil {
+		t.Fatal(err)
+	}
+	phoneMedia.send(t, answered, rtp(0xca, 1))
+	expectRTP(t, pbxMedia, 0xca, offered, "the caller's media")
+	pbxMedia.send(t, offered, rtp(0xea, 1))
+	expectRTP(t, phoneMedia, 0xea, answered, "the callee's media")
+	// RTCP on the RTP port: forwarded on the other side's RTP port too.
+	n, src := relayRTCP(t, phoneMedia, answered, pbxMedia, 3)
+	if n != 3 || src != offered {
+		t.Errorf("muxed RTCP: %d of 3 reached the callee, from %v; want all from %v", n, src, offered)
+	}
+	car.checkLogClean(t)
+}
