@@ -10,7 +10,10 @@
 // pairs of one message or none; a pair stands for one side's RTP and RTCP addresses of a stream,
 // lives 50 seconds until its stream's first packet and then until the stream idles for 60
 // seconds (never while the stream is held), and goes with its call ([Map.ReleaseCall]) or when a
-// later offer changes or drops its stream.
+// later offer changes or drops its stream. With Config.ReserveAnswerPair the offer that starts a
+// stream also reserves the pair of its answer ([Map.AnswerPair]), which the answer takes over. A
+// stream answered by several early dialogs of a forked call has an answer pair per dialog
+// ([MediaRequest] Fork) until a 2xx settles it ([Map.SettleFork], [Map.EndFork]).
 //
 // Every port is random within its range, held on the host by a [ReserveFunc] (real sockets by
 // default) from allocation to release, and in use on one side at a time, so that a port alone
