@@ -114,18 +114,19 @@ func (r *Relay) passOf(callID string, from pinhole.Side, src, next netip.AddrPor
 	// The call's initial INVITE came in from outside and now goes back out: a hairpin.
 	if len(r.hairpins) >= maxHairpins {
 		clear(r.hairpins)
+		clear(r.hairpinOf)
 	}
 	k := callID + " to " + party.String()
 	r.hairpins[hk] = k
+	r.hairpinOf[k] = hk
 	return k
 }
 
 // forgetPassLocked drops the hairpin entry of a crossing whose call state is gone.
 func (r *Relay) forgetPassLocked(key string) {
-	for hk, k := range r.hairpins {
-		if k == key {
-			delete(r.hairpins, hk)
-		}
+	if hk, ok := r.hairpinOf[key]; ok {
+		delete(r.hairpins, hk)
+		delete(r.hairpinOf, key)
 	}
 }
 

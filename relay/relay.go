@@ -42,9 +42,10 @@ type Relay struct {
 	origTransport map[netip.AddrPort]string
 	calls         map[string]*callState
 	// hairpins names the second crossing of calls that hairpin (see passOf): by Call-ID and
-	// outside party, the key its call state has.
-	hairpins map[hairpinKey]string
-	draining bool
+	// outside party, the key its call state has; hairpinOf the other way round.
+	hairpins  map[hairpinKey]string
+	hairpinOf map[string]hairpinKey
+	draining  bool
 
 	streams streamState
 	ready   atomic.Bool // listeners open and not draining
@@ -74,6 +75,7 @@ func New(cfg Config) (*Relay, error) {
 		origTransport: make(map[netip.AddrPort]string),
 		calls:         make(map[string]*callState),
 		hairpins:      make(map[hairpinKey]string),
+		hairpinOf:     make(map[string]hairpinKey),
 	}
 	r.streams.conns = make(map[connKey]*streamConn)
 	r.streams.failed = make(map[netip.AddrPort]time.Time)
