@@ -321,6 +321,9 @@ func (r *Relay) wire(st *relayedStream) {
 	}
 	if cur != nil && !sameRelayPorts(old, spec) {
 		// The answer took rtcp-mux the offer's early stream could not assume: a new stream.
+		r.mu.Lock()
+		r.retireLocked(cur, old)
+		r.mu.Unlock()
 		r.media.RemoveStream(cur)
 		cur = nil
 	}
@@ -390,6 +393,7 @@ func (r *Relay) released(b *pinhole.Binding, reason pinhole.Reason) {
 	}
 	port := b.Address().Port()
 	r.mu.Lock()
+	delete(r.retired, b)
 	c := r.calls[b.CallID()]
 	var gone []*mediarelay.Stream
 	if c != nil {
@@ -398,6 +402,7 @@ func (r *Relay) released(b *pinhole.Binding, reason pinhole.Reason) {
 				if l != nil && (l.pair.RTP.Port() == port || l.pair.RTCPPort == port) && l.pair.RTP.Addr() == b.Address().Addr() {
 					if st.stream != nil {
 						gone = append(gone, st.stream)
+						r.retireLocked(st.stream, st.spec)
 					}
 					delete(c.streams, k)
 					break
@@ -413,6 +418,20 @@ func (r *Relay) released(b *pinhole.Binding, reason pinhole.Reason) {
 	for _, s := range gone {
 		r.media.RemoveStream(s)
 	}
+}
+
+// retireLocked keeps what a stream that goes carried on those of its bindings that live on (the
+// offer's pair of a forked call when another dialog's stream stays, a pair whose other side was
+// renegotiated), so that their counters keep counting it.
+func (r *Relay) retireLocked(s *mediarelay.Stream, spec mediarelay.StreamSpec) {
+	stats := s.Stats()
+	keep := func(b *pinhole.Binding, c pinhole.Counters, _ time.Time, _ netip.AddrPort) {
+		if b.Live() {
+			r.retired[b] = sumCounters(r.retired[b], c)
+		}
+	}
+	r.legTraffic(spec.A, stats.A, keep)
+	r.legTraffic(spec.B, stats.B, keep)
 }
 
 // registered extends the binding of a phone whose registration a 2xx confirmed until the
@@ -553,34 +572,95 @@ func (r *Relay) syncTraffic(ctx context.Context) {
 		for _, key := range ringing {
 			r.m.TouchCall(key)
 		}
-		for _, s := range r.media.Streams() {
-			st := s.Stats()
-			r.observe(s, mediarelay.LegA, st.A)
-			r.observe(s, mediarelay.LegB, st.B)
+		r.observe()
+	}
+}
+
+// observed is what a binding carried, summed over the streams that use its port.
+type observed struct {
+	c       pinhole.Counters
+	last    time.Time
+	peer    netip.AddrPort
+	streams int
+}
+
+// observe puts the media relay's counters on the bindings: what a leg's peer sent arrived at
+// the leg's ports, what was sent to it left from them. The offer's pair of a forked call carries
+// the streams of every early dialog, so a binding gets the sum over its streams, plus what
+// streams removed from it carried; it shows its stream's latched peer once it has one stream.
+func (r *Relay) observe() {
+	type wired struct {
+		s    *mediarelay.Stream
+		spec mediarelay.StreamSpec
+	}
+	var ws []wired
+	r.mu.Lock()
+	for _, c := range r.calls {
+		for _, st := range c.streams {
+			if st.stream != nil {
+				ws = append(ws, wired{st.stream, st.spec})
+			}
+		}
+	}
+	r.mu.Unlock()
+	acc := make(map[*pinhole.Binding]*observed)
+	add := func(b *pinhole.Binding, c pinhole.Counters, last time.Time, peer netip.AddrPort) {
+		o := acc[b]
+		if o == nil {
+			o = &observed{}
+			acc[b] = o
+		}
+		o.c = sumCounters(o.c, c)
+		if last.After(o.last) {
+			o.last = last
+		}
+		o.peer = peer
+		o.streams++
+	}
+	for _, w := range ws {
+		st := w.s.Stats()
+		r.legTraffic(w.spec.A, st.A, add)
+		r.legTraffic(w.spec.B, st.B, add)
+	}
+	r.mu.Lock()
+	for b, o := range acc {
+		o.c = sumCounters(o.c, r.retired[b])
+	}
+	r.mu.Unlock()
+	for b, o := range acc {
+		b.Observe(o.c, o.last)
+		if o.streams == 1 && o.peer.IsValid() {
+			b.SetPeer(o.peer)
 		}
 	}
 }
 
-// observe puts one leg's counters on its bindings: what its peer sent arrived at the leg's ports
-// (RTP on the RTP binding, RTCP on the RTCP binding unless muxed); what was sent to its peer
-// left from them.
-func (r *Relay) observe(s *mediarelay.Stream, leg mediarelay.Leg, ls mediarelay.LegStats) {
-	rtp := r.bindingOf(s, leg, false)
-	if rtp == nil {
-		return
-	}
+// legTraffic calls fn with the bindings of a leg's relay ports and what each carried: RTP on
+// the RTP port's, RTCP on the RTCP port's unless the leg is muxed.
+func (r *Relay) legTraffic(spec mediarelay.LegSpec, ls mediarelay.LegStats, fn func(*pinhole.Binding, pinhole.Counters, time.Time, netip.AddrPort)) {
 	c := pinhole.Counters{
 		PacketsReceived: ls.RTP.Packets,
 		BytesReceived:   ls.RTP.Bytes,
 		PacketsSent:     ls.Sent.Packets - ls.SentRTCP.Packets,
 		BytesSent:       ls.Sent.Bytes - ls.SentRTCP.Bytes,
 	}
-	if rtcp := r.bindingOf(s, leg, true); rtcp != nil && rtcp != rtp {
-		rtcp.Observe(pinhole.Counters{PacketsReceived: ls.RTCP.Packets, BytesReceived: ls.RTCP.Bytes,
-			PacketsSent: ls.SentRTCP.Packets, BytesSent: ls.SentRTCP.Bytes}, ls.LastPacket)
-	} else {
-		c.PacketsReceived += ls.RTCP.Packets // muxed: one binding carries both
+	if spec.Mux {
+		c.PacketsReceived += ls.RTCP.Packets // one binding carries both
 		c.BytesReceived += ls.RTCP.Bytes
+	} else if b := r.m.LookupMedia(spec.RTCP.Port()); b != nil {
+		fn(b, pinhole.Counters{PacketsReceived: ls.RTCP.Packets, BytesReceived: ls.RTCP.Bytes,
+			PacketsSent: ls.SentRTCP.Packets, BytesSent: ls.SentRTCP.Bytes}, ls.LastPacket, ls.PeerRTCP)
 	}
-	rtp.Observe(c, ls.LastPacket)
+	if b := r.m.LookupMedia(spec.RTP.Port()); b != nil {
+		fn(b, c, ls.LastPacket, ls.Peer)
+	}
+}
+
+func sumCounters(a, b pinhole.Counters) pinhole.Counters {
+	return pinhole.Counters{
+		PacketsSent:     a.PacketsSent + b.PacketsSent,
+		PacketsReceived: a.PacketsReceived + b.PacketsReceived,
+		BytesSent:       a.BytesSent + b.BytesSent,
+		BytesReceived:   a.BytesReceived + b.BytesReceived,
+	}
 }

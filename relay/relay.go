@@ -45,7 +45,9 @@ type Relay struct {
 	// outside party, the key its call state has; hairpinOf the other way round.
 	hairpins  map[hairpinKey]string
 	hairpinOf map[string]hairpinKey
-	draining  bool
+	// retired is, per media binding, what streams removed from it carried (see observe).
+	retired  map[*pinhole.Binding]pinhole.Counters
+	draining bool
 
 	streams streamState
 	ready   atomic.Bool // listeners open and not draining
@@ -76,6 +78,7 @@ func New(cfg Config) (*Relay, error) {
 		calls:         make(map[string]*callState),
 		hairpins:      make(map[hairpinKey]string),
 		hairpinOf:     make(map[string]hairpinKey),
+		retired:       make(map[*pinhole.Binding]pinhole.Counters),
 	}
 	r.streams.conns = make(map[connKey]*streamConn)
 	r.streams.failed = make(map[netip.AddrPort]time.Time)
