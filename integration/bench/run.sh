@@ -15,7 +15,7 @@
 # Environment: CALLS="500 1000 2000" (load points, 50 packets/s per direction per call),
 # SECONDS_PER_RUN=10, SAT_CALLS=500, SAT_SECONDS=3, SAT_RATES="60000 ... max", SAMPLE=4,
 # RELAYS="sipcar-fanin sipcar-fanin-perport sipcar-fallback rtpengine cfwd", REPEAT=2,
-# VERBOSE=1.
+# VERBOSE=1, RELAYD_ARGS (more flags for sipcar's relayd, e.g. "-cpuprofile /tmp/relayd.prof").
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -102,9 +102,9 @@ start_relay() { # name -> sets relay_pid, pairs
   local name=$1 log="$work/$1.log"
   pairs=$static_pairs
   case $name in
-    sipcar-fanin) ip netns exec "$relay" nice -n -15 taskset -c 0 "$work/relayd" -pairs "$pairs" -mode fanin 2>"$log" & ;;
-    sipcar-fanin-perport) ip netns exec "$relay" nice -n -15 taskset -c 0 "$work/relayd" -pairs "$pairs" -mode fanin-perport 2>"$log" & ;;
-    sipcar-fallback) ip netns exec "$relay" nice -n -15 taskset -c 0 "$work/relayd" -pairs "$pairs" -mode fallback 2>"$log" & ;;
+    sipcar-fanin) ip netns exec "$relay" nice -n -15 taskset -c 0 "$work/relayd" -pairs "$pairs" -mode fanin ${RELAYD_ARGS:-} 2>"$log" & ;;
+    sipcar-fanin-perport) ip netns exec "$relay" nice -n -15 taskset -c 0 "$work/relayd" -pairs "$pairs" -mode fanin-perport ${RELAYD_ARGS:-} 2>"$log" & ;;
+    sipcar-fallback) ip netns exec "$relay" nice -n -15 taskset -c 0 "$work/relayd" -pairs "$pairs" -mode fallback ${RELAYD_ARGS:-} 2>"$log" & ;;
     cfwd) ip netns exec "$relay" nice -n -15 taskset -c 0 "$work/cfwd" "$pairs" 2>"$log" & ;;
     rtpengine)
       ip netns exec "$relay" nice -n -15 taskset -c 0 rtpengine --config-file=none --foreground --log-stderr --log-level=3 \
