@@ -1,6 +1,8 @@
 package pinhole
 
 import (
+	"errors"
+	"fmt"
 	"net/netip"
 	"testing"
 )
@@ -121,6 +123,27 @@ func TestForkedOfferChangeRelinksForks(t *testing.T) {
 	m.Release(ob, ReasonIdle)
 	if b := m.LookupMedia(a2.RTP.Port()); b == nil || !b.Live() {
 		t.Errorf("answer pair released with the offer's")
+	}
+	m.ReleaseCall("c", ReasonCallEnded)
+	assertEmpty(t, m, f)
+}
+
+func TestForksCapped(t *testing.T) {
+	m, f := newTestMap(t, Config{})
+	offer(t, m, "c", Inside, "198.18.0.10:3000")
+	for i := range MaxForks + 1 {
+		answer(t, m, "c", Outside, fmt.Sprint("tag", i), fmt.Sprintf("203.0.113.2:%d", 4000+2*i))
+	}
+	tx := m.Begin("c", netip.Addr{})
+	_, err := tx.Media(MediaRequest{From: Outside, RTP: ap("203.0.113.3:4000"), Fork: "one-too-many"})
+	if !errors.Is(err, ErrCallLimit) {
+		t.Errorf("answer of fork %d: err %v, want ErrCallLimit", MaxForks+2, err)
+	}
+	tx.Rollback()
+	// A known fork still renegotiates.
+	answer(t, m, "c", Outside, "tag3", "203.0.113.9:4000")
+	if got := m.Snapshot().MediaPorts.InUse; got != 2*(MaxForks+2) {
+		t.Errorf("%d media ports in use, want %d (the offer's pair and one per answer)", got, 2*(MaxForks+2))
 	}
 	m.ReleaseCall("c", ReasonCallEnded)
 	assertEmpty(t, m, f)

@@ -29,6 +29,10 @@ type MediaRequest struct {
 	Fork string
 }
 
+// MaxForks is how many further early dialogs of a forked call get a pair of their own beside
+// the first answer's; the answer of one more fails with ErrCallLimit.
+const MaxForks = 15
+
 // Pair is the address a relayed stream is advertised at on the far side. Its fields are those of
 // package rewrite's MediaBinding, so the relay converts with rewrite.MediaBinding(p).
 type Pair struct {
@@ -132,6 +136,11 @@ func (tx *Tx) Media(req MediaRequest) (Pair, error) {
 			l = leg{}
 			if j := st.forkOf(req.Fork); j >= 0 {
 				l = st.forks[j]
+			} else if len(st.forks) >= MaxForks {
+				// Each dialog's answer takes a pair: one call must not drain the range.
+				m.mu.Unlock()
+				return Pair{}, fmt.Errorf("media pair for %s stream %d/%d: %w", req.From, req.Part, req.Index,
+					&limitError{what: "forked answers of one stream", limit: MaxForks + 1})
 			}
 		}
 		if l.rtp != nil && l.rtp.to == rtp && l.rtcp.to == rtcp {
