@@ -19,25 +19,10 @@ func TestMediaBeforeAnswer(t *testing.T) {
 			car := l.startSipcar(l.car, l.sipcarEnv("udp", "SIPCAR_MEDIA_MODE="+mode)...)
 			phone := l.udpPeer(l.phone, netip.AddrPortFrom(phoneAddr, 5070))
 			phoneMedia := l.udpPeer(l.phone, netip.AddrPortFrom(phoneAddr, 7000))
-
-			phone.send(t, netip.AddrPortFrom(publicAddr, 5060), buildSIP("INVITE sip:pbx@198.51.100.1:5060 SIP/2.0", []string{
-				"Via: SIP/2.0/UDP 198.51.100.20:5070;branch=z9hG4bKearly",
-				"From: <sip:phone@198.51.100.1>;tag=caller",
-				"To: <sip:pbx@198.51.100.1>",
-				"Call-ID: early",
-				"CSeq: 1 INVITE",
-				"Contact: <sip:phone@198.51.100.20:5070>",
-				"Max-Forwards: 70",
-				"Content-Type: application/sdp",
-			}, offer(phoneMedia.addr)))
-			invite := pbx.recv(t, 5*time.Second, "the INVITE at the PBX", isRequest("INVITE"))
-			offered, err := invite.media()
-			if err != nil {
-				t.Fatal(err)
-			}
+			call := placeGoCall(t, phone, pbx, "early", offer(phoneMedia.addr))
 
 			// The callee's media leaves before its answer, and arrives before it.
-			pbxMedia.send(t, offered, rtp(0xea, 1))
+			pbxMedia.send(t, call.offered, rtp(0xea, 1))
 			src, ok := tryRTP(phoneMedia, 0xea, 3*time.Second)
 			if !ok {
 				t.Fatal("the callee's media sent before its answer did not reach the caller")
@@ -46,12 +31,7 @@ func TestMediaBeforeAnswer(t *testing.T) {
 				t.Errorf("early media reached the caller from %v, want sipcar's public address", src)
 			}
 
-			reply, err := invite.viaAddr()
-			if err != nil {
-				t.Fatal(err)
-			}
-			pbx.send(t, reply, response(invite, 200, "OK", "callee", []string{"Contact: <sip:pbx@198.18.0.10:5060>", "Content-Type: application/sdp"},
-				offer(pbxMedia.addr)))
+			call.respond(200, "OK", "callee", offer(pbxMedia.addr))
 			ok200 := phone.recv(t, 5*time.Second, "the 200 OK at the phone", isResponse("INVITE", 200))
 			answered, err := ok200.media()
 			if err != nil {
@@ -62,33 +42,14 @@ func TestMediaBeforeAnswer(t *testing.T) {
 			}
 			// Both ways through the same pairs once the answer is in.
 			phoneMedia.send(t, answered, rtp(0xca, 1))
-			expectRTP(t, pbxMedia, 0xca, offered, "the caller's media at the callee")
-			pbxMedia.send(t, offered, rtp(0xea, 2))
+			expectRTP(t, pbxMedia, 0xca, call.offered, "the caller's media at the callee")
+			pbxMedia.send(t, call.offered, rtp(0xea, 2))
 			expectRTP(t, phoneMedia, 0xea, answered, "the callee's media after the answer")
 			if m := car.mustServerMap(t); len(m.of("sip-rtp")) != 2 || m.MediaPorts.InUse != 4 {
 				t.Errorf("mid-call %d sip-rtp bindings, %d media ports in use; want 2 and 4\n%v", len(m.of("sip-rtp")), m.MediaPorts.InUse, m)
 			}
-
-			target, err := uriAddr(ok200.contactURI())
-			if err != nil {
-				t.Fatal(err)
-			}
-			bye := buildSIP("BYE "+ok200.contactURI()+" SIP/2.0", []string{
-				"Via: SIP/2.0/UDP 198.51.100.20:5070;branch=z9hG4bKearlybye",
-				"From: <sip:phone@198.51.100.1>;tag=caller",
-				"To: " + ok200.header("To"),
-				"Call-ID: early",
-				"CSeq: 2 BYE",
-				"Max-Forwards: 70",
-			}, "")
-			phone.send(t, target, bye)
-			req := pbx.recv(t, 5*time.Second, "the BYE at the PBX", isRequest("BYE"))
-			dst, err := req.viaAddr()
-			if err != nil {
-				t.Fatal(err)
-			}
-			pbx.send(t, dst, response(req, 200, "OK", "", nil, ""))
-			phone.recv(t, 5*time.Second, "the 200 OK of the BYE", isResponse("BYE", 200))
+			call.ack(ok200)
+			call.bye(ok200)
 			car.waitNoMedia(t, "BYE")
 			car.checkLogClean(t)
 		})
@@ -106,27 +67,8 @@ func TestLongRinging(t *testing.T) {
 	car := l.startSipcar(l.car, l.sipcarEnv("udp", "SIPCAR_MEDIA_TTL=2s", "SIPCAR_MEDIA_IDLE_TTL=2s")...)
 	phone := l.udpPeer(l.phone, netip.AddrPortFrom(phoneAddr, 5070))
 	phoneMedia := l.udpPeer(l.phone, netip.AddrPortFrom(phoneAddr, 7000))
-
-	phone.send(t, netip.AddrPortFrom(publicAddr, 5060), buildSIP("INVITE sip:pbx@198.51.100.1:5060 SIP/2.0", []string{
-		"Via: SIP/2.0/UDP 198.51.100.20:5070;branch=z9hG4bKring",
-		"From: <sip:phone@198.51.100.1>;tag=caller",
-		"To: <sip:pbx@198.51.100.1>",
-		"Call-ID: ringing",
-		"CSeq: 1 INVITE",
-		"Contact: <sip:phone@198.51.100.20:5070>",
-		"Max-Forwards: 70",
-		"Content-Type: application/sdp",
-	}, offer(phoneMedia.addr)))
-	invite := pbx.recv(t, 5*time.Second, "the INVITE at the PBX", isRequest("INVITE"))
-	offered, err := invite.media()
-	if err != nil {
-		t.Fatal(err)
-	}
-	reply, err := invite.viaAddr()
-	if err != nil {
-		t.Fatal(err)
-	}
-	pbx.send(t, reply, response(invite, 180, "Ringing", "callee", nil, ""))
+	call := placeGoCall(t, phone, pbx, "ringing", offer(phoneMedia.addr))
+	call.respond(180, "Ringing", "callee", "")
 	phone.recv(t, 5*time.Second, "the 180 at the phone", isResponse("INVITE", 180))
 
 	// Ring for more than twice the lifetimes, with no message and no packet.
@@ -135,17 +77,19 @@ func TestLongRinging(t *testing.T) {
 		t.Fatalf("after ringing 5 s: %d sip-rtp bindings, want 2 (the offer's pair and its answer's)\n%v", len(m.of("sip-rtp")), m)
 	}
 
-	pbx.send(t, reply, response(invite, 200, "OK", "callee", []string{"Contact: <sip:pbx@198.18.0.10:5060>", "Content-Type: application/sdp"},
-		offer(pbxMedia.addr)))
+	call.respond(200, "OK", "callee", offer(pbxMedia.addr))
 	ok := phone.recv(t, 5*time.Second, "the 200 OK at the phone", isResponse("INVITE", 200))
 	answered, err := ok.media()
 	if err != nil {
 		t.Fatal(err)
 	}
 	phoneMedia.send(t, answered, rtp(0xca, 1))
-	expectRTP(t, pbxMedia, 0xca, offered, "the caller's media after a long ringing")
-	pbxMedia.send(t, offered, rtp(0xea, 1))
+	expectRTP(t, pbxMedia, 0xca, call.offered, "the caller's media after a long ringing")
+	pbxMedia.send(t, call.offered, rtp(0xea, 1))
 	expectRTP(t, phoneMedia, 0xea, answered, "the callee's media after a long ringing")
+	call.ack(ok)
+	call.bye(ok)
+	car.waitNoMedia(t, "BYE")
 	car.checkLogClean(t)
 }
 
@@ -161,41 +105,25 @@ func TestRTCPMuxAnswer(t *testing.T) {
 	phone := l.udpPeer(l.phone, netip.AddrPortFrom(phoneAddr, 5070))
 	phoneMedia := l.udpPeer(l.phone, netip.AddrPortFrom(phoneAddr, 7000))
 	muxed := func(a netip.AddrPort) string { return offer(a) + "a=rtcp-mux\r\n" }
+	call := placeGoCall(t, phone, pbx, "muxed", muxed(phoneMedia.addr))
 
-	phone.send(t, netip.AddrPortFrom(publicAddr, 5060), buildSIP("INVITE sip:pbx@198.51.100.1:5060 SIP/2.0", []string{
-		"Via: SIP/2.0/UDP 198.51.100.20:5070;branch=z9hG4bKmux",
-		"From: <sip:phone@198.51.100.1>;tag=caller",
-		"To: <sip:pbx@198.51.100.1>",
-		"Call-ID: muxed",
-		"CSeq: 1 INVITE",
-		"Contact: <sip:phone@198.51.100.20:5070>",
-		"Max-Forwards: 70",
-		"Content-Type: application/sdp",
-	}, muxed(phoneMedia.addr)))
-	invite := pbx.recv(t, 5*time.Second, "the INVITE at the PBX", isRequest("INVITE"))
-	offered, err := invite.media()
-	if err != nil {
-		t.Fatal(err)
-	}
-	reply, err := invite.viaAddr()
-	if err != nil {
-		t.Fatal(err)
-	}
-	pbx.send(t, reply, response(invite, 200, "OK", "callee", []string{"Contact: <sip:pbx@198.18.0.10:5060>", "Content-Type: application/sdp"},
-		muxed(pbxMedia.addr)))
+	call.respond(200, "OK", "callee", muxed(pbxMedia.addr))
 	ok := phone.recv(t, 5*time.Second, "the 200 OK at the phone", isResponse("INVITE", 200))
 	answered, err := ok.media()
 	if err != nil {
 		t.Fatal(err)
 	}
 	phoneMedia.send(t, answered, rtp(0xca, 1))
-	expectRTP(t, pbxMedia, 0xca, offered, "the caller's media")
-	pbxMedia.send(t, offered, rtp(0xea, 1))
+	expectRTP(t, pbxMedia, 0xca, call.offered, "the caller's media")
+	pbxMedia.send(t, call.offered, rtp(0xea, 1))
 	expectRTP(t, phoneMedia, 0xea, answered, "the callee's media")
 	// RTCP on the RTP port: forwarded on the other side's RTP port too.
 	n, src := relayRTCP(t, phoneMedia, answered, pbxMedia, 3)
-	if n != 3 || src != offered {
-		t.Errorf("muxed RTCP: %d of 3 reached the callee, from %v; want all from %v", n, src, offered)
+	if n != 3 || src != call.offered {
+		t.Errorf("muxed RTCP: %d of 3 reached the callee, from %v; want all from %v", n, src, call.offered)
 	}
+	call.ack(ok)
+	call.bye(ok)
+	car.waitNoMedia(t, "BYE")
 	car.checkLogClean(t)
 }

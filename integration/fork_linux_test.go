@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"net"
@@ -35,37 +34,19 @@ func testForkedCall(t *testing.T, mediaMode string) {
 	car := l.startSipcar(l.car, l.sipcarEnv("udp", "SIPCAR_MEDIA_MODE="+mediaMode)...)
 	phone := l.udpPeer(l.phone, netip.AddrPortFrom(phoneAddr, 5070))
 	phoneMedia := l.udpPeer(l.phone, netip.AddrPortFrom(phoneAddr, 7000))
-	sipcarAddr := netip.AddrPortFrom(publicAddr, 5060)
-
-	phone.send(t, sipcarAddr, buildSIP("INVITE sip:group@198.51.100.1:5060 SIP/2.0", []string{
-		"Via: SIP/2.0/UDP 198.51.100.20:5070;branch=z9hG4bKfork1",
-		"From: <sip:phone@198.51.100.1>;tag=caller",
-		"To: <sip:group@198.51.100.1>",
-		"Call-ID: forked",
-		"CSeq: 1 INVITE",
-		"Contact: <sip:phone@198.51.100.20:5070>",
-		"Max-Forwards: 70",
-		"Content-Type: application/sdp",
-	}, offer(phoneMedia.addr)))
-	invite := pbx.recv(t, 5*time.Second, "the INVITE at the forking proxy", isRequest("INVITE"))
-	offered, err := invite.media()
-	if err != nil {
-		t.Fatal(err)
-	}
-	reply, err := invite.viaAddr()
-	if err != nil {
-		t.Fatal(err)
+	call := placeGoCall(t, phone, pbx, "forked", offer(phoneMedia.addr))
+	offered := call.offered
+	withTag := func(code int, tag string) func(*sipMsg) bool {
+		return func(m *sipMsg) bool { return m.status() == code && toTag(m) == tag }
 	}
 
 	// Both forks ring with early media.
-	contact := []string{"Contact: <sip:group@198.18.0.10:5060>", "Content-Type: application/sdp"}
 	var early [2]netip.AddrPort
 	for i, f := range []*udpPeer{fork1, fork2} {
 		tag := "fork" + strconv.Itoa(i+1)
-		pbx.send(t, reply, response(invite, 183, "Session Progress", tag, contact, offer(f.addr)))
-		r := phone.recv(t, 5*time.Second, "the 183 of "+tag, func(m *sipMsg) bool {
-			return m.status() == 183 && bytes.Contains([]byte(m.header("To")), []byte("tag="+tag))
-		})
+		call.respond(183, "Session Progress", tag, offer(f.addr))
+		r := phone.recv(t, 5*time.Second, "the 183 of "+tag, withTag(183, tag))
+		var err error
 		if early[i], err = r.media(); err != nil {
 			t.Fatal(err)
 		}
@@ -88,8 +69,8 @@ func testForkedCall(t *testing.T, mediaMode string) {
 	}
 
 	// Fork 2 answers: the call is settled on its dialog, fork 1's pair goes.
-	pbx.send(t, reply, response(invite, 200, "OK", "fork2", contact, offer(fork2.addr)))
-	ok := phone.recv(t, 5*time.Second, "the 200 OK of fork2", isResponse("INVITE", 200))
+	call.respond(200, "OK", "fork2", offer(fork2.addr))
+	ok := phone.recv(t, 5*time.Second, "the 200 OK of fork2", withTag(200, "fork2"))
 	if answered, err := ok.media(); err != nil || answered != early[1] {
 		t.Errorf("the 200 of fork 2 offers media at %v (%v); want its 183's %v", answered, err, early[1])
 	}
@@ -107,31 +88,12 @@ func testForkedCall(t *testing.T, mediaMode string) {
 	if src, ok := tryRTP(phoneMedia, 0xf0, 300*time.Millisecond); ok {
 		t.Errorf("media of the fork that did not answer reached the caller from %v", src)
 	}
-
-	target, err := uriAddr(ok.contactURI())
-	if err != nil {
-		t.Fatal(err)
-	}
-	inDialog := func(method string, cseq int, to, branch string) []byte {
-		return buildSIP(method+" "+ok.contactURI()+" SIP/2.0", []string{
-			"Via: SIP/2.0/UDP 198.51.100.20:5070;branch=" + branch,
-			"From: <sip:phone@198.51.100.1>;tag=caller",
-			"To: " + to,
-			"Call-ID: forked",
-			"CSeq: " + strconv.Itoa(cseq) + " " + method,
-			"Max-Forwards: 70",
-		}, "")
-	}
-	to2 := ok.header("To")
-	phone.send(t, target, inDialog("ACK", 1, to2, "z9hG4bKack2"))
-	pbx.recv(t, 5*time.Second, "the ACK of fork 2", isRequest("ACK"))
+	call.ack(ok)
 
 	// A late 200 from fork 1 (both phones picked up): its dialog gets media of its own until the
 	// caller's BYE ends it, and fork 2's call goes on.
-	pbx.send(t, reply, response(invite, 200, "OK", "fork1", contact, offer(fork1.addr)))
-	late := phone.recv(t, 5*time.Second, "the late 200 OK of fork1", func(m *sipMsg) bool {
-		return m.status() == 200 && bytes.Contains([]byte(m.header("To")), []byte("tag=fork1"))
-	})
+	call.respond(200, "OK", "fork1", offer(fork1.addr))
+	late := phone.recv(t, 5*time.Second, "the late 200 OK of fork1", withTag(200, "fork1"))
 	lateMedia, err := late.media()
 	if err != nil {
 		t.Fatal(err)
@@ -141,20 +103,8 @@ func testForkedCall(t *testing.T, mediaMode string) {
 	}
 	fork1.send(t, offered, rtp(0xf0, 3))
 	expectRTP(t, phoneMedia, 0xf0, lateMedia, "the late fork's media at the caller")
-	to1 := late.header("To")
-	phone.send(t, target, inDialog("ACK", 1, to1, "z9hG4bKack1"))
-	pbx.recv(t, 5*time.Second, "the ACK of fork 1", isRequest("ACK"))
-	bye := func(to, branch, what string) {
-		phone.send(t, target, inDialog("BYE", 2, to, branch))
-		req := pbx.recv(t, 5*time.Second, "the BYE of "+what, isRequest("BYE"))
-		dst, err := req.viaAddr()
-		if err != nil {
-			t.Fatal(err)
-		}
-		pbx.send(t, dst, response(req, 200, "OK", "", nil, ""))
-		phone.recv(t, 5*time.Second, "the 200 OK of the BYE of "+what, isResponse("BYE", 200))
-	}
-	bye(to1, "z9hG4bKbye1", "fork 1")
+	call.ack(late)
+	call.bye(late)
 	car.waitMap(t, 5*time.Second, "only fork 1's late pair released by its BYE", func(m serverMap) bool {
 		return len(m.of("sip-rtp")) == 2
 	})
@@ -163,7 +113,7 @@ func testForkedCall(t *testing.T, mediaMode string) {
 	phoneMedia.send(t, early[1], rtp(0xca11e1, 4))
 	expectRTP(t, fork2, 0xca11e1, offered, "the caller's media at fork 2 after the other dialog's BYE")
 
-	bye(to2, "z9hG4bKbye2", "fork 2")
+	call.bye(ok)
 	car.waitNoMedia(t, "the last dialog's BYE")
 	car.checkLogClean(t)
 }
