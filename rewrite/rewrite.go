@@ -328,7 +328,7 @@ func (w *rewriter) headers(m *Message) error {
 			// An addr-spec without angle brackets: its parameters are header parameters (RFC 3261
 			// section 20), but a UA that writes ;transport= there means the URI's. A changed
 			// transport goes into the URI, which then needs its brackets, and the loose one goes.
-			loose, value := headerParam(w.raw, na.params, "transport")
+			loose, value, _ := findParam(w.raw, na.params, "transport")
 			changed, err := w.uri(field, &u, value)
 			if err != nil || !changed {
 				return err

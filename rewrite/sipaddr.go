@@ -449,20 +449,33 @@ func nameAddrParam(v []byte, name string) []byte {
 	return out
 }
 
-// paramValue returns the value of parameter name among ";name=value" parameters at s.
+// paramValue returns the value of parameter name among ";name=value" parameters at s: nil when
+// it is absent, empty (not nil) when it has no value.
 func paramValue(raw []byte, s span, name string) []byte {
+	_, v, ok := findParam(raw, s, name)
+	if !ok {
+		return nil
+	}
+	return raw[v.start:v.end]
+}
+
+// findParam finds parameter name among ";name=value" parameters at s: the span from its ';' to
+// the end of its value (to delete it), and its value's span (empty for a parameter without one).
+func findParam(raw []byte, s span, name string) (whole, value span, ok bool) {
 	i := s.start
 	for i < s.end {
 		if raw[i] != ';' {
 			i++
 			continue
 		}
+		semi := i
 		i = skipLWS(raw, i+1, s.end)
 		ns := i
 		for i < s.end && tokenChars[raw[i]] {
 			i++
 		}
 		match := equalFold(raw[ns:i], name)
+		ne := i
 		i = skipLWS(raw, i, s.end)
 		if i < s.end && raw[i] == '=' {
 			i = skipLWS(raw, i+1, s.end)
@@ -479,13 +492,13 @@ func paramValue(raw []byte, s span, name string) []byte {
 				}
 			}
 			if match {
-				return raw[vs:i]
+				return span{semi, i}, span{vs, i}, true
 			}
 		} else if match {
-			return raw[i:i]
+			return span{semi, ne}, span{i, i}, true
 		}
 	}
-	return nil
+	return span{}, span{}, false
 }
 
 // parseIPv6ABNFBug reads an IPv6 reference with three colons before an embedded IPv4 address
@@ -500,43 +513,4 @@ func parseIPv6ABNFBug(b []byte) (netip.Addr, bool) {
 	n := copy(buf[:], b[:i+2])
 	n += copy(buf[n:], b[i+3:])
 	return parseIP(buf[:n])
-}
-
-// headerParam finds the parameter name among the header parameters at params (";a=b;c"): the
-// span to delete it (from its ';' to the end of its value) and its value's span. Both are empty
-// when it is absent.
-func headerParam(raw []byte, params span, name string) (whole, value span) {
-	i := params.start
-	for i < params.end && raw[i] == ';' {
-		start := i
-		i = skipLWS(raw, i+1, params.end)
-		ns := i
-		for i < params.end && tokenChars[raw[i]] {
-			i++
-		}
-		n := raw[ns:i]
-		i = skipLWS(raw, i, params.end)
-		vs, ve := i, i
-		if i < params.end && raw[i] == '=' {
-			i = skipLWS(raw, i+1, params.end)
-			vs = i
-			if i < params.end && raw[i] == '"' {
-				if e := quotedEnd(raw, i, params.end); e > 0 {
-					i = e
-				} else {
-					i = params.end
-				}
-			} else {
-				for i < params.end && raw[i] != ';' && !isLWS(raw[i]) {
-					i++
-				}
-			}
-			ve = i
-			i = skipLWS(raw, i, params.end)
-		}
-		if equalFold(n, name) {
-			return span{start, ve}, span{vs, ve}
-		}
-	}
-	return span{}, span{}
 }
