@@ -1,8 +1,6 @@
 package integration
 
 import (
-	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -266,18 +264,7 @@ func TestSidecarTLSPhone(t *testing.T) {
 		"SIPCAR_LISTEN_TLS=:5061", "SIPCAR_TLS_CERT="+certFile, "SIPCAR_TLS_KEY="+keyFile)...)
 	logCountersOnFailure(t, car)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	raw, err := l.phone.dialContext(ctx, "tcp", netip.AddrPortFrom(publicAddr, 5061).String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	tc := tls.Client(raw, &tls.Config{RootCAs: roots, ServerName: publicAddr.String(), MinVersion: tls.VersionTLS12})
-	if err := tc.HandshakeContext(ctx); err != nil {
-		t.Fatalf("TLS handshake with sipcar: %v", err)
-	}
-	phone := newStreamPeer(t, tc)
-	local := netip.MustParseAddrPort(tc.LocalAddr().String())
+	phone, local := dialTLSPhone(t, l, roots)
 	media := l.udpPeer(l.phone, netip.AddrPortFrom(phoneAddr, 7000))
 	contact := fmt.Sprintf("Contact: <sip:alice@%v;transport=tls>", local)
 	var received [][]byte // what reached the phone over TLS

@@ -33,18 +33,7 @@ func TestTLSPhoneUDPPBX(t *testing.T) {
 	car := l.startSipcar(l.car, l.sipcarEnv("udp",
 		"SIPCAR_LISTEN_TLS=:5061", "SIPCAR_TLS_CERT="+certFile, "SIPCAR_TLS_KEY="+keyFile)...)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	raw, err := l.phone.dialContext(ctx, "tcp", netip.AddrPortFrom(publicAddr, 5061).String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	tc := tls.Client(raw, &tls.Config{RootCAs: roots, ServerName: publicAddr.String(), MinVersion: tls.VersionTLS12})
-	if err := tc.HandshakeContext(ctx); err != nil {
-		t.Fatalf("TLS handshake with sipcar: %v", err)
-	}
-	phone := newStreamPeer(t, tc)
-	local := netip.MustParseAddrPort(tc.LocalAddr().String())
+	phone, local := dialTLSPhone(t, l, roots)
 	media := l.udpPeer(l.phone, netip.AddrPortFrom(phoneAddr, 7000))
 
 	via := fmt.Sprintf("Via: SIP/2.0/TLS %v;branch=", local)
@@ -169,4 +158,23 @@ func writePEM(t *testing.T, path, typ string, der []byte) {
 	if err := writeFileMode(path, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// dialTLSPhone opens a Go phone's TLS connection from the phone namespace to sipcar's TLS
+// listener (5061 at its public address), verified against roots, and returns it with the
+// connection's local address.
+func dialTLSPhone(t *testing.T, l *upstreamLab, roots *x509.CertPool) (*streamPeer, netip.AddrPort) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	raw, err := l.phone.dialContext(ctx, "tcp", netip.AddrPortFrom(publicAddr, 5061).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := tls.Client(raw, &tls.Config{RootCAs: roots, ServerName: publicAddr.String(), MinVersion: tls.VersionTLS12})
+	if err := tc.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		t.Fatalf("TLS handshake with sipcar: %v", err)
+	}
+	return newStreamPeer(t, tc), netip.MustParseAddrPort(tc.LocalAddr().String())
 }
