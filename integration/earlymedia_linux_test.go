@@ -13,17 +13,12 @@ func TestMediaBeforeAnswer(t *testing.T) {
 	for _, mode := range []string{"fallback", "fanin"} {
 		t.Run(mode, func(t *testing.T) {
 			t.Parallel()
-			l := newUpstreamLab(newTestbed(t))
-			pbx := l.udpPeer(l.pbx, netip.AddrPortFrom(pbxAddr, 5060))
-			pbxMedia := l.udpPeer(l.pbx, netip.AddrPortFrom(pbxAddr, 8000))
-			car := l.startSipcar(l.car, l.sipcarEnv("udp", "SIPCAR_MEDIA_MODE="+mode)...)
-			phone := l.udpPeer(l.phone, netip.AddrPortFrom(phoneAddr, 5070))
-			phoneMedia := l.udpPeer(l.phone, netip.AddrPortFrom(phoneAddr, 7000))
-			call := placeGoCall(t, phone, pbx, "early", offer(phoneMedia.addr))
+			l := newGoLab(t, "SIPCAR_MEDIA_MODE="+mode)
+			call := placeGoCall(t, l.phoneSIP, l.pbxSIP, "early", offer(l.phoneRTP.addr))
 
 			// The callee's media leaves before its answer, and arrives before it.
-			pbxMedia.send(t, call.offered, rtp(0xea, 1))
-			src, ok := tryRTP(phoneMedia, 0xea, 3*time.Second)
+			l.pbxRTP.send(t, call.offered, rtp(0xea, 1))
+			src, ok := tryRTP(l.phoneRTP, 0xea, 3*time.Second)
 			if !ok {
 				t.Fatal("the callee's media sent before its answer did not reach the caller")
 			}
@@ -31,27 +26,19 @@ func TestMediaBeforeAnswer(t *testing.T) {
 				t.Errorf("early media reached the caller from %v, want sipcar's public address", src)
 			}
 
-			call.respond(200, "OK", "callee", offer(pbxMedia.addr))
-			ok200 := phone.recv(t, 5*time.Second, "the 200 OK at the phone", isResponse("INVITE", 200))
-			answered, err := ok200.media()
-			if err != nil {
-				t.Fatal(err)
-			}
+			ok200, answered := call.answer("callee", offer(l.pbxRTP.addr))
 			if answered != src {
 				t.Errorf("the 200 names media at %v, but the callee's first packets came from %v", answered, src)
 			}
 			// Both ways through the same pairs once the answer is in.
-			phoneMedia.send(t, answered, rtp(0xca, 1))
-			expectRTP(t, pbxMedia, 0xca, call.offered, "the caller's media at the callee")
-			pbxMedia.send(t, call.offered, rtp(0xea, 2))
-			expectRTP(t, phoneMedia, 0xea, answered, "the callee's media after the answer")
-			if m := car.mustServerMap(t); len(m.of("sip-rtp")) != 2 || m.MediaPorts.InUse != 4 {
+			l.bothWays(t, call.offered, answered, 2, "after the answer")
+			if m := l.sipcar.mustServerMap(t); len(m.of("sip-rtp")) != 2 || m.MediaPorts.InUse != 4 {
 				t.Errorf("mid-call %d sip-rtp bindings, %d media ports in use; want 2 and 4\n%v", len(m.of("sip-rtp")), m.MediaPorts.InUse, m)
 			}
 			call.ack(ok200)
 			call.bye(ok200)
-			car.waitNoMedia(t, "BYE")
-			car.checkLogClean(t)
+			l.sipcar.waitNoMedia(t, "BYE")
+			l.sipcar.checkLogClean(t)
 		})
 	}
 }
@@ -61,36 +48,23 @@ func TestMediaBeforeAnswer(t *testing.T) {
 // final response, and the call has media once answered.
 func TestLongRinging(t *testing.T) {
 	t.Parallel()
-	l := newUpstreamLab(newTestbed(t))
-	pbx := l.udpPeer(l.pbx, netip.AddrPortFrom(pbxAddr, 5060))
-	pbxMedia := l.udpPeer(l.pbx, netip.AddrPortFrom(pbxAddr, 8000))
-	car := l.startSipcar(l.car, l.sipcarEnv("udp", "SIPCAR_MEDIA_TTL=2s", "SIPCAR_MEDIA_IDLE_TTL=2s")...)
-	phone := l.udpPeer(l.phone, netip.AddrPortFrom(phoneAddr, 5070))
-	phoneMedia := l.udpPeer(l.phone, netip.AddrPortFrom(phoneAddr, 7000))
-	call := placeGoCall(t, phone, pbx, "ringing", offer(phoneMedia.addr))
+	l := newGoLab(t, "SIPCAR_MEDIA_TTL=2s", "SIPCAR_MEDIA_IDLE_TTL=2s")
+	call := placeGoCall(t, l.phoneSIP, l.pbxSIP, "ringing", offer(l.phoneRTP.addr))
 	call.respond(180, "Ringing", "callee", "")
-	phone.recv(t, 5*time.Second, "the 180 at the phone", isResponse("INVITE", 180))
+	l.phoneSIP.recv(t, 5*time.Second, "the 180 at the phone", isResponse("INVITE", 180))
 
 	// Ring for more than twice the lifetimes, with no message and no packet.
 	time.Sleep(5 * time.Second)
-	if m := car.mustServerMap(t); len(m.of("sip-rtp")) != 2 {
+	if m := l.sipcar.mustServerMap(t); len(m.of("sip-rtp")) != 2 {
 		t.Fatalf("after ringing 5 s: %d sip-rtp bindings, want 2 (the offer's pair and its answer's)\n%v", len(m.of("sip-rtp")), m)
 	}
 
-	call.respond(200, "OK", "callee", offer(pbxMedia.addr))
-	ok := phone.recv(t, 5*time.Second, "the 200 OK at the phone", isResponse("INVITE", 200))
-	answered, err := ok.media()
-	if err != nil {
-		t.Fatal(err)
-	}
-	phoneMedia.send(t, answered, rtp(0xca, 1))
-	expectRTP(t, pbxMedia, 0xca, call.offered, "the caller's media after a long ringing")
-	pbxMedia.send(t, call.offered, rtp(0xea, 1))
-	expectRTP(t, phoneMedia, 0xea, answered, "the callee's media after a long ringing")
+	ok, answered := call.answer("callee", offer(l.pbxRTP.addr))
+	l.bothWays(t, call.offered, answered, 1, "after a long ringing")
 	call.ack(ok)
 	call.bye(ok)
-	car.waitNoMedia(t, "BYE")
-	car.checkLogClean(t)
+	l.sipcar.waitNoMedia(t, "BYE")
+	l.sipcar.checkLogClean(t)
 }
 
 // TestRTCPMuxAnswer: with a=rtcp-mux offered and accepted, the stream sipcar wired from the offer
@@ -98,32 +72,19 @@ func TestLongRinging(t *testing.T) {
 // flow on the one port each way.
 func TestRTCPMuxAnswer(t *testing.T) {
 	t.Parallel()
-	l := newUpstreamLab(newTestbed(t))
-	pbx := l.udpPeer(l.pbx, netip.AddrPortFrom(pbxAddr, 5060))
-	pbxMedia := l.udpPeer(l.pbx, netip.AddrPortFrom(pbxAddr, 8000))
-	car := l.startSipcar(l.car, l.sipcarEnv("udp")...)
-	phone := l.udpPeer(l.phone, netip.AddrPortFrom(phoneAddr, 5070))
-	phoneMedia := l.udpPeer(l.phone, netip.AddrPortFrom(phoneAddr, 7000))
+	l := newGoLab(t)
 	muxed := func(a netip.AddrPort) string { return offer(a) + "a=rtcp-mux\r\n" }
-	call := placeGoCall(t, phone, pbx, "muxed", muxed(phoneMedia.addr))
+	call := placeGoCall(t, l.phoneSIP, l.pbxSIP, "muxed", muxed(l.phoneRTP.addr))
 
-	call.respond(200, "OK", "callee", muxed(pbxMedia.addr))
-	ok := phone.recv(t, 5*time.Second, "the 200 OK at the phone", isResponse("INVITE", 200))
-	answered, err := ok.media()
-	if err != nil {
-		t.Fatal(err)
-	}
-	phoneMedia.send(t, answered, rtp(0xca, 1))
-	expectRTP(t, pbxMedia, 0xca, call.offered, "the caller's media")
-	pbxMedia.send(t, call.offered, rtp(0xea, 1))
-	expectRTP(t, phoneMedia, 0xea, answered, "the callee's media")
+	ok, answered := call.answer("callee", muxed(l.pbxRTP.addr))
+	l.bothWays(t, call.offered, answered, 1, "with rtcp-mux")
 	// RTCP on the RTP port: forwarded on the other side's RTP port too.
-	n, src := relayRTCP(t, phoneMedia, answered, pbxMedia, 3)
+	n, src := relayRTCP(t, l.phoneRTP, answered, l.pbxRTP, 3)
 	if n != 3 || src != call.offered {
 		t.Errorf("muxed RTCP: %d of 3 reached the callee, from %v; want all from %v", n, src, call.offered)
 	}
 	call.ack(ok)
 	call.bye(ok)
-	car.waitNoMedia(t, "BYE")
-	car.checkLogClean(t)
+	l.sipcar.waitNoMedia(t, "BYE")
+	l.sipcar.checkLogClean(t)
 }

@@ -27,14 +27,10 @@ func TestForkedCall(t *testing.T) {
 }
 
 func testForkedCall(t *testing.T, mediaMode string) {
-	l := newUpstreamLab(newTestbed(t))
-	pbx := l.udpPeer(l.pbx, netip.AddrPortFrom(pbxAddr, 5060))
-	fork1 := l.udpPeer(l.pbx, netip.AddrPortFrom(pbxAddr, 8000))
-	fork2 := l.udpPeer(l.pbx, netip.AddrPortFrom(pbxAddr, 8100))
-	car := l.startSipcar(l.car, l.sipcarEnv("udp", "SIPCAR_MEDIA_MODE="+mediaMode)...)
-	phone := l.udpPeer(l.phone, netip.AddrPortFrom(phoneAddr, 5070))
-	phoneMedia := l.udpPeer(l.phone, netip.AddrPortFrom(phoneAddr, 7000))
-	call := placeGoCall(t, phone, pbx, "forked", offer(phoneMedia.addr))
+	l := newGoLab(t, "SIPCAR_MEDIA_MODE="+mediaMode)
+	car, phone, phoneMedia := l.sipcar, l.phoneSIP, l.phoneRTP
+	fork1, fork2 := l.pbxRTP, l.udpPeer(l.pbx, netip.AddrPortFrom(pbxAddr, 8100))
+	call := placeGoCall(t, phone, l.pbxSIP, "forked", offer(phoneMedia.addr))
 	offered := call.offered
 	withTag := func(code int, tag string) func(*sipMsg) bool {
 		return func(m *sipMsg) bool { return m.status() == code && toTag(m) == tag }

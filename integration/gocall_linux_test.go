@@ -8,6 +8,37 @@ import (
 	"time"
 )
 
+// goLab is the upstream lab with sipcar and Go peers: the phone's SIP (5070) and media (7000)
+// sockets outside, the PBX's SIP (5060) and media (8000) sockets inside.
+type goLab struct {
+	*upstreamLab
+	sipcar                             *sipcarProc
+	phoneSIP, phoneRTP, pbxSIP, pbxRTP *udpPeer
+}
+
+// newGoLab builds the lab and starts sipcar with the lab's environment and env.
+func newGoLab(t *testing.T, env ...string) *goLab {
+	t.Helper()
+	l := &goLab{upstreamLab: newUpstreamLab(newTestbed(t))}
+	l.pbxSIP = l.udpPeer(l.pbx, netip.AddrPortFrom(pbxAddr, 5060))
+	l.pbxRTP = l.udpPeer(l.pbx, netip.AddrPortFrom(pbxAddr, 8000))
+	l.sipcar = l.startSipcar(l.car, l.sipcarEnv("udp", env...)...)
+	l.phoneSIP = l.udpPeer(l.phone, netip.AddrPortFrom(phoneAddr, 5070))
+	l.phoneRTP = l.udpPeer(l.phone, netip.AddrPortFrom(phoneAddr, 7000))
+	return l
+}
+
+// bothWays sends an RTP packet each way between the phone's media socket (to answered, the
+// address its answer named) and the PBX's (to offered) and checks each arrives from the
+// address the other side was given.
+func (l *goLab) bothWays(t *testing.T, offered, answered netip.AddrPort, seq uint16, what string) {
+	t.Helper()
+	l.phoneRTP.send(t, answered, rtp(0xca, seq))
+	expectRTP(t, l.pbxRTP, 0xca, offered, "the caller's media "+what)
+	l.pbxRTP.send(t, offered, rtp(0xea, seq))
+	expectRTP(t, l.phoneRTP, 0xea, answered, "the callee's media "+what)
+}
+
 // goCall is a call placed by a Go phone outside through sipcar to a Go PBX inside (the upstream
 // lab), for tests that need to send exactly what they check: the phone sends an INVITE with an
 // SDP body, the PBX receives it; the test then answers as it needs.
@@ -55,6 +86,19 @@ func (c *goCall) respond(code int, reason, tag, body string) {
 		extra = []string{"Contact: <sip:pbx@" + c.pbx.addr.String() + ">", "Content-Type: application/sdp"}
 	}
 	c.pbx.send(c.t, c.reply, response(c.invite, code, reason, tag, extra, body))
+}
+
+// answer sends the PBX's 200 OK with body under To tag tag and returns it as the phone got it,
+// with the media address it names.
+func (c *goCall) answer(tag, body string) (*sipMsg, netip.AddrPort) {
+	c.t.Helper()
+	c.respond(200, "OK", tag, body)
+	ok := c.phone.recv(c.t, 5*time.Second, "the 200 OK at the phone", isResponse("INVITE", 200))
+	media, err := ok.media()
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return ok, media
 }
 
 // inDialog is a request from the phone in the dialog that ok (a 2xx to the INVITE) set up, sent
