@@ -58,7 +58,7 @@ func TestALGComparison(t *testing.T) {
 			}
 		}
 	})
-	t.Logf("SIP ALG comparison (sipcar transparent vs the kernel's nf_nat_sip with masquerade):\n%s", algTable(rows))
+	t.Logf("SIP ALG comparison (sipcar transparent vs the kernel's nf_nat_sip with masquerade):\n%s", algTable(rows, "RTP at phone / at server"))
 }
 
 // algCase is one call of the comparison.
@@ -108,14 +108,15 @@ func (r *algRow) assert(t *testing.T) {
 	}
 }
 
-// algTable writes the rows as a Markdown table.
-func algTable(rows []algRow) string {
-	yn := func(b bool) string {
-		if b {
-			return "yes"
-		}
-		return "no"
-	}
+// algColumn is a column a comparison adds after "call": its heading and the cell of row i.
+type algColumn struct {
+	head string
+	cell func(i int) string
+}
+
+// algTable writes the rows as a Markdown table; media says where the RTP was counted, and extra
+// columns follow the call's.
+func algTable(rows []algRow, media string, extra ...algColumn) string {
 	list := func(fs []string) string {
 		if len(fs) == 0 {
 			return "none"
@@ -123,17 +124,35 @@ func algTable(rows []algRow) string {
 		return strings.Join(fs, ", ")
 	}
 	var b strings.Builder
-	b.WriteString("| gateway | call | set up | media both ways (RTP at phone / at server) | inside address in address fields | inside address in identities | notes |\n")
-	b.WriteString("| --- | --- | --- | --- | --- | --- | --- |\n")
-	for _, r := range rows {
+	b.WriteString("| gateway | call |")
+	for _, c := range extra {
+		b.WriteString(" " + c.head + " |")
+	}
+	b.WriteString(" set up | media both ways (" + media + ") | inside address in address fields | inside address in identities | notes |\n|")
+	for range 7 + len(extra) {
+		b.WriteString(" --- |")
+	}
+	b.WriteString("\n")
+	for i, r := range rows {
+		fmt.Fprintf(&b, "| %s | %s |", r.gateway, r.call)
 		if !r.done {
-			fmt.Fprintf(&b, "| %s | %s | - | - | - | - | test stopped before the call was measured (see its log) |\n", r.gateway, r.call)
+			b.WriteString(strings.Repeat(" - |", 4+len(extra)) + " test stopped before the call was measured (see its log) |\n")
 			continue
 		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %s (%d/%d, %d/%d) | %s | %s | %s |\n", r.gateway, r.call, yn(r.setUp),
-			yn(r.mediaBothWays()), r.toPhone, r.sent, r.toServer, r.sent, list(r.addrLeaks), list(r.otherLeaks), strings.Join(r.notes, "; "))
+		for _, c := range extra {
+			b.WriteString(" " + c.cell(i) + " |")
+		}
+		fmt.Fprintf(&b, " %s | %s (%d/%d, %d/%d) | %s | %s | %s |\n", yesNo(r.setUp),
+			yesNo(r.mediaBothWays()), r.toPhone, r.sent, r.toServer, r.sent, list(r.addrLeaks), list(r.otherLeaks), strings.Join(r.notes, "; "))
 	}
 	return b.String()
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
 }
 
 // interceptTLSPort is where sipcar listens for intercepted SIP over TLS.

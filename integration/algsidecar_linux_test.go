@@ -61,34 +61,14 @@ func (r *sidecarRow) assert(t *testing.T) {
 	r.algRow.assert(t)
 }
 
-// sidecarTable writes the rows as a Markdown table, algTable's with a column for the
-// registration.
+// sidecarTable writes the rows as algTable does, with a column for the registration.
 func sidecarTable(rows []sidecarRow) string {
-	yn := func(b bool) string {
-		if b {
-			return "yes"
-		}
-		return "no"
+	calls := make([]algRow, len(rows))
+	for i := range rows {
+		calls[i] = rows[i].algRow
 	}
-	list := func(fs []string) string {
-		if len(fs) == 0 {
-			return "none"
-		}
-		return strings.Join(fs, ", ")
-	}
-	var b strings.Builder
-	b.WriteString("| gateway | call | registered | set up | media both ways (RTP at phone / back at caller) | inside address in address fields | inside address in identities | notes |\n")
-	b.WriteString("| --- | --- | --- | --- | --- | --- | --- | --- |\n")
-	for _, r := range rows {
-		if !r.done {
-			fmt.Fprintf(&b, "| %s | %s | - | - | - | - | - | test stopped before the call was measured (see its log) |\n", r.gateway, r.call)
-			continue
-		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s (%d/%d, %d/%d) | %s | %s | %s |\n", r.gateway, r.call, yn(r.registered),
-			yn(r.setUp), yn(r.mediaBothWays()), r.toPhone, r.sent, r.toServer, r.sent, list(r.addrLeaks), list(r.otherLeaks),
-			strings.Join(r.notes, "; "))
-	}
-	return b.String()
+	return algTable(calls, "RTP at phone / back at caller",
+		algColumn{"registered", func(i int) string { return yesNo(rows[i].registered) }})
 }
 
 // runALGSidecar runs the registration and the call through one gateway of the upstream
