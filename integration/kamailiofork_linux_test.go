@@ -86,9 +86,7 @@ func TestKamailioForkedCall(t *testing.T) {
 		sip  netip.AddrPort
 	}{{l.bob1, "bob1", bob1SIP}, {l.bob2, "bob2", bob2SIP}}
 	for _, b := range bobs {
-		reg := l.sipp(b.ns, "register-"+b.name, sippOpts{scenario: "sidecar_register.xml", local: b.sip.Addr().String(),
-			remote: hostPort(publicAddr, 5060), service: "bob"})
-		reg.succeeded(t, 20*time.Second, 1)
+		l.registerThroughSipcar(b.ns, b.sip.Addr(), "bob", false)
 	}
 	regBindings := map[netip.AddrPort]netip.AddrPort{} // registered Contact -> sipcar's inside binding
 	for _, e := range car.mustServerMap(t).of("sip") {

@@ -94,9 +94,7 @@ func testSidecarPhoneToPhone(t *testing.T, transport, mediaMode string) {
 		addr netip.Addr
 	}{{l.phone, "alice", phoneAddr}, {l.bob, "bob", bobAddr}}
 	for _, ph := range phones {
-		reg := l.sipp(ph.ns, "register-"+ph.user, sippOpts{scenario: "sidecar_register.xml", local: ph.addr.String(),
-			remote: hostPort(publicAddr, 5060), tcp: tcp, service: ph.user})
-		reg.succeeded(t, 20*time.Second, 1)
+		l.registerThroughSipcar(ph.ns, ph.addr, ph.user, tcp)
 	}
 	m := car.mustServerMap(t)
 	for _, ph := range phones {
@@ -543,4 +541,13 @@ func counters(car *sipcarProc, name string) string {
 		return "none"
 	}
 	return strings.Join(out, ", ")
+}
+
+// registerThroughSipcar registers user (sipp, sidecar_register.xml) from addr in ns at sipcar's
+// public listener, over TCP or UDP, and waits until the registrar's 200 came back.
+func (tb *testbed) registerThroughSipcar(ns *netns, addr netip.Addr, user string, tcp bool) {
+	tb.t.Helper()
+	reg := tb.sipp(ns, "register-"+user+"-"+addr.String(), sippOpts{scenario: "sidecar_register.xml", local: addr.String(),
+		remote: hostPort(publicAddr, 5060), tcp: tcp, service: user})
+	reg.succeeded(tb.t, 20*time.Second, 1)
 }
