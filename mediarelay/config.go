@@ -40,8 +40,9 @@ func (m Mode) String() string {
 type SendScheme uint8
 
 const (
-	// SendRaw writes IP and UDP headers in front of each payload, in the receive buffer, and
-	// sends a whole batch with one sendmmsg on a raw socket (IPPROTO_RAW). It needs
+	// SendRaw writes the UDP header in front of each payload, in the receive buffer, and
+	// sends a whole batch with one sendmmsg on a raw UDP socket, the source address in an
+	// IP_PKTINFO (IPV6_PKTINFO) message per datagram. It needs
 	// CAP_NET_RAW; the fastest scheme on the benchmark (integration/bench).
 	SendRaw SendScheme = iota
 	// SendPerPort sends from the socket bound to each relay port, one sendmmsg per run of

@@ -63,7 +63,9 @@ type txBatch struct {
 	msgs  [batchSize]unix.Mmsghdr
 }
 
-func (t *txBatch) set(i int, packet []byte, name *unix.RawSockaddrInet6, nameLen uint32) {
+// set fills message i; ctrl, when not empty, is an immutable control message the header
+// points to (not copied).
+func (t *txBatch) set(i int, packet []byte, name *unix.RawSockaddrInet6, nameLen uint32, ctrl []byte) {
 	t.iov[i].Base = &packet[0]
 	t.iov[i].Len = uint64(len(packet))
 	t.names[i] = *name
@@ -72,11 +74,22 @@ func (t *txBatch) set(i int, packet []byte, name *unix.RawSockaddrInet6, nameLen
 	h.Namelen = nameLen
 	h.Iov = &t.iov[i]
 	h.Iovlen = 1
+	h.Control, h.Controllen = nil, 0
+	if len(ctrl) > 0 {
+		h.Control = &ctrl[0]
+		h.SetControllen(len(ctrl))
+	}
 }
+
+// The batch calls never block (MSG_DONTWAIT on non-blocking sockets), so they go through
+// RawSyscall6: with Syscall6 every batch that took more than sysmon's 20 us tick had its P
+// handed to a new thread and back (a futex wake-up and two scheduler passes per batch, about
+// 5% of a saturated worker's CPU in a profile). The worker yields between batches instead
+// (worker.run), so the SIP goroutines still get the CPU within one batch.
 
 // recvmmsg reads up to len(msgs) datagrams without blocking.
 func recvmmsg(fd int, msgs []unix.Mmsghdr) (int, unix.Errno) {
-	n, _, e := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&msgs[0])),
+	n, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&msgs[0])),
 		uintptr(len(msgs)), unix.MSG_DONTWAIT, 0, 0)
 	if e != 0 {
 		return 0, e
@@ -88,7 +101,7 @@ func recvmmsg(fd int, msgs []unix.Mmsghdr) (int, unix.Errno) {
 // refuses (no route, full buffer) is skipped and counted as failed.
 func sendmmsg(fd int, msgs []unix.Mmsghdr) (sent, failed int) {
 	for len(msgs) > 0 {
-		n, _, e := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&msgs[0])),
+		n, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&msgs[0])),
 			uintptr(len(msgs)), unix.MSG_DONTWAIT, 0, 0)
 		switch {
 		case e == unix.EINTR:

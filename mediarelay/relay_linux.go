@@ -276,6 +276,8 @@ type portSocket struct {
 	idx       int // port - PortMin
 	local     netip.AddrPort
 	localSA   sockaddr
+	srcInfo   [pktinfoSpace]byte // localSA as the source of a raw socket's datagram
+	srcLen    int
 	worker    *worker // whose epoll set holds it (fallback mode), else nil
 	refs      atomic.Int32
 	closeOnce sync.Once
@@ -367,6 +369,7 @@ func (r *Relay) Reserve(proto string, addr netip.AddrPort) (io.Closer, error) {
 	}
 	s := &portSocket{fd: fd, idx: idx, local: addr}
 	s.localSA.set(addr)
+	s.srcLen = s.localSA.srcInfo(&s.srcInfo)
 	if !r.fanIn {
 		s.worker = r.workers[idx%len(r.workers)]
 		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(idx), Pad: evPort}

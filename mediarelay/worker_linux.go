@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"runtime"
 	"sync/atomic"
 	"unsafe"
 
@@ -137,6 +138,7 @@ func (w *worker) run() {
 			}
 		}
 		w.flush()
+		runtime.Gosched() // the batch calls do not give the P up (see recvmmsg)
 	}
 }
 
@@ -259,8 +261,8 @@ func (w *worker) flush() {
 	w.npnd, w.nrx = 0, 0
 }
 
-// flushRaw writes headers in front of each payload and sends each family's packets with one
-// sendmmsg on the worker's raw socket.
+// flushRaw writes the UDP header in front of each payload and sends each family's packets
+// with one sendmmsg on the worker's raw socket, each naming its relay address as source.
 func (w *worker) flushRaw() {
 	for fam, v4 := range []bool{true, false} {
 		k := 0
@@ -270,10 +272,11 @@ func (w *worker) flushRaw() {
 				continue
 			}
 			slot := w.rx.slot(int(p.slot))
-			start := putHeaders(slot, int(p.n), &p.out.sock.localSA, &p.dst.dst)
+			sock := p.out.sock
+			start := putUDPHeader(slot, int(p.n), &sock.localSA, &p.dst.dst)
 			var name unix.RawSockaddrInet6
 			p.dst.dst.rawName(&name)
-			w.tx.set(k, slot[start:headroom+int(p.n)], &name, p.dst.dst.nameLen)
+			w.tx.set(k, slot[start:headroom+int(p.n)], &name, p.dst.dst.nameLen, sock.srcInfo[:sock.srcLen])
 			k++
 		}
 		if k > 0 {
@@ -297,7 +300,7 @@ func (w *worker) flushPerPort() {
 		for j < len(pend) && pend[j].out.sock == s {
 			p := &pend[j]
 			slot := w.rx.slot(int(p.slot))
-			w.tx.set(j-i, slot[headroom:headroom+int(p.n)], &p.dst.dst.name, p.dst.dst.nameLen)
+			w.tx.set(j-i, slot[headroom:headroom+int(p.n)], &p.dst.dst.name, p.dst.dst.nameLen, nil)
 			j++
 		}
 		if s.acquire() {
