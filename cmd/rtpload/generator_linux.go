@@ -51,12 +51,14 @@ type generator struct {
 
 	warmupNs         int64
 	sent, sendErrors atomic.Uint64 // after the warm-up
+	timedSent        atomic.Uint64 // of sampled streams, after the warm-up
 	sentAll          atomic.Uint64 // the whole run
 	stopRecv         atomic.Bool
 
 	mu          sync.Mutex // guards the receivers' merged results
 	hist        []uint64
 	received    uint64 // sampled arrivals sent after the warm-up
+	onTime      uint64 // of those, arrived within the deadline
 	receivedAll uint64 // sampled arrivals of the whole run
 	misrouted   uint64
 	stale       uint64
@@ -131,7 +133,9 @@ func (g *generator) close() {
 // Accounting: the sampled streams' arrivals are received and timed; nftables counts the
 // others (zeroed before sending, read at the ends of the warm-up and of the measurement for
 // the rate, and after the drain). Loss is over the whole run, every packet sent against
-// every arrival, so that no packet in flight at a boundary counts as lost.
+// every arrival, so that no packet in flight at a boundary counts as lost; it counts a packet
+// a relay held for seconds as delivered. The late-or-lost share does not: of the timed
+// packets sent after the warm-up, those not arrived within the deadline.
 func (g *generator) run(ctx context.Context) (result, error) {
 	g.base = time.Now()
 	g.runID = uint32(g.base.UnixNano()) | 1
@@ -150,6 +154,7 @@ func (g *generator) run(ctx context.Context) (result, error) {
 		}
 	}
 	var atWarmup, atEnd uint64
+	var tWarmup, tEnd time.Time // when the reads happened: a loaded core can delay nft by a lot
 	var countErr error
 	countDone := make(chan struct{})
 	go func() {
@@ -160,15 +165,17 @@ func (g *generator) run(ctx context.Context) (result, error) {
 			case <-ctx.Done():
 				return
 			}
+			before := time.Now()
 			n, err := readCounter(false)
 			if err != nil {
 				countErr = err
 				return
 			}
+			at := before.Add(time.Since(before) / 2)
 			if i == 0 {
-				atWarmup = n
+				atWarmup, tWarmup = n, at
 			} else {
-				atEnd = n
+				atEnd, tEnd = n, at
 			}
 		}
 	}()
@@ -197,8 +204,15 @@ func (g *generator) run(ctx context.Context) (result, error) {
 	if r.Sent > 0 {
 		r.LossPercent = 100 * float64(r.Lost) / float64(r.Sent)
 	}
+	r.TimedSent, r.OnTime = g.timedSent.Load(), g.onTime
+	if r.TimedSent > 0 {
+		r.LateOrLostPercent = 100 * float64(r.TimedSent-min(r.OnTime, r.TimedSent)) / float64(r.TimedSent)
+	}
 	r.SentPPS = float64(g.sent.Load()) / r.Seconds
-	r.RecvPPS = float64(atEnd-atWarmup+g.received) / r.Seconds
+	r.RecvPPS = float64(g.received) / r.Seconds
+	if window := tEnd.Sub(tWarmup).Seconds(); window > 0 {
+		r.RecvPPS += float64(atEnd-atWarmup) / window
+	}
 	r.P50us, r.P99us, r.P999us, r.MaxUs = g.percentile(0.5), g.percentile(0.99), g.percentile(0.999), g.percentile(1)
 	return r, nil
 }
@@ -256,8 +270,12 @@ func (g *generator) send(ctx context.Context) {
 			k := min(due-idx, batch)
 			stamp := int64(time.Since(g.base))
 			byFam[0], byFam[1] = byFam[0][:0], byFam[1][:0]
+			timed := 0
 			for j := range k {
 				si := (idx + j) % n
+				if g.sampled(si) {
+					timed++
+				}
 				s := &g.streams[si]
 				seq := uint32((idx + j) / n)
 				start := g.build(slots[j][:], s, si, seq, stamp)
@@ -283,6 +301,7 @@ func (g *generator) send(ctx context.Context) {
 			if stamp >= g.warmupNs {
 				g.sent.Add(uint64(sent))
 				g.sendErrors.Add(uint64(failed))
+				g.timedSent.Add(uint64(timed)) // a refused one among them counts as lost (send_errors says so)
 			}
 			idx += k
 		}
@@ -310,7 +329,8 @@ func (g *generator) receive(fd int) {
 	var ctrl [batch][64]byte
 	var msgs [batch]unix.Mmsghdr
 	hist := make([]uint64, histMax+1)
-	var received, receivedAll, misrouted, stale uint64
+	var received, receivedAll, onTime, misrouted, stale uint64
+	deadline := int64(g.o.deadline)
 	for !g.stopRecv.Load() {
 		for j := range batch {
 			iov[j] = unix.Iovec{Base: &slots[j][0], Len: slotBytes}
@@ -343,6 +363,9 @@ func (g *generator) receive(fd int) {
 				continue
 			}
 			received++
+			if now-stamp <= deadline {
+				onTime++
+			}
 			us := (now - stamp) / 1000
 			hist[min(max(us, 0), histMax)]++
 		}
@@ -350,6 +373,7 @@ func (g *generator) receive(fd int) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.received += received
+	g.onTime += onTime
 	g.receivedAll += receivedAll
 	g.misrouted += misrouted
 	g.stale += stale

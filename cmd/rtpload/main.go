@@ -41,6 +41,7 @@ type options struct {
 	duration time.Duration
 	warmup   time.Duration
 	drain    time.Duration
+	deadline time.Duration
 	pps      float64 // per stream
 	rate     float64 // total; overrides pps
 	flat     bool
@@ -56,6 +57,7 @@ func main() {
 	flag.DurationVar(&o.duration, "duration", 10*time.Second, "how long to measure, after the warm-up")
 	flag.DurationVar(&o.warmup, "warmup", time.Second, "traffic before measuring (latching, caches)")
 	flag.DurationVar(&o.drain, "drain", 500*time.Millisecond, "how long to wait for late packets after sending stops")
+	flag.DurationVar(&o.deadline, "deadline", 200*time.Millisecond, "a timed packet arriving later than this counts as lost, as a jitter buffer would discard it")
 	flag.Float64Var(&o.pps, "pps", 50, "packets per second of each stream")
 	flag.Float64Var(&o.rate, "rate", 0, "packets per second of all streams together (overrides -pps)")
 	flag.BoolVar(&o.flat, "flat", false, "flat-out: count arrivals in nftables instead of receiving them (no latency), and send as fast as possible unless -rate is set")
@@ -164,22 +166,29 @@ type result struct {
 	Received    uint64  `json:"received"`
 	Lost        uint64  `json:"lost"`
 	LossPercent float64 `json:"loss_percent"`
-	Misrouted   uint64  `json:"misrouted"` // arrived at another stream's endpoint or malformed
-	Stale       uint64  `json:"stale"`     // sent by an earlier run, still queued in the relay
-	SendErrors  uint64  `json:"send_errors"`
-	SentPPS     float64 `json:"sent_pps"`
-	RecvPPS     float64 `json:"received_pps"`
-	P50us       float64 `json:"p50_us"`
-	P99us       float64 `json:"p99_us"`
-	P999us      float64 `json:"p999_us"`
-	MaxUs       float64 `json:"max_us"`
+	// Of the timed (sampled) streams' packets sent after the warm-up: how many the kernel took,
+	// how many arrived within -deadline, and the share that did not (lost or too late).
+	TimedSent         uint64  `json:"timed_sent"`
+	OnTime            uint64  `json:"on_time"`
+	LateOrLostPercent float64 `json:"late_or_lost_percent"`
+	Misrouted         uint64  `json:"misrouted"` // arrived at another stream's endpoint or malformed
+	Stale             uint64  `json:"stale"`     // sent by an earlier run, still queued in the relay
+	SendErrors        uint64  `json:"send_errors"`
+	SentPPS           float64 `json:"sent_pps"`
+	RecvPPS           float64 `json:"received_pps"`
+	P50us             float64 `json:"p50_us"`
+	P99us             float64 `json:"p99_us"`
+	P999us            float64 `json:"p999_us"`
+	MaxUs             float64 `json:"max_us"`
 }
 
 func (r result) String() string {
 	return fmt.Sprintf("calls %d (%d streams)%s over %.1fs\n"+
 		"sent %d (%.0f/s)  received %d (%.0f/s)  lost %d (%.3f%%)  misrouted %d  stale %d  send errors %d\n"+
+		"timed: sent %d  on time %d  late or lost %.3f%%\n"+
 		"latency p50 %.0fus  p99 %.0fus  p99.9 %.0fus  max %.0fus\n",
 		r.Calls, r.Streams, map[bool]string{true: " flat-out", false: ""}[r.Flat], r.Seconds,
 		r.Sent, r.SentPPS, r.Received, r.RecvPPS, r.Lost, r.LossPercent, r.Misrouted, r.Stale, r.SendErrors,
+		r.TimedSent, r.OnTime, r.LateOrLostPercent,
 		r.P50us, r.P99us, r.P999us, r.MaxUs)
 }
