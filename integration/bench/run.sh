@@ -180,7 +180,8 @@ load() {
 
 # better A B KIND: prints the better of two results of load. Saturation: the higher delivered
 # rate. A load point (KIND: the offered packets/s): a run whose generator kept up with the
-# offered rate (95%) over one that did not, then the lower loss, then the lower p99.
+# offered rate (95%) over one that did not; of two that kept up, the lower loss, then the lower
+# p99; of two that did not (their offered loads differ), the more packets on time.
 better() {
   awk -v a="$1" -v b="$2" -v kind="$3" 'BEGIN {
     if (a == "") { print b; exit } if (b == "") { print a; exit }
@@ -188,6 +189,7 @@ better() {
     if (kind == "sat") { print (y[1] > x[1] ? b : a); exit }
     kx = x[8] >= 0.95 * kind; ky = y[8] >= 0.95 * kind
     if (ky != kx) { print (ky ? b : a); exit }
+    if (!kx) { print (y[8] * (100 - y[2]) > x[8] * (100 - x[2]) ? b : a); exit }
     if (y[2] < x[2] || (y[2] == x[2] && y[4] < x[4])) print b; else print a
   }'
 }
@@ -225,7 +227,7 @@ done
 printf '\nrelay on CPU 0, rtpload on CPU 1; 172-byte RTP, 50 packets/s per direction per call, %ss per point;\n' "$run_secs"
 printf 'saturation: %s calls, offered rates stepped up, %ss each; latency from every %sth stream\n' "$sat_calls" "$sat_secs" "$sample"
 printf '%-20s | %10s %9s %7s |' relay "peak pkt/s" "<=1% loss" "proc ns"
-for c in $calls_list; do printf ' %-50s |' "$c calls: sent/s loss p50/p99/p99.9us ns/pkt cpu0/proc"; done
+for c in $calls_list; do printf ' %-58s |' "$c calls: sent/s loss on-time/s p50/p99/p99.9us ns/pkt cpu0/proc"; done
 printf '\n'
 for name in $relays; do
   read -r pps _ _ _ _ _ proc _ <<<"${res[$name,sat]}"
@@ -233,13 +235,15 @@ for name in $relays; do
   printf '%-20s | %10s %9s %7s |' "$name" "$pps" "$pps1" "$proc"
   for c in $calls_list; do
     read -r _ loss p50 p99 p999 cpu0 proc sent <<<"${res[$name,$c]}"
-    printf ' %6s %7s%% %5s/%6s/%6s %6s/%6s |' "$sent" "$loss" "$p50" "$p99" "$p999" "$cpu0" "$proc"
+    printf ' %6s %7s%% %6.0f %5s/%6s/%6s %6s/%6s |' "$sent" "$loss" "$(awk -v s="$sent" -v l="$loss" 'BEGIN { print s * (100 - l) / 100 }')" \
+      "$p50" "$p99" "$p999" "$cpu0" "$proc"
   done
   printf '\n'
 done
 printf '\npeak pkt/s: the highest rate delivered over the offered rates (%s); <=1%% loss: the\n' "$sat_rates"
 printf 'highest delivered with at most 1%% loss; proc ns: the relay process'"'"'s own CPU time (user+system)\n'
 printf 'per packet delivered at the peak. Load points: packets/s the generator managed to send (offered:\n'
-printf '100 per call), loss of the timed streams (lost, or later than 200 ms), latency percentiles\n'
+printf '100 per call), loss of the timed streams (lost, or later than 200 ms), on-time/s = sent/s less that loss,\n'
+printf 'latency percentiles\n'
 printf '(us; 200000 = 200 ms or more), ns/pkt = busy time of CPU 0 (every process on it) / the relay'"'"'s own.\n'
 printf 'Best of %s runs per point, relays taking turns.\n' "$repeat"
