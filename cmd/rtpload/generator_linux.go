@@ -72,8 +72,10 @@ func fam(a netip.AddrPort) int {
 }
 
 // sampled reports whether stream i's arrivals are received in userspace (for latency);
-// the others are counted by nftables.
-func (g *generator) sampled(i int) bool { return !g.o.flat && i%g.o.sample == 0 }
+// the others are counted by nftables. Flat-out, streams are timed only when -sample asks.
+func (g *generator) sampled(i int) bool {
+	return i%g.o.sample == 0 && (!g.o.flat || g.o.sample > 1)
+}
 
 func newGenerator(calls []call, o options) (*generator, error) {
 	g := &generator{o: o, calls: len(calls), raw: [2]int{-1, -1}, fanIn: [2]int{-1, -1}, hist: make([]uint64, histMax+1)}
@@ -99,8 +101,8 @@ func newGenerator(calls []call, o options) (*generator, error) {
 			g.close()
 			return nil, err
 		}
-		if o.flat {
-			continue
+		if o.flat && o.sample <= 1 {
+			continue // nothing timed
 		}
 		if g.fanIn[f], tport[f], err = openFanIn(f == 0); err != nil {
 			g.close()
@@ -267,7 +269,7 @@ func (g *generator) send(ctx context.Context) {
 				continue
 			}
 		}
-		for idx < due {
+		for idx < due && time.Since(g.base) < end {
 			k := min(due-idx, batch)
 			stamp := int64(time.Since(g.base))
 			byFam[0], byFam[1] = byFam[0][:0], byFam[1][:0]

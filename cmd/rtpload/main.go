@@ -9,7 +9,7 @@
 // sendmmsg and receives every stream through one transparent socket that an nftables TPROXY
 // rule of its own (table inet rtpload) feeds, so that a few syscalls carry thousands of
 // streams. With -sample N it times only every Nth stream, and an nftables counter counts
-// (and drops) the others' arrivals; flat-out it times none. It needs root (CAP_NET_ADMIN,
+// (and drops) the others' arrivals; flat-out it times none unless -sample is given. It needs root (CAP_NET_ADMIN,
 // CAP_NET_RAW).
 //
 // The calls come from a file, one per line:
@@ -60,7 +60,7 @@ func main() {
 	flag.DurationVar(&o.deadline, "deadline", 200*time.Millisecond, "a timed packet arriving later than this counts as lost, as a jitter buffer would discard it")
 	flag.Float64Var(&o.pps, "pps", 50, "packets per second of each stream")
 	flag.Float64Var(&o.rate, "rate", 0, "packets per second of all streams together (overrides -pps)")
-	flag.BoolVar(&o.flat, "flat", false, "flat-out: count arrivals in nftables instead of receiving them (no latency), and send as fast as possible unless -rate is set")
+	flag.BoolVar(&o.flat, "flat", false, "flat-out: send as fast as possible unless -rate is set, and count arrivals in nftables without timing them unless -sample N > 1 times every Nth stream")
 	flag.IntVar(&o.sample, "sample", 1, "time every Nth stream's packets in userspace; nftables counts the others (cheaper for the generator)")
 	flag.IntVar(&o.size, "size", 172, "RTP packet size in bytes, header included")
 	flag.BoolVar(&o.jsonOut, "json", false, "print the result as one JSON object")

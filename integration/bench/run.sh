@@ -27,7 +27,8 @@ sat_secs=${SAT_SECONDS:-3}
 sample=${SAMPLE:-4} # time every 4th stream; nftables counts the others' arrivals
 relays=${RELAYS:-"sipcar-fanin sipcar-fanin-perport sipcar-fallback rtpengine cfwd"}
 # Saturation: offered rates stepped up (packets/s, both directions together, over SAT_CALLS
-# calls), each on a freshly started relay, arrivals counted by nftables; "max" is flat-out.
+# calls), each on a freshly started relay, timed like the load points; "max" is as fast as
+# the generator can send.
 sat_rates=${SAT_RATES:-"60000 80000 100000 120000 150000 max"}
 if [ "${1:-}" = "-q" ]; then
   calls_list=${CALLS:-"500"}; run_secs=${SECONDS_PER_RUN:-2}; sat_secs=2; sat_rates=${SAT_RATES:-"100000 max"}
@@ -146,14 +147,17 @@ wait_idle() {
 }
 
 # load NAME CALLS RATE SECONDS -> prints "recv_pps loss% p50 p99 p999 cpu0_ns_per_pkt
-# relay_ns_per_pkt sent_pps". RATE 0: 50 packets/s per stream, with latency; a number or "max":
-# flat-out at that rate, arrivals counted by nftables.
+# relay_ns_per_pkt sent_pps". RATE 0: 50 packets/s per stream; a number: that many packets/s
+# over all streams; "max": as fast as the generator can. Every SAMPLEth stream is timed, and
+# loss is theirs: lost, or later than 200 ms (rtpload -deadline). A relay that queues an
+# overload for seconds in its socket buffers delivers it all, but too late for any jitter
+# buffer; recv_pps counts every arrival, however late.
 load() {
-  local name=$1 calls=$2 flat=$3 secs=$4 args=(-pairs "$pairs" -calls "$2" -duration "${4}s" -warmup 1s -json)
-  case $flat in
-    0) args+=(-sample "$sample") ;;
+  local name=$1 calls=$2 rate=$3 secs=$4 args=(-pairs "$pairs" -calls "$2" -duration "${4}s" -warmup 1s -json -sample "$sample")
+  case $rate in
+    0) ;;
     max) args+=(-flat) ;;
-    *) args+=(-flat -rate "$flat") ;;
+    *) args+=(-rate "$rate") ;;
   esac
   wait_idle
   ip netns exec "$gen" nice -n -15 taskset -c 1 "$work/rtpload" "${args[@]}" >"$work/out.json" 2>"$work/rtpload.log" &
@@ -164,22 +168,18 @@ load() {
   sleep "$secs"
   c1=$(cpu0_busy); p1=$(proc_jiffies "$relay_pid")
   wait "$lp" || { cat "$work/rtpload.log" >&2; exit 1; }
-  local j loss_key=loss_percent
+  local j
   j=$(cat "$work/out.json")
-  # At a load point, loss is that of the timed streams, counting a packet that came later than
-  # 200 ms (rtpload -deadline) as lost: a relay that queues an overload for seconds in its
-  # socket buffers delivers it all, but too late for any jitter buffer.
-  [ "$flat" = 0 ] && loss_key=late_or_lost_percent
-  [ -n "${VERBOSE:-}" ] && echo "$name $calls flat=$flat: $j cpu0 $((c1 - c0)) relay $((p1 - p0)) jiffies" >&2
+  [ -n "${VERBOSE:-}" ] && echo "$name $calls rate=$rate: $j cpu0 $((c1 - c0)) relay $((p1 - p0)) jiffies" >&2
   awk -v s="$secs" -v c="$((c1 - c0))" -v p="$((p1 - p0))" -v hz="$clk_tck" \
-    -v pps="$(json_field "$j" received_pps)" -v loss="$(json_field "$j" "$loss_key")" \
+    -v pps="$(json_field "$j" received_pps)" -v loss="$(json_field "$j" late_or_lost_percent)" \
     -v p50="$(json_field "$j" p50_us)" -v p99="$(json_field "$j" p99_us)" -v p999="$(json_field "$j" p999_us)" \
     -v sent="$(json_field "$j" sent_pps)" \
     'BEGIN { r = pps * s; r = r > 0 ? r : 1; printf "%.0f %.3f %.0f %.0f %.0f %.0f %.0f %.0f\n", pps, loss, p50, p99, p999, c / hz * 1e9 / r, p / hz * 1e9 / r, sent }'
 }
 
-# better A B KIND: prints the better of two results of load. Saturation: the higher delivered
-# rate. A load point (KIND: the offered packets/s): a run whose generator kept up with the
+# better A B KIND: prints the better of two results of load. Saturation ("sat"): the higher
+# delivered rate; "ontime": the more packets on time. A load point (KIND: the offered packets/s): a run whose generator kept up with the
 # offered rate (95%) over one that did not; of two that kept up, the lower loss, then the lower
 # p99; of two that did not (their offered loads differ), the more packets on time.
 better() {
@@ -187,6 +187,7 @@ better() {
     if (a == "") { print b; exit } if (b == "") { print a; exit }
     split(a, x, " "); split(b, y, " ")
     if (kind == "sat") { print (y[1] > x[1] ? b : a); exit }
+    if (kind == "ontime") { print (y[8] * (100 - y[2]) > x[8] * (100 - x[2]) ? b : a); exit }
     kx = x[8] >= 0.95 * kind; ky = y[8] >= 0.95 * kind
     if (ky != kx) { print (ky ? b : a); exit }
     if (!kx) { print (y[8] * (100 - y[2]) > x[8] * (100 - x[2]) ? b : a); exit }
@@ -214,9 +215,10 @@ for ((rep = 1; rep <= repeat; rep++)); do
       r=$(load "$name" "$sat_calls" "$rate" "$sat_secs")
       stop_relay
       res[$name,sat]=$(better "${res[$name,sat]:-}" "$r" sat)
+      res[$name,ontime]=$(better "${res[$name,ontime]:-}" "$r" ontime)
       read -r pps loss _ <<<"$r"
       if awk -v l="$loss" 'BEGIN { exit !(l <= 1) }'; then
-        res[$name,sat1]=$(better "${res[$name,sat1]:-}" "$r" sat)
+        res[$name,sat1]=$(better "${res[$name,sat1]:-}" "$r" ontime)
       fi
     done
   done
@@ -224,26 +226,33 @@ for ((rep = 1; rep <= repeat; rep++)); do
 done
 
 # --- the table ------------------------------------------------------------------------------
+ontime() { awk -v s="$1" -v l="$2" 'BEGIN { printf "%.0f", s * (100 - l) / 100 }'; } # sent/s loss%
 printf '\nrelay on CPU 0, rtpload on CPU 1; 172-byte RTP, 50 packets/s per direction per call, %ss per point;\n' "$run_secs"
-printf 'saturation: %s calls, offered rates stepped up, %ss each; latency from every %sth stream\n' "$sat_calls" "$sat_secs" "$sample"
-printf '%-20s | %10s %9s %7s |' relay "peak pkt/s" "<=1% loss" "proc ns"
+printf 'saturation: %s calls, offered rates stepped up, %ss each; latency and loss from every %sth stream\n' "$sat_calls" "$sat_secs" "$sample"
+printf '%-20s | %10s %9s %9s %7s |' relay "peak pkt/s" "on time" "<=1% loss" "proc ns"
 for c in $calls_list; do printf ' %-58s |' "$c calls: sent/s loss on-time/s p50/p99/p99.9us ns/pkt cpu0/proc"; done
 printf '\n'
 for name in $relays; do
-  read -r pps _ _ _ _ _ proc _ <<<"${res[$name,sat]}"
-  read -r pps1 _ <<<"${res[$name,sat1]:-0}"
-  printf '%-20s | %10s %9s %7s |' "$name" "$pps" "$pps1" "$proc"
+  read -r pps _ <<<"${res[$name,sat]}"
+  read -r _ loss _ _ _ _ proc sent <<<"${res[$name,ontime]}"
+  ot=$(ontime "$sent" "$loss")
+  ot1=0
+  if [ -n "${res[$name,sat1]:-}" ]; then
+    read -r _ loss _ _ _ _ _ sent <<<"${res[$name,sat1]}"
+    ot1=$(ontime "$sent" "$loss")
+  fi
+  printf '%-20s | %10s %9s %9s %7s |' "$name" "$pps" "$ot" "$ot1" "$proc"
   for c in $calls_list; do
     read -r _ loss p50 p99 p999 cpu0 proc sent <<<"${res[$name,$c]}"
-    printf ' %6s %7s%% %6.0f %5s/%6s/%6s %6s/%6s |' "$sent" "$loss" "$(awk -v s="$sent" -v l="$loss" 'BEGIN { print s * (100 - l) / 100 }')" \
-      "$p50" "$p99" "$p999" "$cpu0" "$proc"
+    printf ' %6s %7s%% %6s %5s/%6s/%6s %6s/%6s |' "$sent" "$loss" "$(ontime "$sent" "$loss")" "$p50" "$p99" "$p999" "$cpu0" "$proc"
   done
   printf '\n'
 done
-printf '\npeak pkt/s: the highest rate delivered over the offered rates (%s); <=1%% loss: the\n' "$sat_rates"
-printf 'highest delivered with at most 1%% loss; proc ns: the relay process'"'"'s own CPU time (user+system)\n'
-printf 'per packet delivered at the peak. Load points: packets/s the generator managed to send (offered:\n'
-printf '100 per call), loss of the timed streams (lost, or later than 200 ms), on-time/s = sent/s less that loss,\n'
-printf 'latency percentiles\n'
-printf '(us; 200000 = 200 ms or more), ns/pkt = busy time of CPU 0 (every process on it) / the relay'"'"'s own.\n'
+printf '\nLoss: of the timed streams, packets lost or later than 200 ms (a jitter buffer drops them).\n'
+printf 'peak pkt/s: the highest rate delivered over the offered rates (%s), however late;\n' "$sat_rates"
+printf 'on time: the most packets/s delivered on time (sent/s less the loss); <=1%% loss: the same among the\n'
+printf 'rates with at most 1%% loss; proc ns: the relay process'"'"'s own CPU time (user+system) per packet\n'
+printf 'delivered, at the on-time peak. Load points: packets/s the generator managed to send (offered:\n'
+printf '100 per call), loss, packets/s on time, latency percentiles (us; 200000 = 200 ms or more),\n'
+printf 'ns/pkt = busy time of CPU 0 (every process on it) / the relay'"'"'s own, per packet delivered.\n'
 printf 'Best of %s runs per point, relays taking turns.\n' "$repeat"
