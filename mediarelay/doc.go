@@ -28,7 +28,8 @@
 // Fan-in workers write the UDP header in the headroom in front of each received payload and
 // send a whole batch with one sendmmsg on a raw UDP socket, each datagram naming its relay
 // address as source in an IP_PKTINFO message (the payload is never copied; the kernel writes
-// the IP header and routes through its route cache), or, with [SendPerPort], send runs of packets from each relay port's own socket.
+// the IP header and routes through its route cache), or, with [SendPerPort], send runs of
+// packets from each relay port's own socket.
 // The benchmark (integration/bench) chose the default.
 //
 // # Latching

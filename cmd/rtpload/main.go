@@ -9,8 +9,8 @@
 // sendmmsg and receives every stream through one transparent socket that an nftables TPROXY
 // rule of its own (table inet rtpload) feeds, so that a few syscalls carry thousands of
 // streams. With -sample N it times only every Nth stream, and an nftables counter counts
-// (and drops) the others' arrivals; flat-out it times none unless -sample is given. It needs root (CAP_NET_ADMIN,
-// CAP_NET_RAW).
+// (and drops) the others' arrivals; flat-out it times none unless -sample is given. It needs
+// root (CAP_NET_ADMIN, CAP_NET_RAW).
 //
 // The calls come from a file, one per line:
 //
