@@ -67,3 +67,33 @@ func rawCopies(v4 bool, to netip.AddrPort) (queued, control int, err error) {
 	queued, err = unix.IoctlGetInt(fd, unix.SIOCINQ)
 	return queued, control, err
 }
+
+// The relay address of a leg need not be the address the kernel would pick as source for the
+// peer (a second address on the interface, a public address on a loopback or dummy device):
+// packets must still leave from it, which the raw scheme's IP_PKTINFO decides.
+func TestSendsFromTheLegsAddress(t *testing.T) {
+	second := map[string]string{"ipv4": "198.51.100.11", "ipv6": "2001:db8:b::11"}
+	forEachMode(t, func(t *testing.T, m relayMode, f ipFamily) {
+		l := newLab(t)
+		prefix := "/24"
+		if f.name == "ipv6" {
+			prefix = "/64"
+		}
+		run(t, "ip", "-n", l.sipcar, "addr", "add", second[f.name]+prefix, "dev", "out0", "nodad")
+		r := l.startRelay(t, m, Config{})
+		phone := l.listen(t, l.phone, f.at(f.phone, 30000).String())
+		remote := l.listen(t, l.remote, f.at(f.remote, 40000).String())
+		spec := StreamSpec{
+			CallID: "second-address",
+			A:      LegSpec{RTP: f.at(f.sipcarIn, 20000), RTCP: f.at(f.sipcarIn, 20001), Peer: phone.addr},
+			B:      LegSpec{RTP: f.at(second[f.name], 20002), RTCP: f.at(second[f.name], 20003), Peer: remote.addr},
+		}
+		addStream(t, r, spec)
+		p := rtpPacket(1, 0, 0xa, 1)
+		phone.send(spec.A.RTP, p)
+		remote.expect(p, spec.B.RTP)
+		back := rtpPacket(1, 0, 0xb, 2)
+		remote.send(spec.B.RTP, back)
+		phone.expect(back, spec.A.RTP)
+	})
+}
