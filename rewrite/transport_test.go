@@ -15,6 +15,22 @@ type convertingNAT struct {
 
 func (c convertingNAT) TranslateTransport(Addr, netip.AddrPort) string { return c.to }
 
+// rewriteConverting rewrites in from the inside with every address converted to transport
+// to, and checks the result's invariants.
+func rewriteConverting(t *testing.T, in []byte, to string) *Result {
+	t.Helper()
+	var m Message
+	var r Result
+	if err := Parse(in, &m); err != nil {
+		t.Fatal(err)
+	}
+	if err := Rewrite(&r, &m, Inside, convertingNAT{newNAT(), to}); err != nil {
+		t.Fatal(err)
+	}
+	checkInvariants(t, "", m.Bytes(), &r)
+	return &r
+}
+
 func TestTransportConversion(t *testing.T) {
 	in := crlf("INVITE sips:bob@1.1.1.1 SIP/2.0\nVia: SIP/2.0/TLS 192.168.1.1:5061;branch=z9hG4bK1\n" +
 		"Via: SIP/2.0/TCP 192.168.1.2:5060;branch=z9hG4bK0\nTo: <sips:bob@1.1.1.1>\nFrom: <sips:alice@1.1.1.1>;tag=1\n" +
@@ -34,15 +50,7 @@ func TestTransportConversion(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run("to "+tc.to, func(t *testing.T) {
-			var m Message
-			var r Result
-			if err := Parse(in, &m); err != nil {
-				t.Fatal(err)
-			}
-			if err := Rewrite(&r, &m, Inside, convertingNAT{newNAT(), tc.to}); err != nil {
-				t.Fatal(err)
-			}
-			checkInvariants(t, "", m.Bytes(), &r)
+			r := rewriteConverting(t, in, tc.to)
 			for _, w := range tc.want {
 				if !strings.Contains(string(r.Out), w) {
 					t.Errorf("output lacks %q:\n%s", w, r.Out)
@@ -74,15 +82,7 @@ func TestTransportConversionBareContact(t *testing.T) {
 		t.Run(tc.contact+" to "+tc.to, func(t *testing.T) {
 			in := crlf("REGISTER sip:1.1.1.1 SIP/2.0\nVia: SIP/2.0/UDP 1.1.1.9:5060;branch=z9hG4bK1\n" +
 				"To: <sip:a@1.1.1.1>\nFrom: <sip:a@1.1.1.1>;tag=1\nCall-ID: bare\nCSeq: 1 REGISTER\n" + tc.contact + "\nContent-Length: 0\n\n")
-			var m Message
-			var r Result
-			if err := Parse(in, &m); err != nil {
-				t.Fatal(err)
-			}
-			if err := Rewrite(&r, &m, Inside, convertingNAT{newNAT(), tc.to}); err != nil {
-				t.Fatal(err)
-			}
-			checkInvariants(t, "", m.Bytes(), &r)
+			r := rewriteConverting(t, in, tc.to)
 			if !strings.Contains(string(r.Out), tc.want) {
 				t.Errorf("output lacks %q:\n%s", tc.want, r.Out)
 			}
