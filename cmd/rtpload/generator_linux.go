@@ -26,7 +26,7 @@ const (
 	magic       = 0x52544c44 // "RTLD"
 
 	batch     = 64
-	headroom  = 48 // IPv6 + UDP header, written in front of the payload
+	headroom  = 8 // the UDP header, written in front of the payload
 	slotBytes = 2048
 	histMax   = 200_000 // latency histogram: 1 us buckets up to 200 ms, then one overflow bucket
 	nftTable  = "rtpload"
@@ -253,6 +253,7 @@ func (g *generator) send(ctx context.Context) {
 	var slots [batch][slotBytes]byte
 	var iov [batch]unix.Iovec
 	var names [batch]unix.RawSockaddrInet6
+	var ctrl [batch][pktinfoSpace]byte
 	var msgs [batch]unix.Mmsghdr
 	var byFam [2][]int
 	idx := 0
@@ -285,7 +286,9 @@ func (g *generator) send(ctx context.Context) {
 				pkt := slots[j][start : headroom+g.o.size]
 				iov[j] = unix.Iovec{Base: &pkt[0], Len: uint64(len(pkt))}
 				names[j] = rawName(s.dst)
-				msgs[j].Hdr = unix.Msghdr{Name: (*byte)(unsafe.Pointer(&names[j])), Namelen: nameLen(s.dst), Iov: &iov[j], Iovlen: 1}
+				n := srcInfo(&ctrl[j], s.src.Addr())
+				msgs[j].Hdr = unix.Msghdr{Name: (*byte)(unsafe.Pointer(&names[j])), Namelen: nameLen(s.dst), Iov: &iov[j], Iovlen: 1,
+					Control: &ctrl[j][0], Controllen: uint64(n)}
 				byFam[fam(s.dst)] = append(byFam[fam(s.dst)], j)
 			}
 			var sent, failed int
@@ -322,7 +325,7 @@ func (g *generator) build(slot []byte, s *stream, si int, seq uint32, stamp int6
 	binary.BigEndian.PutUint32(p[offStream:], uint32(si))
 	binary.BigEndian.PutUint32(p[offMagic:], magic)
 	binary.BigEndian.PutUint32(p[offRun:], g.runID)
-	return putHeaders(slot, g.o.size, s.src, s.dst)
+	return putUDPHeader(slot, g.o.size, s.src, s.dst)
 }
 
 // receive reads packets from a fan-in socket until told to stop and records their latency.

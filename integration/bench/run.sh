@@ -8,14 +8,16 @@
 #   gen 198.51.100.2 (gb0) == out0 198.51.100.1 relay
 # rtpload (gen) plays both ends of every call; the relay under test runs in relay. The relay
 # is pinned to CPU 0 and the generator to CPU 1, both at nice -15 (other work on this shared
-# machine then disturbs them less), and each side's receive processing is steered to its own
-# core (RPS).
+# machine then disturbs them less), and each side's receive processing runs on its own core:
+# in a NAPI thread per veth pinned there (STEERING=napi, the default) or through RPS
+# (STEERING=rps, the method before the fourth session).
 #
 # Usage (root): integration/bench/run.sh [-q]   (-q: short runs, for a smoke test)
 # Environment: CALLS="500 1000 2000" (load points, 50 packets/s per direction per call),
-# SECONDS_PER_RUN=10, SAT_CALLS=500, SAT_SECONDS=3, SAT_RATES="60000 ... max", SAMPLE=4,
+# SECONDS_PER_RUN=10, SAT_CALLS=500, SAT_SECONDS=3, SAT_RATES="80000 ... max", SAMPLE=4,
 # RELAYS="sipcar-fanin sipcar-fanin-perport sipcar-fallback rtpengine cfwd", REPEAT=2,
-# VERBOSE=1, RELAYD_ARGS (more flags for sipcar's relayd, e.g. "-cpuprofile /tmp/relayd.prof").
+# VERBOSE=1, RELAYD_ARGS (more flags for sipcar's relayd, e.g. "-cpuprofile /tmp/relayd.prof"),
+# STEERING=napi|rps.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -26,10 +28,11 @@ sat_calls=${SAT_CALLS:-500}
 sat_secs=${SAT_SECONDS:-3}
 sample=${SAMPLE:-4} # time every 4th stream; nftables counts the others' arrivals
 relays=${RELAYS:-"sipcar-fanin sipcar-fanin-perport sipcar-fallback rtpengine cfwd"}
+steering=${STEERING:-napi}
 # Saturation: offered rates stepped up (packets/s, both directions together, over SAT_CALLS
 # calls), each on a freshly started relay, timed like the load points; "max" is as fast as
 # the generator can send.
-sat_rates=${SAT_RATES:-"60000 80000 100000 120000 150000 max"}
+sat_rates=${SAT_RATES:-"80000 110000 140000 160000 180000 max"}
 if [ "${1:-}" = "-q" ]; then
   calls_list=${CALLS:-"500"}; run_secs=${SECONDS_PER_RUN:-2}; sat_secs=2; sat_rates=${SAT_RATES:-"100000 max"}
 fi
@@ -37,10 +40,10 @@ max_calls=0
 for c in $calls_list $sat_calls; do [ "$c" -gt "$max_calls" ] && max_calls=$c; done
 
 [ "$(id -u)" = 0 ] || { echo "run as root (namespaces, nftables, raw sockets)" >&2; exit 1; }
-if ! command -v rtpengine >/dev/null || ! command -v gcc >/dev/null; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rtpengine-daemon gcc libc6-dev >&2
+if ! command -v rtpengine >/dev/null || ! command -v gcc >/dev/null || ! command -v ethtool >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rtpengine-daemon gcc libc6-dev ethtool >&2
 fi
-for tool in ip nft taskset gcc go; do
+for tool in ip nft taskset gcc go ethtool; do
   command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
 done
 
@@ -75,10 +78,38 @@ ip -n "$relay" addr add 198.51.100.1/24 dev out0
 ip -n "$gen" addr add 198.18.0.2/24 dev ga0
 ip -n "$gen" addr add 198.51.100.2/24 dev gb0
 for l in "$relay in0" "$relay out0" "$gen ga0" "$gen gb0"; do ip -n "${l% *}" link set "${l#* }" up; done
-# Each side's receive processing runs on its own core (RPS), as a NIC's interrupt would put
-# it, rather than on the core of the sender that pushed the packet into the veth.
-ip netns exec "$relay" sh -c 'echo 1 >/sys/class/net/in0/queues/rx-0/rps_cpus; echo 1 >/sys/class/net/out0/queues/rx-0/rps_cpus'
-ip netns exec "$gen" sh -c 'echo 2 >/sys/class/net/ga0/queues/rx-0/rps_cpus; echo 2 >/sys/class/net/gb0/queues/rx-0/rps_cpus'
+# Each side's receive processing runs on its own core, as a NIC's interrupt would put it,
+# rather than on the core of the sender that pushed the packet into the veth. RPS does that
+# with an inter-processor interrupt whenever the other core's backlog was empty: in this VM
+# each one is a VM exit, and they took a quarter of both cores and kept the generator from
+# offering 2000 calls' load (64k-200k packets/s depending on the relay and the run). A veth in
+# NAPI mode (GRO on; TSO off, or a raw socket's packets bypass NAPI) with threaded NAPI
+# instead queues into a ring that a kernel thread, pinned to the receiving side's core and
+# given the same priority as the program there, drains. Waking that thread from the other
+# core is an IPI too, so the thread does not go back to waiting for a wake-up as soon as it
+# has run the ring empty: it polls again from a 20 us timer on its own core, twice
+# (napi_defer_hard_irqs, gro_flush_timeout), the interrupt moderation of a NIC.
+napi_thread() { # ns dev cpu
+  local before after thread
+  ip netns exec "$1" ethtool -K "$2" tso off gro on >/dev/null
+  ip netns exec "$1" sh -c "echo 2 >/sys/class/net/$2/napi_defer_hard_irqs; echo 20000 >/sys/class/net/$2/gro_flush_timeout"
+  before=$(pgrep '^napi/' | sort || true)
+  ip netns exec "$1" sh -c "echo 1 >/sys/class/net/$2/threaded"
+  after=$(pgrep '^napi/' | sort || true)
+  thread=$(comm -13 <(echo "$before") <(echo "$after"))
+  [ "$(wc -w <<<"$thread")" = 1 ] || { echo "threaded NAPI for $2: no single new napi/ thread ($thread)" >&2; exit 1; }
+  taskset -pc "$3" "$thread" >/dev/null
+  renice -n -15 -p "$thread" >/dev/null
+}
+case $steering in
+  napi)
+    napi_thread "$relay" in0 0; napi_thread "$relay" out0 0
+    napi_thread "$gen" ga0 1; napi_thread "$gen" gb0 1 ;;
+  rps)
+    ip netns exec "$relay" sh -c 'echo 1 >/sys/class/net/in0/queues/rx-0/rps_cpus; echo 1 >/sys/class/net/out0/queues/rx-0/rps_cpus'
+    ip netns exec "$gen" sh -c 'echo 2 >/sys/class/net/ga0/queues/rx-0/rps_cpus; echo 2 >/sys/class/net/gb0/queues/rx-0/rps_cpus' ;;
+  *) echo "STEERING=$steering: want napi or rps" >&2; exit 1 ;;
+esac
 ip -n "$relay" neigh replace 198.18.0.2 lladdr 02:00:00:00:01:02 dev in0 nud permanent
 ip -n "$relay" neigh replace 198.51.100.2 lladdr 02:00:00:00:02:02 dev out0 nud permanent
 ip -n "$gen" neigh replace 198.18.0.1 lladdr 02:00:00:00:01:01 dev ga0 nud permanent
@@ -227,7 +258,7 @@ done
 
 # --- the table ------------------------------------------------------------------------------
 ontime() { awk -v s="$1" -v l="$2" 'BEGIN { printf "%.0f", s * (100 - l) / 100 }'; } # sent/s loss%
-printf '\nrelay on CPU 0, rtpload on CPU 1; 172-byte RTP, 50 packets/s per direction per call, %ss per point;\n' "$run_secs"
+printf '\nrelay on CPU 0, rtpload on CPU 1 (receive processing: %s); 172-byte RTP, 50 packets/s per direction per call, %ss per point;\n' "$steering" "$run_secs"
 printf 'saturation: %s calls, offered rates stepped up, %ss each; latency and loss from every %sth stream\n' "$sat_calls" "$sat_secs" "$sample"
 printf '%-20s | %10s %9s %9s %7s |' relay "peak pkt/s" "on time" "<=1% loss" "proc ns"
 for c in $calls_list; do printf ' %-58s |' "$c calls: sent/s loss on-time/s p50/p99/p99.9us ns/pkt cpu0/proc"; done
