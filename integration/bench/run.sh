@@ -83,12 +83,12 @@ for l in "$relay in0" "$relay out0" "$gen ga0" "$gen gb0"; do ip -n "${l% *}" li
 # with an inter-processor interrupt whenever the other core's backlog was empty: in this VM
 # each one is a VM exit, and they took a quarter of both cores and kept the generator from
 # offering 2000 calls' load (64k-200k packets/s depending on the relay and the run). A veth in
-# NAPI mode (GRO on; TSO off, or a raw socket's packets bypass NAPI) with threaded NAPI
-# instead queues into a ring that a kernel thread, pinned to the receiving side's core and
-# given the same priority as the program there, drains. Waking that thread from the other
-# core is an IPI too, so the thread does not go back to waiting for a wake-up as soon as it
-# has run the ring empty: it polls again from a 20 us timer on its own core, twice
-# (napi_defer_hard_irqs, gro_flush_timeout), the interrupt moderation of a NIC.
+# NAPI mode (GRO on; TSO off on the sending peer, or the veth hands its packets past NAPI)
+# with threaded NAPI instead queues into a ring that a kernel thread, pinned to the receiving
+# side's core and given the same priority as the program there, drains. Waking that thread
+# from the other core is an IPI too, so the thread does not go back to waiting for a wake-up
+# as soon as it has run the ring empty: it polls again from a 20 us timer on its own core,
+# twice (napi_defer_hard_irqs, gro_flush_timeout), the interrupt moderation of a NIC.
 napi_thread() { # ns dev cpu
   local before after thread
   ip netns exec "$1" ethtool -K "$2" tso off gro on >/dev/null
