@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sipcar/sipcar/mediarelay/rawudp"
 )
 
 // Relay is the media data plane: it owns the relay ports' sockets and forwards every packet
@@ -276,7 +278,7 @@ type portSocket struct {
 	idx       int // port - PortMin
 	local     netip.AddrPort
 	localSA   sockaddr
-	srcInfo   [pktinfoSpace]byte // localSA as the source of a raw socket's datagram
+	srcInfo   [rawudp.SourceSpace]byte // local's address as the source of a raw socket's datagram
 	srcLen    int
 	worker    *worker // whose epoll set holds it (fallback mode), else nil
 	refs      atomic.Int32
@@ -369,7 +371,7 @@ func (r *Relay) Reserve(proto string, addr netip.AddrPort) (io.Closer, error) {
 	}
 	s := &portSocket{fd: fd, idx: idx, local: addr}
 	s.localSA.set(addr)
-	s.srcLen = s.localSA.srcInfo(&s.srcInfo)
+	s.srcLen = rawudp.Source(&s.srcInfo, addr.Addr().Unmap())
 	if !r.fanIn {
 		s.worker = r.workers[idx%len(r.workers)]
 		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(idx), Pad: evPort}

@@ -50,28 +50,6 @@ func (s *sockaddr) rawName(into *unix.RawSockaddrInet6) {
 	into.Port = 0
 }
 
-// pktinfoSpace is the room of one IP_PKTINFO or IPV6_PKTINFO control message.
-const pktinfoSpace = unix.SizeofCmsghdr + (unix.SizeofInet6Pktinfo+7)&^7
-
-// srcInfo encodes the control message that makes the address the source of a datagram sent
-// on a raw socket (IP_PKTINFO's ipi_spec_dst, IPV6_PKTINFO's ipi6_addr) and returns its
-// length.
-func (s *sockaddr) srcInfo(into *[pktinfoSpace]byte) int {
-	*into = [pktinfoSpace]byte{}
-	h := (*unix.Cmsghdr)(unsafe.Pointer(&into[0]))
-	data := unsafe.Pointer(&into[unix.SizeofCmsghdr])
-	if s.v4 {
-		h.Level, h.Type = unix.IPPROTO_IP, unix.IP_PKTINFO
-		h.SetLen(unix.CmsgLen(unix.SizeofInet4Pktinfo))
-		copy((*unix.Inet4Pktinfo)(data).Spec_dst[:], s.ip[:4])
-		return unix.CmsgSpace(unix.SizeofInet4Pktinfo)
-	}
-	h.Level, h.Type = unix.IPPROTO_IPV6, unix.IPV6_PKTINFO
-	h.SetLen(unix.CmsgLen(unix.SizeofInet6Pktinfo))
-	(*unix.Inet6Pktinfo)(data).Addr = s.ip
-	return unix.CmsgSpace(unix.SizeofInet6Pktinfo)
-}
-
 // addrPortFromRaw decodes a sockaddr_in or sockaddr_in6 written by the kernel, without
 // allocating. IPv4-mapped IPv6 addresses are unmapped.
 func addrPortFromRaw(p unsafe.Pointer) netip.AddrPort {

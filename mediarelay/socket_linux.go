@@ -7,6 +7,8 @@ import (
 
 	reuseport "github.com/libp2p/go-reuseport"
 	"golang.org/x/sys/unix"
+
+	"github.com/sipcar/sipcar/mediarelay/rawudp"
 )
 
 // Socket buffer sizes. Fan-in sockets carry every stream of a worker, so they get room for a
@@ -88,44 +90,13 @@ func openFanIn(v4 bool, port uint16) (int, uint16, error) {
 	return fd, port, nil
 }
 
-// openRaw opens the send-only raw socket of the raw send scheme. The relay writes the UDP
-// header and names the source address in an IP_PKTINFO (IPV6_PKTINFO) control message; the
-// kernel writes the IP header. A socket that writes the IP header too (IP_HDRINCL,
-// IPPROTO_RAW) would be simpler, but the kernel routes such packets without its route cache
-// when the destination is on-link (FLOWI_FLAG_KNOWN_NH): a route allocated and freed through
-// RCU for every packet, about a tenth of a saturated worker's CPU in a profile, for the PBX on
-// a Docker bridge or the phones on a gateway's LAN.
-//
-// A raw UDP socket also receives a copy of every UDP datagram for its bound address, so it is
-// bound to the loopback address (IP_TRANSPARENT: also while lo is down), given the smallest
-// buffer and a filter that refuses everything.
+// openRaw opens the send-only raw socket of the raw send scheme (package rawudp says why a
+// raw UDP socket, and why it is cheap and receives nothing). The relay writes the UDP header
+// and names the source address in the port's prebuilt control message (portSocket.srcInfo).
 func openRaw(v4 bool) (int, error) {
-	fd, err := unix.Socket(family(v4), unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	fd, err := rawudp.Open(v4, true)
 	if err != nil {
-		return -1, fmt.Errorf("raw socket: %w", err)
-	}
-	fail := func(what string, err error) (int, error) {
-		unix.Close(fd)
-		return -1, fmt.Errorf("raw socket: %s: %w", what, err)
-	}
-	refuseAll := []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 0}}
-	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER,
-		&unix.SockFprog{Len: uint16(len(refuseAll)), Filter: &refuseAll[0]}); err != nil {
-		return fail("SO_ATTACH_FILTER", err)
-	}
-	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 0) // the kernel's minimum
-	loopback := netip.AddrPortFrom(netip.IPv6Loopback(), 0)
-	if v4 {
-		loopback = netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), 0)
-		err = unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_TRANSPARENT, 1)
-	} else {
-		err = unix.SetsockoptInt(fd, unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1)
-	}
-	if err != nil {
-		return fail("IP_TRANSPARENT", err)
-	}
-	if err := unix.Bind(fd, sockaddrOf(loopback)); err != nil {
-		return fail("bind "+loopback.Addr().String(), err)
+		return -1, err
 	}
 	setBuffers(fd, 0, sendBuf)
 	return fd, nil

@@ -14,6 +14,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sipcar/sipcar/mediarelay/rawudp"
 )
 
 // The payload after the 12-byte RTP header: send time, stream index, magic, run.
@@ -253,7 +255,7 @@ func (g *generator) send(ctx context.Context) {
 	var slots [batch][slotBytes]byte
 	var iov [batch]unix.Iovec
 	var names [batch]unix.RawSockaddrInet6
-	var ctrl [batch][pktinfoSpace]byte
+	var ctrl [batch][rawudp.SourceSpace]byte
 	var msgs [batch]unix.Mmsghdr
 	var byFam [2][]int
 	idx := 0
@@ -286,7 +288,7 @@ func (g *generator) send(ctx context.Context) {
 				pkt := slots[j][start : headroom+g.o.size]
 				iov[j] = unix.Iovec{Base: &pkt[0], Len: uint64(len(pkt))}
 				names[j] = rawName(s.dst)
-				n := srcInfo(&ctrl[j], s.src.Addr())
+				n := rawudp.Source(&ctrl[j], s.src.Addr())
 				msgs[j].Hdr = unix.Msghdr{Name: (*byte)(unsafe.Pointer(&names[j])), Namelen: nameLen(s.dst), Iov: &iov[j], Iovlen: 1,
 					Control: &ctrl[j][0], Controllen: uint64(n)}
 				byFam[fam(s.dst)] = append(byFam[fam(s.dst)], j)

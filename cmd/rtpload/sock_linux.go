@@ -7,6 +7,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sipcar/sipcar/mediarelay/rawudp"
 )
 
 func family(v4 bool) int {
@@ -16,66 +18,16 @@ func family(v4 bool) int {
 	return unix.AF_INET6
 }
 
-// openRaw opens the send-only socket every stream is sent from: a raw UDP socket, so that
-// one socket sends from any endpoint's port. rtpload writes the UDP header and names the
-// source address in an IP_PKTINFO (IPV6_PKTINFO) control message; the kernel writes the IP
-// header. Writing the IP header too (IP_HDRINCL) made the kernel route every packet to an
-// on-link destination without its route cache (FLOWI_FLAG_KNOWN_NH), a route allocated and
-// freed per packet: about a tenth of the generator's core.
-//
-// A raw UDP socket also receives a copy of every UDP datagram for its bound address, so it is
-// bound to the loopback address (IP_TRANSPARENT: also while lo is down) and given a filter
-// that refuses everything.
+// openRaw opens the send-only socket every stream is sent from: a raw UDP socket (package
+// rawudp), so that one socket sends from any endpoint's address and port through the route
+// cache. rtpload writes the UDP header and names the source in a control message.
 func openRaw(v4 bool) (int, error) {
-	fd, err := unix.Socket(family(v4), unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	fd, err := rawudp.Open(v4, false)
 	if err != nil {
-		return -1, fmt.Errorf("raw socket (needs CAP_NET_RAW): %w", err)
-	}
-	fail := func(what string, err error) (int, error) {
-		unix.Close(fd)
-		return -1, fmt.Errorf("raw socket: %s: %w", what, err)
-	}
-	refuseAll := []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 0}}
-	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER,
-		&unix.SockFprog{Len: uint16(len(refuseAll)), Filter: &refuseAll[0]}); err != nil {
-		return fail("SO_ATTACH_FILTER", err)
-	}
-	var loopback unix.Sockaddr = &unix.SockaddrInet6{Addr: netip.IPv6Loopback().As16()}
-	if v4 {
-		loopback = &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}
-		err = unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_TRANSPARENT, 1)
-	} else {
-		err = unix.SetsockoptInt(fd, unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1)
-	}
-	if err != nil {
-		return fail("IP_TRANSPARENT (needs CAP_NET_ADMIN)", err)
-	}
-	if err := unix.Bind(fd, loopback); err != nil {
-		return fail("bind loopback", err)
+		return -1, fmt.Errorf("%w (needs CAP_NET_RAW, CAP_NET_ADMIN)", err)
 	}
 	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 8<<20)
 	return fd, nil
-}
-
-// pktinfoSpace is the room of one IP_PKTINFO or IPV6_PKTINFO control message.
-const pktinfoSpace = unix.SizeofCmsghdr + (unix.SizeofInet6Pktinfo+7)&^7
-
-// srcInfo writes the control message that makes src the source of a datagram sent on the raw
-// socket (IP_PKTINFO's ipi_spec_dst, IPV6_PKTINFO's ipi6_addr) and returns its length.
-func srcInfo(into *[pktinfoSpace]byte, src netip.Addr) int {
-	*into = [pktinfoSpace]byte{}
-	h := (*unix.Cmsghdr)(unsafe.Pointer(&into[0]))
-	data := unsafe.Pointer(&into[unix.SizeofCmsghdr])
-	if src.Is4() {
-		h.Level, h.Type = unix.IPPROTO_IP, unix.IP_PKTINFO
-		h.SetLen(unix.CmsgLen(unix.SizeofInet4Pktinfo))
-		(*unix.Inet4Pktinfo)(data).Spec_dst = src.As4()
-		return unix.CmsgSpace(unix.SizeofInet4Pktinfo)
-	}
-	h.Level, h.Type = unix.IPPROTO_IPV6, unix.IPV6_PKTINFO
-	h.SetLen(unix.CmsgLen(unix.SizeofInet6Pktinfo))
-	(*unix.Inet6Pktinfo)(data).Addr = src.As16()
-	return unix.CmsgSpace(unix.SizeofInet6Pktinfo)
 }
 
 // openFanIn opens the transparent socket the nftables rule steers every endpoint port to.
