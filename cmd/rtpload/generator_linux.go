@@ -39,6 +39,8 @@ const (
 type stream struct {
 	src, dst netip.AddrPort
 	arrive   netip.AddrPort
+	srcMsg   [rawudp.SourceSpace]byte // src as the source of the raw socket's datagram, built once
+	srcLen   int
 }
 
 type generator struct {
@@ -84,6 +86,10 @@ func newGenerator(calls []call, o options) (*generator, error) {
 	minPort, maxPort := uint16(65535), uint16(0)
 	for _, c := range calls {
 		g.streams = append(g.streams, stream{src: c.a, dst: c.relayA, arrive: c.b}, stream{src: c.b, dst: c.relayB, arrive: c.a})
+		for i := len(g.streams) - 2; i < len(g.streams); i++ {
+			s := &g.streams[i]
+			s.srcLen = rawudp.Source(&s.srcMsg, s.src.Addr())
+		}
 		for _, e := range []netip.AddrPort{c.a, c.b} {
 			minPort, maxPort = min(minPort, e.Port()), max(maxPort, e.Port())
 		}
@@ -255,7 +261,6 @@ func (g *generator) send(ctx context.Context) {
 	var slots [batch][slotBytes]byte
 	var iov [batch]unix.Iovec
 	var names [batch]unix.RawSockaddrInet6
-	var ctrl [batch][rawudp.SourceSpace]byte
 	var msgs [batch]unix.Mmsghdr
 	var byFam [2][]int
 	idx := 0
@@ -288,9 +293,8 @@ func (g *generator) send(ctx context.Context) {
 				pkt := slots[j][start : headroom+g.o.size]
 				iov[j] = unix.Iovec{Base: &pkt[0], Len: uint64(len(pkt))}
 				names[j] = rawName(s.dst)
-				n := rawudp.Source(&ctrl[j], s.src.Addr())
 				msgs[j].Hdr = unix.Msghdr{Name: (*byte)(unsafe.Pointer(&names[j])), Namelen: nameLen(s.dst), Iov: &iov[j], Iovlen: 1,
-					Control: &ctrl[j][0], Controllen: uint64(n)}
+					Control: &s.srcMsg[0], Controllen: uint64(s.srcLen)}
 				byFam[fam(s.dst)] = append(byFam[fam(s.dst)], j)
 			}
 			var sent, failed int
