@@ -23,9 +23,12 @@ type Binding struct {
 	to        netip.AddrPort // the address it stands for, on the other side
 	callID    string
 	slot      int32 // pool slot of its port (of the pair for media)
-	seq       uint64
-	created   int64 // tick
-	res       io.Closer
+	// source is what the binding counts against: the source of the message that made a sip
+	// binding, the source of the call of a media pair's RTP binding; zero when exempt.
+	source  netip.Addr
+	seq     uint64
+	created int64 // tick
+	res     io.Closer
 
 	sig *sigState // sip bindings only
 	st  *stream   // media bindings only; guarded by m.mu

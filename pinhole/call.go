@@ -12,6 +12,8 @@ type call struct {
 	streams []*stream
 	txs     int  // open transactions
 	ended   bool // taken out of the table
+	// ringUntil is the tick until which its streams live while its INVITE rings (RingCall).
+	ringUntil int64
 }
 
 // streamKey names a media stream of a call: the SDP body and the m= line.
@@ -251,14 +253,20 @@ func linkLocked(st *stream, i int, l leg, primary bool) {
 	}
 }
 
-// limitError is an ErrCallLimit that says which cap.
+// limitError is a cap reached (ErrCallLimit unless kind says which other), saying which.
 type limitError struct {
 	what  string
 	limit int
+	kind  error // nil: ErrCallLimit
 }
 
 func (e *limitError) Error() string {
-	return ErrCallLimit.Error() + ": " + e.what + " at cap " + strconv.Itoa(e.limit)
+	return e.Unwrap().Error() + ": " + e.what + " at cap " + strconv.Itoa(e.limit)
 }
 
-func (e *limitError) Unwrap() error { return ErrCallLimit }
+func (e *limitError) Unwrap() error {
+	if e.kind == nil {
+		return ErrCallLimit
+	}
+	return e.kind
+}

@@ -20,6 +20,14 @@ const (
 	DefaultMediaSetup        = 50 * time.Second // a media stream until its first packet
 	DefaultMediaIdle         = 60 * time.Second // a media stream after its last packet
 	DefaultMaxCallsPerSource = 100
+	// A video call with content sharing has four or five streams; an offer of dozens is an
+	// attack on the port range.
+	DefaultMaxStreamsPerCall = 10
+	// A tenth of the default media range: a hundred two-stream calls from one address.
+	DefaultMaxPortsPerSource = 1000
+	// An office of phones behind one NAT needs one a phone; a scanner naming thousands of
+	// Contacts needs none.
+	DefaultMaxBindingsPerSource = 200
 )
 
 // Default port ranges, documented at [Config].
@@ -145,6 +153,11 @@ type Config struct {
 	// MaxCallsPerSource caps them per source address (the address that sent the call's first
 	// message); 0 means DefaultMaxCallsPerSource, a negative value no cap.
 	MaxCalls, MaxCallsPerSource int
+	// MaxStreamsPerCall caps the media streams (m= lines relayed) of one call; MaxPortsPerSource
+	// the relay ports the calls of one source hold (two per pair, the pairs reserved for answers
+	// included); MaxBindingsPerSource the sip bindings the messages of one source made. 0 means
+	// the Default below, a negative value no cap.
+	MaxStreamsPerCall, MaxPortsPerSource, MaxBindingsPerSource int
 
 	// ReserveAnswerPair makes the offer that starts a stream reserve the pair of its first answer
 	// too ([Map.AnswerPair]), so that media the answerer sends before its answer reached sipcar
@@ -187,8 +200,18 @@ func (c Config) withDefaults() (Config, error) {
 	if c.SignalingPorts == (PortRange{}) {
 		c.SignalingPorts = defaultSignalingPorts
 	}
-	if c.MaxCallsPerSource == 0 {
-		c.MaxCallsPerSource = DefaultMaxCallsPerSource
+	for _, l := range []struct {
+		v   *int
+		def int
+	}{
+		{&c.MaxCallsPerSource, DefaultMaxCallsPerSource},
+		{&c.MaxStreamsPerCall, DefaultMaxStreamsPerCall},
+		{&c.MaxPortsPerSource, DefaultMaxPortsPerSource},
+		{&c.MaxBindingsPerSource, DefaultMaxBindingsPerSource},
+	} {
+		if *l.v == 0 {
+			*l.v = l.def
+		}
 	}
 	if c.ReserveMedia == nil {
 		c.ReserveMedia = ReserveSocket

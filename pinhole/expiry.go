@@ -58,7 +58,7 @@ func (m *Map) deadlineLocked(s *sched) (at int64, r Reason) {
 	if last := st.lastTraffic(); last != 0 {
 		at, r = max(at, last+int64(m.cfg.MediaIdle)), ReasonIdle
 	}
-	return at, r
+	return max(at, st.call.ringUntil), r
 }
 
 // scheduleLocked puts s in the queue at its deadline, or takes it out if it has none, and wakes

@@ -23,12 +23,14 @@ func ap(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
 // fakeReserve stands for the host's port table: it refuses a port already held or one fail
 // names, and tracks what is open so that a test can prove every reservation was closed once.
 type fakeReserve struct {
-	t     testing.TB
-	mu    sync.Mutex
-	open  map[string]bool
-	fail  func(network string, addr netip.AddrPort) bool
-	n     int // reservations made
-	tries int // reservations asked for
+	t    testing.TB
+	mu   sync.Mutex
+	open map[string]bool
+	fail func(network string, addr netip.AddrPort) bool
+	// failErr is the error a refused reservation wraps (default EADDRINUSE).
+	failErr error
+	n       int // reservations made
+	tries   int // reservations asked for
 }
 
 func newFakeReserve(t testing.TB) *fakeReserve {
@@ -41,7 +43,11 @@ func (f *fakeReserve) reserve(network string, addr netip.AddrPort) (io.Closer, e
 	f.tries++
 	key := network + " " + addr.String()
 	if f.open[key] || (f.fail != nil && f.fail(network, addr)) {
-		return nil, fmt.Errorf("bind %s: %w", key, syscall.EADDRINUSE)
+		err := f.failErr
+		if err == nil {
+			err = syscall.EADDRINUSE
+		}
+		return nil, fmt.Errorf("bind %s: %w", key, err)
 	}
 	f.open[key] = true
 	f.n++

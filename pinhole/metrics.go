@@ -17,7 +17,8 @@ type metrics struct {
 	bindings    [TypeRTCP + 1]prometheus.Gauge
 	calls       prometheus.Gauge
 	noPorts     [TypeRTCP + 1]prometheus.Counter // by the type that failed (sip or sip-rtp)
-	limited     prometheus.Counter
+	limited     prometheus.Counter               // media: a cap on calls, streams or ports reached
+	limitedSig  prometheus.Counter               // a source's cap on sip bindings reached
 	expirations [reasonCount]prometheus.Counter
 }
 
@@ -37,14 +38,15 @@ func newMetrics(reg prometheus.Registerer, m *Map) (*metrics, error) {
 	})
 	failed := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Subsystem: subsystem, Name: "allocations_failed_total",
-		Help: "Allocations refused: no_ports (range exhausted or unbindable), call_limit (cap on calls reached).",
+		Help: "Allocations refused: no_ports (range exhausted or unbindable), call_limit (a cap on calls, streams or a source's ports reached), source_limit (a source's cap on signaling bindings reached).",
 	}, []string{"range", "reason"})
 	expirations := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Subsystem: subsystem, Name: "expirations_total",
 		Help: "Bindings released, by reason.",
 	}, []string{"reason"})
 
-	mt := &metrics{calls: calls, limited: failed.WithLabelValues("media", "call_limit")}
+	mt := &metrics{calls: calls, limited: failed.WithLabelValues("media", "call_limit"),
+		limitedSig: failed.WithLabelValues("signaling", "source_limit")}
 	for t := TypeSIP; t <= TypeRTCP; t++ {
 		mt.bindings[t] = bindings.WithLabelValues(t.String())
 	}

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -18,6 +19,18 @@ var (
 	ErrNoPorts = errors.New("no free ports")
 	// ErrCallLimit: the cap on calls in total or per source is reached. The relay answers 503.
 	ErrCallLimit = errors.New("too many calls")
+	// ErrBindingLimit: the source holds as many sip bindings as Config.MaxBindingsPerSource
+	// allows. The relay answers 503.
+	ErrBindingLimit = errors.New("too many signaling bindings")
+	// ErrPortLimit: the calls of the source hold as many relay ports as
+	// Config.MaxPortsPerSource allows. The relay answers 503.
+	ErrPortLimit = errors.New("too many relay ports")
+	// ErrStreamLimit: an offer has more media streams than Config.MaxStreamsPerCall. The relay
+	// answers 488.
+	ErrStreamLimit = errors.New("too many media streams")
+	// ErrNoDescriptors: a port could not be bound because the process (or the system) is out
+	// of file descriptors; it is no shortage of ports, and the relay says so.
+	ErrNoDescriptors = errors.New("too many open files")
 	// ErrCallEnded: the call was released while a transaction for it was open.
 	ErrCallEnded = errors.New("call ended")
 	// ErrClosed: the Map is closed.
@@ -51,8 +64,12 @@ type Map struct {
 	seq       uint64
 	sigs      map[sigKey]*Binding
 	calls     map[string]*call
-	perSource map[netip.Addr]int
-	queue     schedHeap
+	perSource map[netip.Addr]int // calls, by the source that started them
+	// sigsOf and pairsOf count, per source, the sip bindings its messages made and the media
+	// pairs (allocated or reserved for an allocation under way) of the calls it started.
+	sigsOf  map[netip.Addr]int
+	pairsOf map[netip.Addr]int
+	queue   schedHeap
 }
 
 // sigKey names a sip binding: the side and address it stands for, and the transport.
@@ -80,6 +97,8 @@ func New(cfg Config) (*Map, error) {
 		sigs:       make(map[sigKey]*Binding),
 		calls:      make(map[string]*call),
 		perSource:  make(map[netip.Addr]int),
+		sigsOf:     make(map[netip.Addr]int),
+		pairsOf:    make(map[netip.Addr]int),
 	}
 	if m.metrics, err = newMetrics(cfg.Registerer, m); err != nil {
 		return nil, fmt.Errorf("pinhole metrics: %w", err)
@@ -92,6 +111,9 @@ func New(cfg Config) (*Map, error) {
 func (m *Map) Now() int64 { return int64(time.Since(m.epoch)) + 1 }
 
 func (m *Map) timeOf(tick int64) time.Time { return m.epoch.Add(time.Duration(tick - 1)) }
+
+// Ranges returns the port ranges of media pairs and sip bindings in force.
+func (m *Map) Ranges() (media, signaling PortRange) { return m.cfg.MediaPorts, m.cfg.SignalingPorts }
 
 // Own reports whether a is one of sipcar's own addresses on side.
 func (m *Map) Own(side Side, a netip.Addr) bool { return m.addrs(side).has(a) }
@@ -132,9 +154,17 @@ func (m *Map) LookupSignaling(port uint16) *Binding {
 // Signaling returns the sip binding that stands for addr, an address on side from reached over
 // transport, creating it if there is none: sipcar's address on from.Other() (of addr's family
 // when that side has one) and a port of its own, one per address and transport. It refreshes the
-// binding. callID names the call of a binding it creates. Errors: ErrInvalid, ErrNoPorts,
-// ErrClosed.
+// binding. callID names the call of a binding it creates. A binding made here counts against no
+// source; see [Map.SignalingFor]. Errors: ErrInvalid, ErrNoPorts, ErrNoDescriptors, ErrClosed.
 func (m *Map) Signaling(from Side, transport string, addr netip.AddrPort, callID string) (*Binding, error) {
+	return m.SignalingFor(netip.Addr{}, from, transport, addr, callID)
+}
+
+// SignalingFor is [Map.Signaling] for a message from source: a binding it creates counts against
+// source until it is released, and fails with ErrBindingLimit once source holds
+// Config.MaxBindingsPerSource. A binding that exists is returned whoever asks. The zero source
+// is exempt (the relay passes it for its upstream).
+func (m *Map) SignalingFor(source netip.Addr, from Side, transport string, addr netip.AddrPort, callID string) (*Binding, error) {
 	tr, ok := canonicalTransport(transport)
 	if !ok || !from.valid() || !addr.Addr().IsValid() || addr.Port() == 0 {
 		return nil, fmt.Errorf("sip binding for %s %s %v: %w", from, transport, addr, ErrInvalid)
@@ -153,12 +183,25 @@ func (m *Map) Signaling(from Side, transport string, addr netip.AddrPort, callID
 		m.mu.Unlock()
 		return b, nil
 	}
+	source = source.Unmap()
+	if lim := m.cfg.MaxBindingsPerSource; source.IsValid() && lim > 0 {
+		if m.sigsOf[source] >= lim {
+			m.mu.Unlock()
+			m.metrics.limitedSig.Inc()
+			return nil, fmt.Errorf("sip binding for %s %s %v: %w", from, tr, addr,
+				&limitError{what: "signaling bindings of " + source.String(), limit: lim, kind: ErrBindingLimit})
+		}
+		m.sigsOf[source]++ // held while the port is bound; given back below if that fails
+	} else {
+		source = netip.Addr{}
+	}
 	m.mu.Unlock()
 
 	// Bind outside the lock: it is a system call, and lookups must not wait for it.
 	local := m.addrs(from.Other()).pick(addr.Addr())
 	slot, res, err := m.allocate(m.sigPool, local, TypeSIP, tr)
 	if err != nil {
+		m.giveBackSig(source)
 		m.metrics.failed(TypeSIP, err)
 		return nil, fmt.Errorf("sip binding for %s %s %v: %w", from, tr, addr, err)
 	}
@@ -172,6 +215,7 @@ func (m *Map) Signaling(from Side, transport string, addr netip.AddrPort, callID
 		callID:    strings.Clone(callID),
 		slot:      slot,
 		res:       res,
+		source:    source,
 		sig:       &sigState{key: key},
 	}
 	b.sig.sched = sched{idx: -1, sig: b}
@@ -184,6 +228,7 @@ func (m *Map) Signaling(from Side, transport string, addr netip.AddrPort, callID
 			other.last.Store(now)
 		}
 		m.mu.Unlock()
+		m.giveBackSig(source)
 		m.unreserve(m.sigPool, slot, res)
 		if other == nil {
 			return nil, ErrClosed
@@ -242,6 +287,27 @@ func (m *Map) TouchCall(callID string) {
 		for _, st := range c.streams {
 			st.touched = now
 		}
+	}
+}
+
+// RingCall tells the Map that the call's INVITE rings: its media streams live at least d from
+// now whatever their setup time says, so that a call ringing for minutes keeps the pairs its
+// answer and early media need, and the server map shows the time it really has left. d <= 0 ends
+// that (the INVITE got its final response).
+func (m *Map) RingCall(callID string, d time.Duration) {
+	until := int64(0)
+	if d > 0 {
+		until = m.Now() + int64(d)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c := m.calls[callID]
+	if c == nil || c.ringUntil == until {
+		return
+	}
+	c.ringUntil = until
+	for _, st := range c.streams {
+		m.scheduleLocked(&st.sched)
 	}
 }
 
@@ -363,6 +429,10 @@ func (m *Map) allocate(p *pool, addr netip.Addr, typ Type, transport string) (sl
 		nfailed++
 	}
 	if lastErr != nil {
+		if errors.Is(lastErr, syscall.EMFILE) || errors.Is(lastErr, syscall.ENFILE) {
+			// Out of descriptors, not of ports: say so, or operators chase the wrong limit.
+			return 0, nil, fmt.Errorf("%w: binding %v in %v: %w", ErrNoDescriptors, addr, m.rangeOf(p), lastErr)
+		}
 		return 0, nil, fmt.Errorf("%w in %v on %v: %w", ErrNoPorts, m.rangeOf(p), addr, lastErr)
 	}
 	return 0, nil, fmt.Errorf("%w in %v", ErrNoPorts, m.rangeOf(p))
@@ -448,8 +518,33 @@ func (m *Map) releaseSigLocked(b *Binding, r Reason, out []released) []released 
 	if m.sigs[b.sig.key] == b {
 		delete(m.sigs, b.sig.key)
 	}
+	if b.live.Load() {
+		decrement(m.sigsOf, b.source)
+	}
 	m.unscheduleLocked(&b.sig.sched)
 	return m.unpublishLocked(b, r, out)
+}
+
+// giveBackSig returns the count SignalingFor took for a binding it did not make.
+func (m *Map) giveBackSig(source netip.Addr) {
+	if source.IsValid() {
+		m.mu.Lock()
+		decrement(m.sigsOf, source)
+		m.mu.Unlock()
+	}
+}
+
+// decrement takes one from a per-source count, deleting it at zero; the zero Addr is not
+// counted.
+func decrement(counts map[netip.Addr]int, source netip.Addr) {
+	if !source.IsValid() {
+		return
+	}
+	if n := counts[source] - 1; n > 0 {
+		counts[source] = n
+	} else {
+		delete(counts, source)
+	}
 }
 
 // finish closes the reservations of released bindings, gives their ports back and tells the
@@ -465,6 +560,7 @@ func (m *Map) finish(out []released) {
 		case TypeRTP:
 			// The pair's slot goes back with its RTP binding, after both were closed above.
 			m.mediaPool.put(x.b.slot)
+			m.givePair(x.b.source)
 		}
 		m.metrics.expirations[x.r].Inc()
 	}

@@ -94,8 +94,8 @@ func (m *Map) Begin(callID string, source netip.Addr) *Tx {
 // With Config.ReserveAnswerPair the offer that starts a stream also reserves the pair its answer
 // will get (see [Map.AnswerPair]): the answerer's media often reaches sipcar before its answer
 // does, and the media relay forwards it through that pair meanwhile. The first answer takes it
-// over. Errors: ErrInvalid, ErrNoPorts, ErrCallLimit, ErrCallEnded, ErrClosed,
-// ErrTxDone; after an error the caller rolls the transaction back.
+// over. Errors: ErrInvalid, ErrNoPorts, ErrNoDescriptors, ErrCallLimit, ErrStreamLimit,
+// ErrPortLimit, ErrCallEnded, ErrClosed, ErrTxDone; after an error the caller rolls the transaction back.
 func (tx *Tx) Media(req MediaRequest) (Pair, error) {
 	if tx.done {
 		return Pair{}, ErrTxDone
@@ -160,7 +160,15 @@ func (tx *Tx) Media(req MediaRequest) (Pair, error) {
 			return pairOf(p.rtp), nil
 		}
 	}
-	newStream := m.cfg.ReserveAnswerPair && tx.call.stream(key) == nil && !tx.pending(key)
+	isNew := tx.call.stream(key) == nil && !tx.pending(key)
+	if lim := m.cfg.MaxStreamsPerCall; isNew && lim > 0 && len(tx.call.streams)+tx.newStreams() >= lim {
+		// Each stream takes two pairs: one offer must not drain the range.
+		m.mu.Unlock()
+		m.metrics.limited.Inc()
+		return Pair{}, fmt.Errorf("media pair for %s stream %d/%d: %w", req.From, req.Part, req.Index,
+			&limitError{what: "media streams of one call", limit: lim, kind: ErrStreamLimit})
+	}
+	newStream := m.cfg.ReserveAnswerPair && isNew
 	m.mu.Unlock()
 
 	p := pendingLeg{key: key, from: req.From, mux: req.Mux, held: req.Held, fork: strings.Clone(req.Fork)}
@@ -178,12 +186,17 @@ func (tx *Tx) Media(req MediaRequest) (Pair, error) {
 	return pairOf(p.rtp), nil
 }
 
-// allocate reserves a pair on side faces, in the family of rtp, standing for rtp and rtcp.
+// allocate reserves a pair on side faces, in the family of rtp, standing for rtp and rtcp. The
+// pair counts against the call's source from here until its port goes back to the pool.
 func (tx *Tx) allocate(faces Side, rtp, rtcp netip.AddrPort) (*Binding, *Binding, error) {
 	m := tx.m
+	if err := m.takePair(tx.call.source); err != nil {
+		return nil, nil, err
+	}
 	local := m.addrs(faces).pick(rtp.Addr())
 	slot, res, err := m.allocate(m.mediaPool, local, TypeRTP, "udp")
 	if err != nil {
+		m.givePair(tx.call.source)
 		m.metrics.failed(TypeRTP, err)
 		return nil, nil, err
 	}
@@ -197,7 +210,59 @@ func (tx *Tx) allocate(faces Side, rtp, rtcp netip.AddrPort) (*Binding, *Binding
 }
 
 func (tx *Tx) binding(typ Type, faces Side, addr, to netip.AddrPort, slot int32, res io.Closer) *Binding {
-	return &Binding{m: tx.m, typ: typ, faces: faces, transport: "udp", addr: addr, to: to, callID: tx.call.id, slot: slot, res: res}
+	b := &Binding{m: tx.m, typ: typ, faces: faces, transport: "udp", addr: addr, to: to, callID: tx.call.id, slot: slot, res: res}
+	if typ == TypeRTP {
+		b.source = tx.call.source // the pair's slot, and its count, go back with its RTP binding
+	}
+	return b
+}
+
+// newStreams counts the streams the transaction starts (keys the call does not have yet).
+func (tx *Tx) newStreams() int {
+	n := 0
+	for i, p := range tx.legs {
+		if tx.call.stream(p.key) != nil {
+			continue
+		}
+		first := true
+		for _, q := range tx.legs[:i] {
+			if q.key == p.key {
+				first = false
+				break
+			}
+		}
+		if first {
+			n++
+		}
+	}
+	return n
+}
+
+// takePair counts one more pair against source, or fails with ErrPortLimit when its calls hold
+// Config.MaxPortsPerSource already.
+func (m *Map) takePair(source netip.Addr) error {
+	lim := m.cfg.MaxPortsPerSource / 2
+	if !source.IsValid() || m.cfg.MaxPortsPerSource <= 0 {
+		return nil
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.pairsOf[source] >= lim {
+		m.metrics.limited.Inc()
+		return &limitError{what: "relay ports of the calls of " + source.String(), limit: m.cfg.MaxPortsPerSource, kind: ErrPortLimit}
+	}
+	m.pairsOf[source]++
+	return nil
+}
+
+// givePair returns the count of a pair whose port went back to the pool.
+func (m *Map) givePair(source netip.Addr) {
+	if !source.IsValid() || m.cfg.MaxPortsPerSource <= 0 {
+		return
+	}
+	m.mu.Lock()
+	decrement(m.pairsOf, source)
+	m.mu.Unlock()
 }
 
 // pending reports whether the transaction already asked for a pair of stream key.
@@ -415,6 +480,7 @@ func (tx *Tx) discard(p pendingLeg) {
 		closeReservation(p.rtp.res)
 		closeReservation(p.rtcp.res)
 		tx.m.mediaPool.put(p.rtp.slot)
+		tx.m.givePair(p.rtp.source)
 	}
 	tx.discardSpare(p)
 }
@@ -424,6 +490,7 @@ func (tx *Tx) discardSpare(p pendingLeg) {
 		closeReservation(p.spare.rtp.res)
 		closeReservation(p.spare.rtcp.res)
 		tx.m.mediaPool.put(p.spare.rtp.slot)
+		tx.m.givePair(p.spare.rtp.source)
 	}
 }
 

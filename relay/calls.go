@@ -133,12 +133,12 @@ func (r *Relay) forgetPassLocked(key string) {
 // afterRewrite updates call state once a message is rewritten and its allocations committed:
 // it gives the media relay the streams whose both sides are known and releases media when the
 // call ends.
-func (r *Relay) afterRewrite(m *rewrite.Message, t *msgTranslator, from pinhole.Side, in inbound, res *rewrite.Result) {
+func (r *Relay) afterRewrite(p *msgPass) {
+	m, t, from, in := &p.m, p.t, p.from, p.in
 	callID := t.callID
 	r.m.TouchCall(callID)
 	if len(t.media) > 0 || r.hasCall(callID) {
-		initial := m.IsRequest() && string(m.Method()) == "INVITE" && len(m.ToTag()) == 0
-		r.updateStreams(callID, t, from, res, initial, m.FromTag())
+		r.updateStreams(callID, t, from, &p.res, p.initial, m.FromTag())
 	}
 	if m.IsRequest() {
 		if string(m.Method()) == "CANCEL" {
@@ -147,12 +147,20 @@ func (r *Relay) afterRewrite(m *rewrite.Message, t *msgTranslator, from pinhole.
 		return
 	}
 	code := m.StatusCode()
+	_, method := m.CSeq()
 	if code < 200 {
+		ringing := false
+		r.withCall(callID, func(c *callState) { ringing = !c.established })
+		if string(method) == "INVITE" && ringing {
+			// It rings: the call's pairs live as long as its INVITE may (a proxy's Timer C), and
+			// the server map shows that lifetime.
+			r.m.RingCall(callID, txRinging)
+		}
 		return
 	}
-	_, method := m.CSeq()
 	switch string(method) {
 	case "INVITE":
+		r.m.RingCall(callID, 0)
 		if code < 300 {
 			first, tag := false, ""
 			r.withCall(callID, func(c *callState) {
@@ -301,9 +309,9 @@ func (r *Relay) wire(st *relayedStream) {
 	spec := mediarelay.StreamSpec{
 		CallID: st.callID,
 		A: mediarelay.LegSpec{RTP: a, RTCP: netip.AddrPortFrom(a.Addr(), out.pair.RTCPPort),
-			Mux: mux, Peer: in.rtp, PeerRTCP: in.rtcp},
+			Mux: mux, Peer: r.mediaPeer(pinhole.Inside, in.rtp, in.src), PeerRTCP: r.mediaPeer(pinhole.Inside, in.rtcp, in.src)},
 		B: mediarelay.LegSpec{RTP: b, RTCP: netip.AddrPortFrom(b.Addr(), in.pair.RTCPPort),
-			Mux: mux, Peer: out.rtp, PeerRTCP: out.rtcp},
+			Mux: mux, Peer: r.mediaPeer(pinhole.Outside, out.rtp, out.src), PeerRTCP: r.mediaPeer(pinhole.Outside, out.rtcp, out.src)},
 		Hold: in.held || out.held,
 	}
 	// The offerer's pair is shared by the dialogs of a forked call.
@@ -478,7 +486,7 @@ func (e *mediaEvents) Idle(s *mediarelay.Stream, _ time.Duration) {
 	if st := s.Stats(); ringing || (st.A.LastPacket.IsZero() && st.B.LastPacket.IsZero()) {
 		// A call still ringing (its stream is wired from the offer, and early media may pause)
 		// or one whose media never started: the server map's setup time decides, which the
-		// call's messages renew and, while it rings, syncTraffic.
+		// call's messages renew and, while it rings, its provisional responses (RingCall).
 		return
 	}
 	for _, leg := range []mediarelay.Leg{mediarelay.LegA, mediarelay.LegB} {
@@ -549,28 +557,15 @@ func (r *Relay) bindingOf(s *mediarelay.Stream, leg mediarelay.Leg, rtcp bool) *
 const maxRinging = 4 * time.Minute
 
 // syncTraffic copies the media relay's counters into the server map every second: the session
-// table shows them, and traffic keeps a stream's pairs from expiring. It also keeps the pairs of
-// calls still ringing: nothing but the final response is sent for as long as a phone rings.
+// table shows them, and traffic keeps a stream's pairs from expiring.
 func (r *Relay) syncTraffic(ctx context.Context) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
-	var ringing []string
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-		}
-		ringing = ringing[:0]
-		r.mu.Lock()
-		for key, c := range r.calls {
-			if !c.established && !c.cancelled && time.Since(c.started) < maxRinging {
-				ringing = append(ringing, key)
-			}
-		}
-		r.mu.Unlock()
-		for _, key := range ringing {
-			r.m.TouchCall(key)
 		}
 		r.observe()
 	}

@@ -34,6 +34,14 @@ func (m Mode) String() string {
 	return "upstream"
 }
 
+// Defaults of the caps in [Config] that protect sipcar and the inside from hostile traffic.
+const (
+	DefaultMaxErrorReplyRate       = 10
+	DefaultMaxContacts             = 10
+	DefaultMaxConnections          = 4096
+	DefaultMaxConnectionsPerSource = 64
+)
+
 // Config configures a [Relay].
 type Config struct {
 	Mode Mode
@@ -74,10 +82,31 @@ type Config struct {
 	UDPTCPFallback bool
 
 	// MaxMessageRate caps the SIP messages per second one source address may send; the excess is
-	// dropped and counted. 0 means no cap.
-	MaxMessageRate int
+	// dropped and counted. 0 means no cap. MaxPrefixRate caps those of all the addresses of one
+	// network, the source's first RatePrefixV4 (default 24) or RatePrefixV6 (default 64) bits, so
+	// that a flood spread over a network is held too (0: four times MaxMessageRate; negative: no
+	// cap). The upstream is never throttled.
+	MaxMessageRate, MaxPrefixRate int
+	RatePrefixV4, RatePrefixV6    int
+	// MaxErrorReplyRate caps the responses sipcar makes itself (400, 403, 503, ...) per second to
+	// one UDP source, and fifty times that in total (0: DefaultMaxErrorReplyRate; negative: no cap).
+	MaxErrorReplyRate int
+	// MaxContacts caps the Contacts of a REGISTER; one with more is answered 403 before anything
+	// is bound (0: DefaultMaxContacts; negative: no cap).
+	MaxContacts int
+	// MaxConnections caps the TCP and TLS connections open at once, MaxConnectionsPerSource those
+	// of one source address (the upstream is exempt from the latter). A connection past a cap is
+	// closed at once. 0 means the defaults; negative, no cap. The total is further held below the
+	// process's file descriptor limit (see Relay.Run).
+	MaxConnections, MaxConnectionsPerSource int
+	// TLSHandshakeTimeout bounds a TLS handshake (default 10 s); MessageTimeout the time from the
+	// first byte of a message on a TCP or TLS connection to its last (default 30 s), so that a
+	// peer trickling bytes cannot hold a connection; ConnIdleTimeout how long a connection may
+	// carry nothing at all (default 10 minutes; keep-alives count).
+	TLSHandshakeTimeout, MessageTimeout, ConnIdleTimeout time.Duration
 	// ResponseTimeout is how long a request forwarded over UDP waits for a response before
-	// sipcar answers 503 (default RFC 3261's Timer B, 32 s).
+	// sipcar answers 503 (default RFC 3261's Timer B, 32 s); an INVITE that starts a call and gets
+	// no response at all releases the call's media then.
 	ResponseTimeout time.Duration
 
 	Logger     *slog.Logger
@@ -101,11 +130,49 @@ func (c *Config) validate() error {
 	if c.ListenTLS.IsValid() && (c.TLS == nil || (len(c.TLS.Certificates) == 0 && c.TLS.GetCertificate == nil)) {
 		errs = append(errs, errors.New("a TLS listener needs a certificate"))
 	}
+	c.TLS, c.ClientTLS = hardenTLS(c.TLS), hardenTLS(c.ClientTLS)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	if c.ResponseTimeout <= 0 {
 		c.ResponseTimeout = timerB
+	}
+	if c.MaxPrefixRate == 0 {
+		c.MaxPrefixRate = 4 * c.MaxMessageRate
+	}
+	defaults := []struct {
+		v   *int
+		def int
+	}{
+		{&c.RatePrefixV4, 24},
+		{&c.RatePrefixV6, 64},
+		{&c.MaxErrorReplyRate, DefaultMaxErrorReplyRate},
+		{&c.MaxContacts, DefaultMaxContacts},
+		{&c.MaxConnections, DefaultMaxConnections},
+		{&c.MaxConnectionsPerSource, DefaultMaxConnectionsPerSource},
+	}
+	for _, d := range defaults {
+		if *d.v == 0 {
+			*d.v = d.def
+		}
+	}
+	if c.RatePrefixV4 < 1 || c.RatePrefixV4 > 32 {
+		errs = append(errs, fmt.Errorf("IPv4 rate prefix /%d: want 1 to 32", c.RatePrefixV4))
+	}
+	if c.RatePrefixV6 < 1 || c.RatePrefixV6 > 128 {
+		errs = append(errs, fmt.Errorf("IPv6 rate prefix /%d: want 1 to 128", c.RatePrefixV6))
+	}
+	for _, d := range []struct {
+		d   *time.Duration
+		def time.Duration
+	}{
+		{&c.TLSHandshakeTimeout, 10 * time.Second},
+		{&c.MessageTimeout, 30 * time.Second},
+		{&c.ConnIdleTimeout, 10 * time.Minute},
+	} {
+		if *d.d <= 0 {
+			*d.d = d.def
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -119,4 +186,33 @@ func (c *Config) sideOf(a netip.Addr) pinhole.Side {
 		}
 	}
 	return pinhole.Outside
+}
+
+// aeadSuites are the TLS 1.2 cipher suites sipcar offers and accepts: AEAD only, forward secret
+// (TLS 1.3's are all AEAD and not configurable). CBC with SHA-1 is not among them.
+func aeadSuites() []uint16 {
+	return []uint16{
+		tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+		tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+		tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+		tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+		tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+		tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+	}
+}
+
+// hardenTLS returns a copy of c that speaks TLS 1.2 or later with AEAD suites only, unless the
+// operator chose suites; nil stays nil.
+func hardenTLS(c *tls.Config) *tls.Config {
+	if c == nil {
+		return nil
+	}
+	c = c.Clone()
+	if c.MinVersion < tls.VersionTLS12 {
+		c.MinVersion = tls.VersionTLS12
+	}
+	if c.CipherSuites == nil {
+		c.CipherSuites = aeadSuites()
+	}
+	return c
 }

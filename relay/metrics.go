@@ -16,7 +16,11 @@ type metrics struct {
 	malformed *prometheus.CounterVec // by transport
 	dropped   *prometheus.CounterVec // by reason
 	answered  *prometheus.CounterVec // sipcar's own responses, by status code
-	logLimit  *rateLog
+	// connsRefused counts TCP and TLS connections closed at once by a cap (per-source, total) or
+	// for want of descriptors; connsClosed those closed later, by why (handshake-timeout,
+	// handshake-failed, message-timeout, idle, framing).
+	connsRefused, connsClosed *prometheus.CounterVec
+	logLimit                  *rateLog
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -24,15 +28,17 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "sipcar", Subsystem: "sip", Name: name, Help: help}, labels)
 	}
 	m := &metrics{
-		received:  vec("messages_received_total", "SIP messages received, by the side they came from and transport.", "side", "transport"),
-		forwarded: vec("messages_forwarded_total", "SIP messages forwarded, by the side they went to and transport.", "side", "transport"),
-		malformed: vec("messages_malformed_total", "SIP messages refused as malformed.", "transport"),
-		dropped:   vec("messages_dropped_total", "SIP messages not forwarded, by reason.", "reason"),
-		answered:  vec("responses_sent_total", "Responses sipcar sent itself, by status code.", "code"),
-		logLimit:  &rateLog{every: 10 * time.Second, last: make(map[netip.Addr]time.Time)},
+		received:     vec("messages_received_total", "SIP messages received, by the side they came from and transport.", "side", "transport"),
+		forwarded:    vec("messages_forwarded_total", "SIP messages forwarded, by the side they went to and transport.", "side", "transport"),
+		malformed:    vec("messages_malformed_total", "SIP messages refused as malformed.", "transport"),
+		dropped:      vec("messages_dropped_total", "SIP messages not forwarded, by reason.", "reason"),
+		answered:     vec("responses_sent_total", "Responses sipcar sent itself, by status code.", "code"),
+		connsRefused: vec("connections_refused_total", "TCP and TLS connections closed at once: a cap reached (per-source, total) or no descriptor left (descriptors).", "reason"),
+		connsClosed:  vec("connections_closed_total", "TCP and TLS connections sipcar closed, by reason: handshake-timeout, handshake-failed, message-timeout, idle, framing.", "reason"),
+		logLimit:     &rateLog{every: 10 * time.Second, last: make(map[netip.Addr]time.Time)},
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.received, m.forwarded, m.malformed, m.dropped, m.answered} {
+		for _, c := range []prometheus.Collector{m.received, m.forwarded, m.malformed, m.dropped, m.answered, m.connsRefused, m.connsClosed} {
 			if err := reg.Register(c); err != nil {
 				var are prometheus.AlreadyRegisteredError
 				if !errors.As(err, &are) {

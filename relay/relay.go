@@ -8,14 +8,12 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/sipcar/sipcar/mediarelay"
 	"github.com/sipcar/sipcar/pinhole"
-	"github.com/sipcar/sipcar/relay/policy"
 	"github.com/sipcar/sipcar/rewrite"
 )
 
@@ -27,9 +25,11 @@ type Relay struct {
 	m       *pinhole.Map
 	media   *mediarelay.Relay
 	metrics *metrics
-	flood   *throttle
-	pending *pendingRequests
+	flood   *floodGate
+	replies *replyGate
+	txs     *transactions
 	absorb  *ownAnswers
+	conns   *connLimits
 
 	mu      sync.Mutex // guards the following
 	closed  bool
@@ -51,6 +51,8 @@ type Relay struct {
 
 	streams streamState
 	ready   atomic.Bool // listeners open and not draining
+	// bufs lends UDP readers a buffer of maxUDPMessage bytes while they handle a message.
+	bufs sync.Pool
 
 	wg sync.WaitGroup // socket readers
 }
@@ -80,11 +82,18 @@ func New(cfg Config) (*Relay, error) {
 		hairpinOf:     make(map[string]hairpinKey),
 		retired:       make(map[*pinhole.Binding]pinhole.Counters),
 	}
+	r.bufs.New = func() any { b := make([]byte, maxUDPMessage); return &b }
 	r.streams.conns = make(map[connKey]*streamConn)
 	r.streams.failed = make(map[netip.AddrPort]time.Time)
-	r.flood = newThrottle(cfg.MaxMessageRate, 2*cfg.MaxMessageRate)
-	r.pending = newPendingRequests(cfg.ResponseTimeout)
-	r.absorb = &ownAnswers{keys: make(map[pendingKey]time.Time)}
+	r.flood = &floodGate{perAddr: newThrottle(cfg.MaxMessageRate, 2*cfg.MaxMessageRate),
+		perPrefix: newThrottle(cfg.MaxPrefixRate, 2*cfg.MaxPrefixRate), bits4: cfg.RatePrefixV4, bits6: cfg.RatePrefixV6}
+	if cfg.Mode == Upstream {
+		r.flood.exempt = cfg.Upstream.Addr().Unmap()
+	}
+	r.replies = newReplyGate(cfg.MaxErrorReplyRate)
+	r.txs = newTransactions(cfg.ResponseTimeout)
+	r.absorb = newOwnAnswers()
+	r.conns = newConnLimits(cfg.MaxConnections, cfg.MaxConnectionsPerSource, r.flood.exempt)
 	var err error
 	if r.metrics, err = newMetrics(cfg.Registerer); err != nil {
 		return nil, err
@@ -155,11 +164,12 @@ func (r *Relay) Run(ctx context.Context) error {
 			return err
 		}
 	}
+	r.fitConnections()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var bg sync.WaitGroup
 	bg.Add(4)
-	go func() { defer bg.Done(); r.runPending(ctx) }()
+	go func() { defer bg.Done(); r.runTransactions(ctx) }()
 	go func() { defer bg.Done(); _ = r.m.Run(ctx) }()
 	go func() { defer bg.Done(); _ = r.media.Run(ctx) }()
 	go func() { defer bg.Done(); r.syncTraffic(ctx) }()
@@ -171,6 +181,23 @@ func (r *Relay) Run(ctx context.Context) error {
 	bg.Wait()
 	r.shutdown()
 	return nil
+}
+
+// fitConnections holds the cap on TCP and TLS connections below the process's descriptor limit,
+// leaving a descriptor for every signalling port, every media port when each has a socket, and
+// some to spare for listeners, the admin endpoint and logs: connections must never starve them.
+func (r *Relay) fitConnections() {
+	media, signaling := r.m.Ranges()
+	reserve := signaling.Len() + 256
+	if !r.media.FanIn() {
+		reserve += media.Len()
+	}
+	limit := descriptorLimit()
+	total := r.conns.fitDescriptors(limit, reserve)
+	if limit > 0 && total < r.cfg.MaxConnections {
+		r.log.Warn("TCP and TLS connections capped below SIPCAR_MAX_CONNECTIONS by the file descriptor limit",
+			"cap", total, "descriptor_limit", limit, "reserved_for_ports", reserve)
+	}
 }
 
 // Ready reports whether the relay takes new calls: its listeners are open and it is not
@@ -216,240 +243,6 @@ type inbound struct {
 	conn        *streamConn // TCP/TLS: the connection it came over
 }
 
-// handle processes one message.
-func (r *Relay) handle(in inbound, raw []byte) {
-	var m rewrite.Message
-	from := r.cfg.sideOf(in.src.Addr())
-	r.metrics.received.WithLabelValues(from.String(), in.transport).Inc()
-	if !r.flood.allow(in.src.Addr(), time.Now()) {
-		r.metrics.dropped.WithLabelValues("flood").Inc()
-		r.logOnce(in.src, "source throttled", "src", in.src, "limit_per_second", r.cfg.MaxMessageRate)
-		return
-	}
-	if err := rewrite.Parse(raw, &m); err != nil {
-		r.refuse(in, raw, err)
-		return
-	}
-	callID := string(m.CallID())
-	method := string(m.Method())
-	isReq := m.IsRequest()
-	if isReq && method == "ACK" && r.absorb.take(pendingKey{callID, string(rewrite.ViaParam(m.TopVia(), "branch")), "ACK"}) {
-		return // the ACK of a final response sipcar sent itself
-	}
-
-	if isReq && method == "INVITE" && len(m.ToTag()) == 0 && r.isDraining() {
-		r.answer(in, raw, 503, "Service Unavailable", "sipcar is shutting down", 30)
-		return
-	}
-	if isReq && m.MaxForwards() == 0 && method != "ACK" {
-		r.answer(in, raw, 483, "Too Many Hops", "", 0)
-		return
-	}
-
-	// Where the message goes: what reached a binding goes where the binding stands for.
-	var next netip.AddrPort
-	out := in.transport
-	if !in.listener {
-		b, ok := r.m.Resolve(from, in.local)
-		if !ok {
-			r.metrics.dropped.WithLabelValues("stale-binding").Inc() // expired between receipt and here
-			return
-		}
-		next, out = b.ForwardTo(), r.transportTo(b.ForwardTo(), r.originalTransport(b))
-		b.Received(len(raw), r.m.Now())
-	} else if isReq && from == pinhole.Outside && r.cfg.Mode == Upstream {
-		next, out = r.cfg.Upstream, r.cfg.UpstreamTransport
-	} else if via, ok := topViaSentBy(&m); ok && !isReq && from == pinhole.Outside && r.cfg.Mode == Upstream && r.isPublicListen(via) {
-		// A phone's response to the upstream's request (sent from the public listener's
-		// address): back to the upstream over its own transport, whatever the phone's was.
-		next, out = r.cfg.Upstream, r.cfg.UpstreamTransport
-	} else if in.transparent {
-		if from == pinhole.Outside || r.m.Own(pinhole.Outside, in.local.Addr()) || r.m.Own(pinhole.Inside, in.local.Addr()) {
-			// Interception serves the inside's traffic to the world; anything else is not sipcar's.
-			r.metrics.dropped.WithLabelValues("not-intercepted").Inc()
-			r.answer(in, raw, 403, "Forbidden", "sipcar relays only what the gateway intercepts from the inside", 0)
-			return
-		}
-		next = in.local
-	}
-
-	if isReq && !r.permitted(&m, in, raw, from, next, method) {
-		return
-	}
-
-	key := r.passOf(callID, from, in.src, next, &m)
-	t := &msgTranslator{r: r, transport: in.transport, src: in.src, callID: key, next: next, out: out,
-		fork: r.forkOf(key, from, &m)}
-	if isReq {
-		if via, ok := topViaSentBy(&m); ok {
-			t.senderVia = via
-			if via != in.src {
-				r.setAlias(from, via, in.src)
-			}
-		}
-	}
-	var res rewrite.Result
-	if err := rewrite.Rewrite(&res, &m, rewrite.Side(from), t); err != nil {
-		if t.tx != nil {
-			t.tx.Rollback()
-		}
-		r.refuse(in, raw, err)
-		return
-	}
-	if !next.IsValid() {
-		var ok bool
-		if next, ok = nextHop(res.Out, isReq); !ok {
-			if t.tx != nil {
-				t.tx.Rollback()
-			}
-			r.metrics.dropped.WithLabelValues("no-route").Inc()
-			if isReq {
-				r.answer(in, raw, 403, "Forbidden", "sipcar forwards only to its upstream and bindings", 0)
-			}
-			return
-		}
-		if r.cfg.Mode == Upstream && from == pinhole.Inside && isReq && r.cfg.sideOf(next.Addr()) == pinhole.Inside {
-			// Not an open relay: from inside, a request must leave toward a binding's address.
-			if t.tx != nil {
-				t.tx.Rollback()
-			}
-			r.answer(in, raw, 403, "Forbidden", "no binding for "+next.String(), 0)
-			return
-		}
-	}
-	if isReq && method != "ACK" && out == "udp" && r.cfg.UDPTCPFallback && len(res.Out) > udpSizeLimit {
-		// RFC 3261 section 18.1.1: a request this large goes over a congestion-controlled
-		// transport. Rewrite it again for TCP (its Via and the bindings it makes say so).
-		if t.tx != nil {
-			t.tx.Rollback()
-		}
-		out = "tcp"
-		t = &msgTranslator{r: r, transport: in.transport, src: in.src, callID: key, next: next, out: out,
-			senderVia: t.senderVia, fork: t.fork}
-		if err := rewrite.Rewrite(&res, &m, rewrite.Side(from), t); err != nil {
-			if t.tx != nil {
-				t.tx.Rollback()
-			}
-			r.refuse(in, raw, err)
-			return
-		}
-	}
-	if t.tx == nil && r.hasCall(key) {
-		t.tx = r.m.Begin(key, r.callSource(in.src))
-	}
-	if t.tx != nil {
-		for _, s := range res.Streams {
-			switch s.Disposition {
-			case rewrite.Held:
-				t.tx.Hold(from, s.Part, s.Index)
-			case rewrite.Rejected:
-				t.tx.Drop(s.Part, s.Index)
-			}
-		}
-		if err := t.tx.Commit(); err != nil {
-			r.refuse(in, raw, err)
-			return
-		}
-	}
-	r.afterRewrite(&m, t, from, in, &res)
-
-	// Send from the sender's own binding on the far side, so that the receiver sees one address
-	// per party and its replies come back through the same binding.
-	local, sb, err := r.senderBinding(from, in, out, callID)
-	if err != nil {
-		r.refuse(in, raw, err)
-		return
-	}
-	// Watch the transaction before sending: the response may come back on another socket's
-	// goroutine before this one would get to it.
-	watched := r.trackTransaction(&m, in, raw, out, isReq, method)
-	if err := r.send(local, out, next, res.Out); err != nil {
-		if watched.callID != "" {
-			r.pending.answered(watched)
-		}
-		r.log.Debug("send failed", "to", next, "err", err)
-		r.metrics.dropped.WithLabelValues("send").Inc()
-		if isReq && method != "ACK" {
-			r.answer(in, raw, 503, "Service Unavailable", "next hop unreachable", 0)
-		}
-		return
-	}
-	r.metrics.forwarded.WithLabelValues(from.Other().String(), out).Inc()
-	if sb != nil {
-		// The signaling flow of the session table: this binding talks to next.
-		sb.SetPeer(next)
-		sb.Sent(len(res.Out), r.m.Now())
-	}
-	if r.log.Enabled(context.Background(), slog.LevelDebug) {
-		r.log.Debug("relayed", "method", method, "status", m.StatusCode(), "call", callID, "src", in.src,
-			"at", in.local, "from", local, "to", next, "transport", out)
-	}
-}
-
-// trackTransaction watches a request forwarded over UDP until its response (see
-// pendingRequests); a response stops the watch of its request.
-func (r *Relay) trackTransaction(m *rewrite.Message, in inbound, raw []byte, out string, isReq bool, method string) pendingKey {
-	branch := string(rewrite.ViaParam(m.TopVia(), "branch"))
-	if branch == "" {
-		return pendingKey{}
-	}
-	if isReq {
-		if out == "udp" && method != "ACK" {
-			k := pendingKey{string(m.CallID()), branch, method}
-			r.pending.watch(k, in, raw, time.Now())
-			return k
-		}
-		return pendingKey{}
-	}
-	_, cseqMethod := m.CSeq()
-	if m.StatusCode() >= 200 || string(cseqMethod) == "INVITE" {
-		r.pending.answered(pendingKey{string(m.CallID()), branch, string(cseqMethod)})
-	}
-	return pendingKey{}
-}
-
-// permitted screens a request by the policy: requests out of a dialog, but not CANCEL (it follows
-// an INVITE that was screened) nor the ACK of a response (those carry a To tag). A denied
-// request is answered (403, or 503 when over its rate) or, for silent rules, dropped.
-func (r *Relay) permitted(m *rewrite.Message, in inbound, raw []byte, from pinhole.Side, next netip.AddrPort, method string) bool {
-	p := r.cfg.Policy
-	inDialog := len(m.ToTag()) > 0
-	if p == nil || inDialog || method == "CANCEL" {
-		return true
-	}
-	req := policy.Request{
-		Src:        in.src,
-		DstAddr:    next.Addr(),
-		DstSide:    policy.Outside,
-		ToUpstream: r.cfg.Mode == Upstream && next == r.cfg.Upstream,
-		Transport:  in.transport,
-		Method:     method,
-		Initial:    policy.Initial(method, inDialog),
-	}
-	if from == pinhole.Outside {
-		req.DstSide = policy.Inside
-	}
-	if host := rewrite.URIHost(m.RequestURI()); host != "" {
-		req.DstHost = host
-	}
-	d := p.Evaluate(req)
-	if d.Action == policy.Permit && !d.RateLimited {
-		return true
-	}
-	r.metrics.dropped.WithLabelValues("policy").Inc()
-	if d.Silent || method == "ACK" {
-		return false
-	}
-	// A denied source is not welcome: 403 without Retry-After. One over its rate may come back:
-	// 503 with Retry-After.
-	code, reason, retry := 403, "Forbidden", 0
-	if d.RateLimited {
-		code, reason, retry = 503, "Service Unavailable", d.RetryAfterSeconds()
-	}
-	r.answerWarning(in, raw, code, reason, d.Warning, retry)
-	return false
-}
-
 // bindAddr returns the local address that stands for a (one of sipcar's advertised addresses).
 func (r *Relay) bindAddr(a netip.AddrPort) netip.AddrPort {
 	if local, ok := r.cfg.PublicBind[a.Addr()]; ok {
@@ -462,18 +255,19 @@ func (r *Relay) bindAddr(a netip.AddrPort) netip.AddrPort {
 // RFC 3261's 1300 bytes, 200 below the common path MTU of 1500.
 const udpSizeLimit = 1300
 
-// senderBinding returns the address a message from in.src leaves from on the far side, and its
-// binding when it is one of the server map's.
-func (r *Relay) senderBinding(from pinhole.Side, in inbound, out, callID string) (netip.AddrPort, *pinhole.Binding, error) {
-	if r.cfg.Mode == Transparent && from == pinhole.Outside {
+// senderBinding returns the address a message leaves from on the far side, and its binding when
+// it is one of the server map's.
+func (r *Relay) senderBinding(p *msgPass) (netip.AddrPort, *pinhole.Binding, error) {
+	in := p.in
+	if r.cfg.Mode == Transparent && p.from == pinhole.Outside {
 		// Toward the inside a transparent gateway changes only the destination: the phone sees
 		// the message come from whoever sent it.
 		return in.src, nil, nil
 	}
-	if to, ok := r.staticBinding(from, in.src, out); ok {
+	if to, ok := r.staticBinding(p.from, in.src, p.out); ok {
 		return to, nil, nil
 	}
-	b, err := r.m.Signaling(from, out, in.src, callID)
+	b, err := r.m.SignalingFor(p.t.source, p.from, p.out, in.src, p.callID)
 	if err != nil {
 		return netip.AddrPort{}, nil, err
 	}
@@ -512,58 +306,6 @@ func (r *Relay) transportTo(dst netip.AddrPort, def string) string {
 		}
 	}
 	return def
-}
-
-// refuse answers a message sipcar will not forward: 400 for a malformed request, 505 for
-// another SIP version, 415 for an SDP it cannot read, 503 when no port or call is left.
-func (r *Relay) refuse(in inbound, raw []byte, err error) {
-	var perr *rewrite.Error
-	switch {
-	case errors.As(err, &perr):
-		r.metrics.malformed.WithLabelValues(in.transport).Inc()
-		r.logOnce(in.src, "malformed message", "src", in.src, "err", err)
-		code, reason := 400, "Bad Request"
-		if errors.Is(err, rewrite.ErrVersion) {
-			code, reason = 505, "Version Not Supported"
-		} else if errors.Is(err, rewrite.ErrUnsupported) {
-			code, reason = 415, "Unsupported Media Type"
-		}
-		r.answer(in, raw, code, reason, perr.Where+": "+perr.Reason, 0)
-	case errors.Is(err, pinhole.ErrNoPorts), errors.Is(err, pinhole.ErrCallLimit):
-		r.metrics.dropped.WithLabelValues("no-ports").Inc()
-		r.logOnce(in.src, "no relay ports or call limit", "src", in.src, "err", err)
-		r.answer(in, raw, 503, "Service Unavailable", err.Error(), 5)
-	default:
-		r.metrics.dropped.WithLabelValues("error").Inc()
-		r.log.Warn("message not forwarded", "src", in.src, "err", err)
-		r.answer(in, raw, 500, "Server Internal Error", "sipcar could not forward the request", 0)
-	}
-}
-
-// answer sends sipcar's own response to a request back where it came from. Responses and ACKs
-// get none.
-func (r *Relay) answer(in inbound, req []byte, code int, reason, warning string, retryAfter int) {
-	if warning != "" {
-		warning = `399 sipcar "` + quoteWarning(warning) + `"`
-	}
-	r.answerWarning(in, req, code, reason, warning, retryAfter)
-}
-
-// answerWarning is answer with the Warning header's whole value given.
-func (r *Relay) answerWarning(in inbound, req []byte, code int, reason, warning string, retryAfter int) {
-	out, ends := replyTo(req, code, reason, warning, retryAfter)
-	if out == nil {
-		return
-	}
-	if ends != nil {
-		r.absorb.add(*ends, time.Now())
-	}
-	r.metrics.answered.WithLabelValues(strconv.Itoa(code)).Inc()
-	if in.conn != nil {
-		_ = in.conn.write(out)
-		return
-	}
-	_ = r.send(in.local, "udp", in.src, out)
 }
 
 // logOnce logs at most once per source per interval, so that a flood does not flood the log.
@@ -636,23 +378,4 @@ func (r *Relay) reserveSignaling(network string, addr netip.AddrPort) (io.Closer
 // topViaSentBy returns the sent-by of the message's top Via when it is an IP literal.
 func topViaSentBy(m *rewrite.Message) (netip.AddrPort, bool) {
 	return rewrite.ViaSentBy(m.TopVia())
-}
-
-// nextHop finds where a message without a binding to follow goes (RFC 3261): a request to its
-// top Route when that is a loose router, else to its Request-URI; a response to its top Via
-// (received and rport when present).
-func nextHop(msg []byte, request bool) (netip.AddrPort, bool) {
-	var m rewrite.Message
-	if rewrite.Parse(msg, &m) != nil {
-		return netip.AddrPort{}, false
-	}
-	if !request {
-		return rewrite.ViaResponseAddr(m.TopVia())
-	}
-	if route, ok := m.Header("Route"); ok {
-		if a, lr, ok := rewrite.RouteTarget(route); ok && lr {
-			return a, true
-		}
-	}
-	return rewrite.URIAddr(m.RequestURI())
 }

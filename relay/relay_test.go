@@ -239,7 +239,8 @@ func media(r *Relay) int {
 func TestMalformedRequestGets400(t *testing.T) {
 	b := newLoopbed(t, nil)
 	b.send(b.phone, b.sip, "OPTIONS sip:100@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.3:5060;branch=z9hG4bK1\n"+
-		"From: <sip:200@127.0.0.1>;tag=p1\nTo: <sip:100@127.0.0.1>\nCall-ID: bad1\nCSeq: 1 INVITE\nContent-Length: 0\n\n")
+		"From: <sip:200@127.0.0.1>;tag=p1\nTo: <sip:100@127.0.0.1>\nCall-ID: bad1\nCSeq: 1 INVITE\nMax-Forwards: 70\n"+
+		"User-Agent: a phone with a name\nAllow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, REFER, NOTIFY\nContent-Length: 0\n\n")
 	m, _ := b.recv(b.phone)
 	res := m.(*sip.Response)
 	if res.StatusCode != 400 {
@@ -354,8 +355,9 @@ func TestPolicy(t *testing.T) {
 	scanner := listenRTP(t, "127.0.0.4")
 	req := func(from *net.UDPConn, method, id, toTag string) string {
 		return fmt.Sprintf("%s sip:100@127.0.0.1:%d SIP/2.0\nVia: SIP/2.0/UDP %s;branch=z9hG4bK%s\n"+
-			"From: <sip:200@127.0.0.1>;tag=%s\nTo: <sip:100@127.0.0.1>%s\nCall-ID: %s\nCSeq: 1 %s\nMax-Forwards: 70\nContent-Length: 0\n\n",
-			method, b.sip.Port(), addrOf(from), id, id, toTag, id, method)
+			"From: <sip:200@127.0.0.1>;tag=%s\nTo: <sip:100@127.0.0.1>%s\nCall-ID: %s\nCSeq: 1 %s\nMax-Forwards: 70\n"+
+			"Contact: <sip:200@%s>;expires=3600\nUser-Agent: a phone with a long name\nAllow: INVITE, ACK, CANCEL, BYE, OPTIONS\nContent-Length: 0\n\n",
+			method, b.sip.Port(), addrOf(from), id, id, toTag, id, method, addrOf(from))
 	}
 	b.send(b.phone, b.sip, req(b.phone, "REGISTER", "reg1", ""))
 	m, _ := b.recv(b.phone)

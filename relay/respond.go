@@ -16,14 +16,15 @@ import (
 // sipgo builds the response: it copies Via, From, To, Call-ID and CSeq as RFC 3261 section 8.2.6
 // asks, which is what sipgo is for; the relay's own scanner is only for forwarding byte for byte.
 func reply(req []byte, code int, reason, warning string, retryAfter int) []byte {
-	out, _ := replyTo(req, code, reason, warning, retryAfter)
+	out, _ := replyTo(req, code, reason, warning, retryAfter, replyFull)
 	return out
 }
 
 // replyTo is reply, also returning the transaction the response ends when it is a final answer
 // to an INVITE: its ACK (same Call-ID and branch, RFC 3261 section 17.1.1.3) is sipcar's to
-// absorb, not to forward.
-func replyTo(req []byte, code int, reason, warning string, retryAfter int) ([]byte, *pendingKey) {
+// absorb, not to forward. trim leaves out what only explains, for an answer that must not be
+// larger than its request.
+func replyTo(req []byte, code int, reason, warning string, retryAfter int, trim replyTrim) ([]byte, *ackKey) {
 	msg, err := parseSIP(req)
 	if err != nil {
 		return nil, nil
@@ -36,20 +37,31 @@ func replyTo(req []byte, code int, reason, warning string, retryAfter int) ([]by
 	if to := res.To(); to != nil && !to.Params.Has("tag") {
 		to.Params.Add("tag", "sipcar")
 	}
-	if warning != "" {
+	if warning != "" && trim < replyBare {
 		res.AppendHeader(sip.NewHeader("Warning", warning))
 	}
 	if retryAfter > 0 {
 		res.AppendHeader(sip.NewHeader("Retry-After", strconv.Itoa(retryAfter)))
 	}
-	res.AppendHeader(sip.NewHeader("Server", "sipcar"))
-	var ends *pendingKey
+	if trim < replyNoServer {
+		res.AppendHeader(sip.NewHeader("Server", "sipcar"))
+	}
+	var ends *ackKey
 	if via := r.Via(); r.Method == sip.INVITE && code >= 300 && via != nil && r.CallID() != nil {
 		branch, _ := via.Params.Get("branch")
-		ends = &pendingKey{callID: r.CallID().Value(), branch: branch, method: "ACK"}
+		ends = &ackKey{callID: r.CallID().Value(), branch: branch}
 	}
 	return []byte(res.String()), ends
 }
+
+// replyTrim says what a reply leaves out to stay small.
+type replyTrim uint8
+
+const (
+	replyFull     replyTrim = iota
+	replyNoServer           // no Server header
+	replyBare               // no Server, no Warning: what RFC 3261 section 8.2.6 requires, and Retry-After
+)
 
 // parseSIP is sipgo's parser, with a panic in it counted as a parse error: input here is hostile.
 func parseSIP(b []byte) (msg sip.Message, err error) {

@@ -9,7 +9,9 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/libp2p/go-reuseport"
@@ -30,6 +32,10 @@ type streamConn struct {
 	// sniff: a connection to a binding port, which serves TCP and TLS alike (the server map
 	// reserves one port per binding): a first byte of 0x16 starts a TLS handshake.
 	sniff bool
+	// counted is the address its place in connLimits is counted under: the peer's for a
+	// connection it opened, zero for one sipcar dialed.
+	counted netip.Addr
+	dialed  bool
 
 	wmu sync.Mutex // serialises writes: one message is written whole
 }
@@ -46,9 +52,6 @@ type streamState struct {
 	conns     map[connKey]*streamConn
 	failed    map[netip.AddrPort]time.Time // next hops whose last connect failed, and when
 }
-
-// connIdle closes a connection that carried nothing for this long (no keep-alive either).
-const connIdle = 10 * time.Minute
 
 func (r *Relay) listenStreams(ctx context.Context) error {
 	if r.cfg.ListenTCP.IsValid() {
@@ -94,16 +97,27 @@ func (r *Relay) serveStreams(l net.Listener, transport string, local netip.AddrP
 				if errors.Is(err, net.ErrClosed) {
 					return
 				}
+				if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+					r.metrics.connsRefused.WithLabelValues("descriptors").Inc()
+					r.logOnce(netip.AddrPort{}, "too many open files: a connection could not be accepted; raise the file descriptor limit or lower SIPCAR_MAX_CONNECTIONS", "listener", local)
+				}
 				time.Sleep(10 * time.Millisecond) // EMFILE and the like: back off, do not spin
 				continue
 			}
 			remote := addrPortOf(c.RemoteAddr())
+			if why := r.conns.take(remote.Addr()); why != "" {
+				// Closed before anything is read or a handshake is spent on it.
+				r.metrics.connsRefused.WithLabelValues(why).Inc()
+				r.logOnce(remote, "connection refused: cap reached", "src", remote, "cap", why)
+				c.Close()
+				continue
+			}
 			tr := transport
 			if _, ok := c.(*tls.Conn); ok {
 				tr = "tls"
 			}
 			sc := &streamConn{r: r, conn: c, transport: tr, remote: remote, local: local, listener: listener,
-				sniff: !listener && r.cfg.TLS != nil}
+				sniff: !listener && r.cfg.TLS != nil, counted: remote.Addr()}
 			if listener && r.cfg.Mode == Transparent {
 				// TPROXY keeps the original destination as the local address; REDIRECT says it
 				// through SO_ORIGINAL_DST.
@@ -131,6 +145,7 @@ func (r *Relay) addConn(c *streamConn) {
 	if r.isClosed() {
 		r.streams.mu.Unlock()
 		c.conn.Close()
+		r.conns.give(c.counted)
 		return
 	}
 	r.streams.conns[connKey{c.transport, c.remote}] = c
@@ -145,7 +160,10 @@ func (r *Relay) isClosed() bool {
 	return r.closed
 }
 
-// read frames messages from the connection until it closes or breaks framing.
+// read frames messages from the connection until it closes, breaks framing or runs out of
+// time: a TLS handshake has TLSHandshakeTimeout, a message MessageTimeout from its first byte to
+// its last (however slowly the bytes trickle), and a connection that carries nothing at all
+// ConnIdleTimeout.
 func (c *streamConn) read() {
 	r := c.r
 	defer r.wg.Done()
@@ -153,14 +171,36 @@ func (c *streamConn) read() {
 	if c.sniff && !c.startTLS() {
 		return
 	}
+	if tc, ok := c.conn.(*tls.Conn); ok && !c.dialed {
+		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.TLSHandshakeTimeout)
+		err := tc.HandshakeContext(ctx)
+		cancel()
+		if err != nil {
+			why := "handshake-failed"
+			if errors.Is(err, context.DeadlineExceeded) || isTimeout(err) {
+				why = "handshake-timeout"
+			}
+			r.metrics.connsClosed.WithLabelValues(why).Inc()
+			r.log.Debug("TLS handshake failed", "remote", c.remote, "err", err)
+			return
+		}
+	}
 	br := bufio.NewReaderSize(c.conn, 16<<10)
 	buf := make([]byte, 0, 16<<10)
 	chunk := make([]byte, 16<<10)
+	var started time.Time // when the first byte of the message in buf arrived
 	for {
-		for {
+		for len(buf) > 0 {
 			n, kind, err := nextFrame(buf)
 			if err != nil {
-				r.log.Debug("closing connection", "remote", c.remote, "err", err)
+				r.metrics.malformed.WithLabelValues(c.transport).Inc()
+				r.metrics.dropped.WithLabelValues("malformed").Inc()
+				r.logOnce(c.remote, "stream framing broken: answering and closing", "remote", c.remote, "err", err)
+				if out := frameErrorReply(buf, err); out != nil {
+					r.metrics.answered.WithLabelValues(strconv.Itoa(frameErrorCode(err))).Inc()
+					_ = c.write(out)
+				}
+				r.metrics.connsClosed.WithLabelValues("framing").Inc()
 				return
 			}
 			if kind == frameNeedMore {
@@ -173,16 +213,44 @@ func (c *streamConn) read() {
 				r.handle(inbound{transport: c.transport, src: c.remote, local: c.local, listener: c.listener, transparent: c.transparent, conn: c}, buf[:n])
 			}
 			buf = append(buf[:0], buf[n:]...)
+			started = time.Now() // what is left began with this read at the latest
 		}
-		_ = c.conn.SetReadDeadline(time.Now().Add(connIdle))
+		now := time.Now()
+		deadline := now.Add(r.cfg.ConnIdleTimeout)
+		if len(buf) == 0 {
+			started = time.Time{}
+		} else {
+			if started.IsZero() {
+				started = now
+			}
+			deadline = started.Add(r.cfg.MessageTimeout)
+		}
+		_ = c.conn.SetReadDeadline(deadline)
 		n, err := br.Read(chunk)
 		if n > 0 {
+			if len(buf) == 0 {
+				started = time.Now()
+			}
 			buf = append(buf, chunk[:n]...)
 		}
 		if err != nil {
+			if isTimeout(err) {
+				why := "idle"
+				if len(buf) > 0 {
+					why = "message-timeout"
+				}
+				r.metrics.connsClosed.WithLabelValues(why).Inc()
+				r.logOnce(c.remote, "connection timed out", "remote", c.remote, "reason", why)
+			}
 			return
 		}
 	}
+}
+
+// isTimeout reports a deadline that ran out.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // write sends one message over the connection.
@@ -200,6 +268,7 @@ func (c *streamConn) close() {
 	c.wmu.Unlock()
 	conn.Close()
 	r := c.r
+	r.conns.give(c.counted)
 	r.streams.mu.Lock()
 	k := connKey{c.transport, c.remote}
 	if r.streams.conns[k] == c {
@@ -235,8 +304,13 @@ func (r *Relay) dial(local netip.AddrPort, transport string, dst netip.AddrPort)
 		return nil, fmt.Errorf("connect %s %v: failed %v ago", transport, dst, time.Since(at).Round(time.Millisecond))
 	}
 	r.streams.mu.Unlock()
+	if why := r.conns.take(netip.Addr{}); why != "" {
+		r.metrics.connsRefused.WithLabelValues(why).Inc()
+		return nil, fmt.Errorf("connect %s %v: connection cap reached", transport, dst)
+	}
 	conn, err := dialFrom(r.bindAddr(local), dst)
 	if err != nil {
+		r.conns.give(netip.Addr{})
 		r.streams.mu.Lock()
 		if len(r.streams.failed) > 10000 {
 			clear(r.streams.failed)
@@ -247,17 +321,18 @@ func (r *Relay) dial(local netip.AddrPort, transport string, dst netip.AddrPort)
 	}
 	if transport == "tls" {
 		tc := tls.Client(conn, r.clientTLS(dst))
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.TLSHandshakeTimeout)
 		defer cancel()
 		if err := tc.HandshakeContext(ctx); err != nil {
 			conn.Close()
+			r.conns.give(netip.Addr{})
 			return nil, fmt.Errorf("tls handshake with %v: %w", dst, err)
 		}
 		conn = tc
 	}
 	// From the public listener's address (the upstream's requests to phones): what comes back on
 	// the connection is read as if it reached the listener, not a binding.
-	c := &streamConn{r: r, conn: conn, transport: transport, remote: dst, local: local, listener: r.isPublicListen(local)}
+	c := &streamConn{r: r, conn: conn, transport: transport, remote: dst, local: local, listener: r.isPublicListen(local), dialed: true}
 	r.addConn(c)
 	return c, nil
 }

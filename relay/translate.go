@@ -14,6 +14,8 @@ type msgTranslator struct {
 	r         *Relay
 	transport string         // the transport the message arrived over
 	src       netip.AddrPort // where it really came from
+	// source is what the bindings and pairs the message makes count against ([Relay.callSource]).
+	source netip.Addr
 	// senderVia is the sent-by of the top Via of a request (the sender's own): it and any
 	// Contact naming it stand for src, which differs when the sender is behind a NAT.
 	senderVia netip.AddrPort
@@ -26,11 +28,28 @@ type msgTranslator struct {
 	fork  string
 	tx    *pinhole.Tx
 	media []mediaAlloc
+	// viaOut is the sent-by of the top Via as the message leaves (the key of its transaction).
+	viaOut netip.AddrPort
+	sawVia bool
+	// bindings counts the sip bindings the message asked for (maxBindingsPerMessage).
+	bindings int
+}
+
+// maxBindingsPerMessage bounds the sip bindings one message may ask for: a request through ten
+// proxies names a dozen addresses; one naming hundreds is an attack on the port range.
+const maxBindingsPerMessage = 32
+
+// rollback gives back what the message allocated; nil-safe, and a no-op after Commit.
+func (t *msgTranslator) rollback() {
+	if t != nil && t.tx != nil {
+		t.tx.Rollback()
+	}
 }
 
 // mediaAlloc is one pair the message's SDP asked for.
 type mediaAlloc struct {
 	from        pinhole.Side
+	src         netip.AddrPort // where the message with the SDP came from
 	fork        string
 	part, index int
 	pair        pinhole.Pair
@@ -41,6 +60,17 @@ type mediaAlloc struct {
 var _ rewrite.Translator = (*msgTranslator)(nil)
 
 func (t *msgTranslator) Translate(a rewrite.Addr) (netip.AddrPort, bool, error) {
+	to, ok, err := t.translate(a)
+	if a.Field == rewrite.FieldVia && !t.sawVia {
+		t.sawVia, t.viaOut = true, netip.AddrPortFrom(a.AddrPort.Addr().Unmap(), a.AddrPort.Port())
+		if ok {
+			t.viaOut = to
+		}
+	}
+	return to, ok, err
+}
+
+func (t *msgTranslator) translate(a rewrite.Addr) (netip.AddrPort, bool, error) {
 	r := t.r
 	from := pinhole.Side(a.From)
 	far := from.Other()
@@ -71,7 +101,20 @@ func (t *msgTranslator) Translate(a rewrite.Addr) (netip.AddrPort, bool, error) 
 	if !r.bindsAddr(from, addr.Addr()) {
 		return netip.AddrPort{}, false, nil
 	}
-	b, err := r.m.Signaling(from, t.out, addr, t.callID)
+	if from == pinhole.Outside && !r.outsideMayName(addr.Addr(), t.src.Addr()) {
+		if a.Field == rewrite.FieldRequestURI || a.Field == rewrite.FieldRoute {
+			return netip.AddrPort{}, false, nil // where the message goes: never routed by from outside
+		}
+		// Where an outside sender asks to be reached, naming what it cannot be reached at (a
+		// phone behind its own NAT) or what sipcar must not reach for it (the inside, sipcar's
+		// host): its source is the one address known to reach it.
+		addr = t.src
+	}
+	if t.bindings++; t.bindings > maxBindingsPerMessage && t.source.IsValid() {
+		return netip.AddrPort{}, false, &refusal{metric: "too-many-addresses", code: 403, reason: "Forbidden",
+			warning: "too many addresses in one message"}
+	}
+	b, err := r.m.SignalingFor(t.source, from, t.out, addr, t.callID)
 	if err != nil {
 		return netip.AddrPort{}, false, err
 	}
@@ -112,7 +155,7 @@ func (t *msgTranslator) Media(from rewrite.Side, s *rewrite.Stream) (rewrite.Med
 		return b, nil
 	}
 	if t.tx == nil {
-		t.tx = t.r.m.Begin(t.callID, t.r.callSource(t.src))
+		t.tx = t.r.m.Begin(t.callID, t.source)
 	}
 	req := pinhole.MediaRequest{
 		From:  pinhole.Side(from),
@@ -128,7 +171,7 @@ func (t *msgTranslator) Media(from rewrite.Side, s *rewrite.Stream) (rewrite.Med
 	if err != nil {
 		return rewrite.MediaBinding{}, err
 	}
-	t.media = append(t.media, mediaAlloc{from: req.From, fork: t.fork, part: s.Part, index: s.Index, pair: p,
+	t.media = append(t.media, mediaAlloc{from: req.From, src: t.src, fork: t.fork, part: s.Part, index: s.Index, pair: p,
 		rtp: s.RTP, rtcp: s.RTCP, mux: s.Mux, held: req.Held})
 	return rewrite.MediaBinding(p), nil
 }
@@ -193,10 +236,10 @@ func (r *Relay) isPublicListen(a netip.AddrPort) bool {
 	return false
 }
 
-// callSource is the address a call's allocations count against for the per-source cap; the
-// upstream is exempt.
+// callSource is the address a message's allocations (calls, pairs, sip bindings) count against
+// for the per-source caps; the upstream is exempt.
 func (r *Relay) callSource(src netip.AddrPort) netip.Addr {
-	if r.cfg.Mode == Upstream && src.Addr().Unmap() == r.cfg.Upstream.Addr().Unmap() {
+	if r.isUpstream(src) {
 		return netip.Addr{}
 	}
 	return src.Addr().Unmap()

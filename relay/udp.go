@@ -54,38 +54,51 @@ func (r *Relay) serveUDP(c *net.UDPConn, addr netip.AddrPort, listener, transpar
 
 func (s *udpSocket) read() {
 	defer s.r.wg.Done()
-	buf := make([]byte, maxUDPMessage)
-	oob := make([]byte, 128)
+	if s.transparent {
+		s.readTransparent()
+		return
+	}
 	for {
-		local := s.addr
-		var n int
-		var src netip.AddrPort
-		var err error
-		if s.transparent {
-			var oobn int
-			n, oobn, _, src, err = s.conn.ReadMsgUDPAddrPort(buf, oob)
-			if err == nil {
-				dst, ok := origDst(oob[:oobn])
-				if !ok {
-					continue // not intercepted: nothing sipcar should relay
-				}
-				local = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
+		// Wait without a buffer, then read into one lent for the message's handling only.
+		if err := waitReadable(s.conn); err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
 			}
-		} else {
-			n, src, err = s.conn.ReadFromUDPAddrPort(buf)
+			continue
 		}
+		buf := s.r.bufs.Get().(*[]byte)
+		n, src, err := s.conn.ReadFromUDPAddrPort(*buf)
+		if err == nil && !isKeepalive((*buf)[:n]) {
+			src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+			s.r.handle(inbound{transport: "udp", src: src, local: s.addr, listener: s.listener}, (*buf)[:n])
+		}
+		s.r.bufs.Put(buf)
+		if errors.Is(err, net.ErrClosed) {
+			return
+		}
+		// Other errors (ICMP errors surface as read errors on Linux): the socket lives on.
+	}
+}
+
+// readTransparent reads a TPROXY socket: each datagram's original destination is where it was
+// going, and stands for the address it reached.
+func (s *udpSocket) readTransparent() {
+	buf, oob := make([]byte, maxUDPMessage), make([]byte, 128)
+	for {
+		n, oobn, _, src, err := s.conn.ReadMsgUDPAddrPort(buf, oob)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
-			continue // ICMP errors surface here on Linux; the socket lives on
-		}
-		msg := buf[:n]
-		if isKeepalive(msg) {
 			continue
 		}
+		dst, ok := origDst(oob[:oobn])
+		if !ok || isKeepalive(buf[:n]) {
+			continue // not intercepted: nothing sipcar should relay
+		}
 		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
-		s.r.handle(inbound{transport: "udp", src: src, local: local, listener: s.listener, transparent: s.transparent}, msg)
+		local := netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
+		s.r.handle(inbound{transport: "udp", src: src, local: local, listener: s.listener, transparent: true}, buf[:n])
 	}
 }
 

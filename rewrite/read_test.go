@@ -40,3 +40,23 @@ func TestReaders(t *testing.T) {
 		t.Error("URIAddr of tel:")
 	}
 }
+
+func TestContactCount(t *testing.T) {
+	for msg, want := range map[string]int{
+		"REGISTER sip:r SIP/2.0\r\nVia: SIP/2.0/UDP 198.18.0.2;branch=z9hG4bK1\r\nFrom: <sip:a@r>;tag=1\r\nTo: <sip:a@r>\r\n" +
+			"Call-ID: c\r\nCSeq: 1 REGISTER\r\nContact: <sip:a@198.18.0.2>, \"x, y\" <sip:a@198.18.0.3>;q=0.5\r\n" +
+			"m: sip:a@198.18.0.4;expires=60\r\nContent-Length: 0\r\n\r\n": 3,
+		"REGISTER sip:r SIP/2.0\r\nVia: SIP/2.0/UDP 198.18.0.2;branch=z9hG4bK1\r\nFrom: <sip:a@r>;tag=1\r\nTo: <sip:a@r>\r\n" +
+			"Call-ID: c\r\nCSeq: 1 REGISTER\r\nContact: *\r\nExpires: 0\r\nContent-Length: 0\r\n\r\n": 1,
+		"REGISTER sip:r SIP/2.0\r\nVia: SIP/2.0/UDP 198.18.0.2;branch=z9hG4bK1\r\nFrom: <sip:a@r>;tag=1\r\nTo: <sip:a@r>\r\n" +
+			"Call-ID: c\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n": 0,
+	} {
+		var m Message
+		if err := Parse([]byte(msg), &m); err != nil {
+			t.Fatal(err)
+		}
+		if got := ContactCount(&m); got != want {
+			t.Errorf("ContactCount = %d, want %d in\n%s", got, want, msg)
+		}
+	}
+}

@@ -17,7 +17,7 @@ import (
 
 // adminHandler serves /healthz, /readyz, /metrics, /servermap, /sessions and /policy (JSON, or
 // the vendors' text shape with ?format=text).
-func adminHandler(r *relay.Relay, pol *policy.Policy, reg *prometheus.Registry) http.Handler {
+func adminHandler(r *relay.Relay, pol *policy.Policy, reg *prometheus.Registry, profiles bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
@@ -28,11 +28,15 @@ func adminHandler(r *relay.Relay, pol *policy.Policy, reg *prometheus.Registry) 
 		fmt.Fprintln(w, "ready")
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	// Profiles for operators chasing a hot spot; the admin endpoint listens on loopback by default.
-	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("GET /debug/pprof/heap", pprof.Handler("heap").ServeHTTP)
-	mux.HandleFunc("GET /debug/pprof/goroutine", pprof.Handler("goroutine").ServeHTTP)
+	if profiles {
+		// Profiles for operators chasing a hot spot, when asked for (SIPCAR_PPROF): a profile
+		// costs CPU and shows internals, so an admin endpoint reachable by others must not serve
+		// them by default.
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/heap", pprof.Handler("heap").ServeHTTP)
+		mux.HandleFunc("GET /debug/pprof/goroutine", pprof.Handler("goroutine").ServeHTTP)
+	}
 	table := func(text func(io.Writer) error, w http.ResponseWriter, req *http.Request, v any) {
 		if req.URL.Query().Get("format") == "text" {
 			w.Header().Set("Content-Type", "text/plain; charset=utf-8")

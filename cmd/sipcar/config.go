@@ -52,8 +52,22 @@ type config struct {
 	PolicyDefault     string            `env:"POLICY_DEFAULT" help:"action when no rule matches: permit or deny (default: permit in upstream mode, deny in transparent mode)"`
 	UDPTCPFallback    bool              `env:"UDP_TCP_FALLBACK" envDefault:"false" help:"send requests larger than 1300 bytes after rewriting over TCP (RFC 3261 18.1.1) instead of fragmented UDP"`
 	MaxMessageRate    int               `env:"MAX_MESSAGE_RATE" envDefault:"200" help:"SIP messages per second one source may send (burst twice that); 0: no cap"`
+	MaxPrefixRate     int               `env:"MAX_PREFIX_RATE" envDefault:"0" help:"SIP messages per second all the addresses of one network may send (RATE_PREFIX_V4/_V6); 0: four times MAX_MESSAGE_RATE, -1: no cap"`
+	RatePrefixV4      int               `env:"RATE_PREFIX_V4" envDefault:"24" help:"the network of an IPv4 source for MAX_PREFIX_RATE, in bits"`
+	RatePrefixV6      int               `env:"RATE_PREFIX_V6" envDefault:"64" help:"the network of an IPv6 source for MAX_PREFIX_RATE, in bits"`
+	MaxErrorReplyRate int               `env:"MAX_ERROR_REPLY_RATE" envDefault:"10" help:"sipcar's own error answers per second to one UDP source (50x that in total); 0: no cap"`
+	MaxContacts       int               `env:"MAX_CONTACTS" envDefault:"10" help:"Contacts of one REGISTER; more is answered 403; 0: no cap"`
+	MaxBindingsPerSrc int               `env:"MAX_BINDINGS_PER_SOURCE" envDefault:"200" help:"signaling bindings the messages of one source address may hold; more is answered 503; 0: no cap"`
+	MaxStreamsPerCall int               `env:"MAX_STREAMS_PER_CALL" envDefault:"10" help:"media streams (m= lines) of one call; an offer of more is answered 488; 0: no cap"`
+	MaxPortsPerSource int               `env:"MAX_PORTS_PER_SOURCE" envDefault:"1000" help:"relay ports the calls of one source address may hold; more is answered 503; 0: no cap"`
+	MaxConnections    int               `env:"MAX_CONNECTIONS" envDefault:"4096" help:"TCP and TLS connections open at once (also held below the file descriptor limit); 0: no cap but that"`
+	MaxConnsPerSource int               `env:"MAX_CONNECTIONS_PER_SOURCE" envDefault:"64" help:"TCP and TLS connections of one source address (the upstream is exempt); 0: no cap"`
+	TLSHandshakeTTL   time.Duration     `env:"TLS_HANDSHAKE_TIMEOUT" envDefault:"10s" help:"time a TLS handshake may take"`
+	MessageTimeout    time.Duration     `env:"MESSAGE_TIMEOUT" envDefault:"30s" help:"time from the first byte of a message on TCP/TLS to its last"`
+	TransactionTTL    time.Duration     `env:"TRANSACTION_TIMEOUT" envDefault:"32s" help:"time a request forwarded over UDP waits for a response before sipcar answers 503 (Timer B)"`
 	MediaMode         string            `env:"MEDIA_MODE" envDefault:"auto" help:"auto, fanin (nftables TPROXY, needs CAP_NET_ADMIN) or fallback (a socket per port)"`
 	AdminAddr         listenAddr        `env:"ADMIN_ADDR" envDefault:"127.0.0.1:9060" help:"admin HTTP endpoint (/healthz /readyz /metrics /servermap /sessions); empty disables"`
+	Pprof             bool              `env:"PPROF" envDefault:"false" help:"serve Go's profiles at /debug/pprof/ on the admin endpoint"`
 	DrainTimeout      time.Duration     `env:"DRAIN_TIMEOUT" envDefault:"30s" help:"on SIGTERM, how long calls may go on before sipcar closes"`
 	LogLevel          string            `env:"LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`
 	LogFormat         string            `env:"LOG_FORMAT" envDefault:"text" help:"text or json"`
@@ -217,6 +231,33 @@ func loadConfig(environ []string) (config, error) {
 	if _, err := parseLevel(cfg.LogLevel); err != nil {
 		bad("LOG_LEVEL", err.Error())
 	}
+	for _, c := range []struct {
+		name string
+		v    int
+	}{
+		{"MAX_ERROR_REPLY_RATE", cfg.MaxErrorReplyRate}, {"MAX_CONTACTS", cfg.MaxContacts},
+		{"MAX_BINDINGS_PER_SOURCE", cfg.MaxBindingsPerSrc}, {"MAX_STREAMS_PER_CALL", cfg.MaxStreamsPerCall},
+		{"MAX_PORTS_PER_SOURCE", cfg.MaxPortsPerSource}, {"MAX_CONNECTIONS", cfg.MaxConnections},
+		{"MAX_CONNECTIONS_PER_SOURCE", cfg.MaxConnsPerSource},
+	} {
+		if c.v < 0 {
+			bad(c.name, fmt.Sprintf("%d: want 0 (no cap) or more", c.v))
+		}
+	}
+	if cfg.RatePrefixV4 < 1 || cfg.RatePrefixV4 > 32 {
+		bad("RATE_PREFIX_V4", fmt.Sprintf("%d: want 1 to 32", cfg.RatePrefixV4))
+	}
+	if cfg.RatePrefixV6 < 1 || cfg.RatePrefixV6 > 128 {
+		bad("RATE_PREFIX_V6", fmt.Sprintf("%d: want 1 to 128", cfg.RatePrefixV6))
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"TLS_HANDSHAKE_TIMEOUT", cfg.TLSHandshakeTTL}, {"MESSAGE_TIMEOUT", cfg.MessageTimeout}, {"TRANSACTION_TIMEOUT", cfg.TransactionTTL}} {
+		if d.v <= 0 {
+			bad(d.name, fmt.Sprintf("%v: want a positive duration", d.v))
+		}
+	}
 	if cfg.LogFormat != "text" && cfg.LogFormat != "json" {
 		bad("LOG_FORMAT", fmt.Sprintf("%q: want text or json", cfg.LogFormat))
 	}
@@ -282,6 +323,17 @@ func (c config) relayConfig(ctx context.Context, log *slog.Logger) (relay.Config
 
 		MaxMessageRate: c.MaxMessageRate,
 		UDPTCPFallback: c.UDPTCPFallback,
+
+		MaxPrefixRate:           c.MaxPrefixRate,
+		RatePrefixV4:            c.RatePrefixV4,
+		RatePrefixV6:            c.RatePrefixV6,
+		MaxErrorReplyRate:       noCap(c.MaxErrorReplyRate),
+		MaxContacts:             noCap(c.MaxContacts),
+		MaxConnections:          noCap(c.MaxConnections),
+		MaxConnectionsPerSource: noCap(c.MaxConnsPerSource),
+		TLSHandshakeTimeout:     c.TLSHandshakeTTL,
+		MessageTimeout:          c.MessageTimeout,
+		ResponseTimeout:         c.TransactionTTL,
 	}
 	if c.Mode == "transparent" {
 		rc.Mode = relay.Transparent
@@ -327,6 +379,10 @@ func (c config) relayConfig(ctx context.Context, log *slog.Logger) (relay.Config
 		MediaIdle:         c.MediaIdleTTL,
 		MaxCalls:          c.MaxCalls,
 		MaxCallsPerSource: c.MaxCallsPerSource,
+
+		MaxStreamsPerCall:    noCap(c.MaxStreamsPerCall),
+		MaxPortsPerSource:    noCap(c.MaxPortsPerSource),
+		MaxBindingsPerSource: noCap(c.MaxBindingsPerSrc),
 	}
 	rc.Media = mediarelay.Config{IdleTimeout: c.MediaIdleTTL, Logger: log}
 	switch c.MediaMode {
@@ -356,6 +412,15 @@ func (c config) relayConfig(ctx context.Context, log *slog.Logger) (relay.Config
 	}
 	rc.ClientTLS = client
 	return rc, nil
+}
+
+// noCap turns a cap's variable into the libraries' terms: there 0 means their default and a
+// negative value no cap; an operator who writes 0 means no cap.
+func noCap(v int) int {
+	if v == 0 {
+		return -1
+	}
+	return v
 }
 
 // addrs sorts up to one IPv4 and one IPv6 address into a side's addresses.

@@ -80,7 +80,7 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 
 	var admin *http.Server
 	if cfg.AdminAddr.IsValid() {
-		admin = &http.Server{Addr: cfg.AdminAddr.String(), Handler: adminHandler(r, pol, reg), ReadHeaderTimeout: 5 * time.Second}
+		admin = &http.Server{Addr: cfg.AdminAddr.String(), Handler: adminHandler(r, pol, reg, cfg.Pprof), ReadHeaderTimeout: 5 * time.Second}
 		go func() {
 			if err := admin.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error("admin endpoint", "addr", cfg.AdminAddr, "err", err)
