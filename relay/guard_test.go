@@ -76,7 +76,7 @@ func TestForgedResponseDropped(t *testing.T) {
 		return fmt.Sprintf("SIP/2.0 200 OK\nVia: %s\nFrom: <sip:200@127.0.0.1>;tag=f\nTo: <sip:100@127.0.0.1>;tag=u\n"+
 			"Call-ID: forge\nCSeq: 1 OPTIONS\nContent-Length: 0\n\n", via)
 	}
-	b.send(forger, src, ok(via))                                              // the right branch, another source
+	b.send(forger, src, ok(via))                                                   // the right branch, another source
 	b.send(b.pbx, src, ok(strings.Replace(via, "z9hG4bKreal", "z9hG4bKother", 1))) // the right source, another branch
 	silent(t, b.phone, "a forged response reached the phone")
 	if n := counted(t, b.r.metrics.dropped, "reason", "response-source"); n != 1 {
