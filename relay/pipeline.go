@@ -350,6 +350,11 @@ func (r *Relay) refuse(p *msgPass, err error) {
 	var perr *rewrite.Error
 	switch {
 	case errors.As(err, &ref):
+	case errors.As(err, &perr) && errors.Is(err, rewrite.ErrTooMany):
+		ref = &refusal{metric: "too-many-addresses", code: 403, reason: "Forbidden", warning: perr.Where + ": " + perr.Reason}
+		if perr.Where == "Contact" {
+			ref.metric = "too-many-contacts"
+		}
 	case errors.As(err, &perr):
 		r.metrics.malformed.WithLabelValues(p.in.transport).Inc()
 		ref = &refusal{metric: "malformed", code: 400, reason: "Bad Request", warning: perr.Where + ": " + perr.Reason}

@@ -76,7 +76,13 @@ type Message struct {
 	hasTo     bool
 	hasCallID bool
 	hasCSeq   bool
+	contacts  int // Contact values (name-addrs or "*")
 }
+
+// maxAddressValues bounds the addresses of the headers the rewriter reads (Via, Contact,
+// Record-Route, Route, Path) in one message: a request through seventy proxies names about a
+// hundred and fifty; more makes a message cost ever more to check and rewrite, and is refused.
+const maxAddressValues = 256
 
 // Parse scans raw as one SIP message into m and checks what the rewriter and the relay rely on:
 // the start line, header field syntax, one each of Call-ID, CSeq, From, To (and at most one
@@ -420,12 +426,24 @@ func (m *Message) checkAddressHeaders() error {
 			return malformed("Request-URI", m.ruri.start, "headers are not allowed in a Request-URI")
 		}
 	}
+	n := 0
 	for _, h := range m.hdrs {
+		count := func() error {
+			if n++; n > maxAddressValues {
+				return &Error{Kind: ErrTooMany, Where: headerName(h.kind), Offset: h.value.start,
+					Reason: "more than " + strconv.Itoa(maxAddressValues) + " addresses in one message"}
+			}
+			return nil
+		}
 		var err error
 		switch h.kind {
 		case hVia:
-			err = eachVia(m.raw, h.value, func(viaParm) error { return nil })
-		case hContact, hRecordRoute, hRoute, hPath, hFrom, hTo:
+			err = eachVia(m.raw, h.value, func(viaParm) error { return count() })
+		case hContact:
+			err = eachNameAddr(m.raw, h.value, h.kind, func(nameAddr) error { m.contacts++; return count() })
+		case hRecordRoute, hRoute, hPath:
+			err = eachNameAddr(m.raw, h.value, h.kind, func(nameAddr) error { return count() })
+		case hFrom, hTo:
 			err = eachNameAddr(m.raw, h.value, h.kind, func(nameAddr) error { return nil })
 		}
 		if err != nil {

@@ -1,7 +1,10 @@
 package rewrite
 
 import (
+	"errors"
+	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 )
 
@@ -58,5 +61,35 @@ func TestContactCount(t *testing.T) {
 		if got := ContactCount(&m); got != want {
 			t.Errorf("ContactCount = %d, want %d in\n%s", got, want, msg)
 		}
+	}
+}
+
+// A message naming more addresses than maxAddressValues is refused by Parse, which bounds what
+// checking and rewriting one message may cost.
+func TestTooManyAddresses(t *testing.T) {
+	msg := func(n int) []byte {
+		var b strings.Builder
+		b.WriteString("REGISTER sip:r SIP/2.0\r\nVia: SIP/2.0/UDP 198.18.0.2;branch=z9hG4bK1\r\nFrom: <sip:a@r>;tag=1\r\n" +
+			"To: <sip:a@r>\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\nContact: ")
+		for i := range n {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, "<sip:a@198.18.0.%d:%d>", i%250+1, 5060+i)
+		}
+		b.WriteString("\r\nContent-Length: 0\r\n\r\n")
+		return []byte(b.String())
+	}
+	var m Message
+	if err := Parse(msg(maxAddressValues-1), &m); err != nil {
+		t.Fatalf("%d Contacts: %v", maxAddressValues-1, err)
+	}
+	if got := ContactCount(&m); got != maxAddressValues-1 {
+		t.Errorf("ContactCount = %d", got)
+	}
+	err := Parse(msg(maxAddressValues+1), &m)
+	var perr *Error
+	if !errors.As(err, &perr) || !errors.Is(err, ErrTooMany) || perr.Where != "Contact" || !strings.Contains(perr.Reason, "more than") {
+		t.Errorf("%d Contacts: %v; want ErrTooMany in Contact", maxAddressValues+1, err)
 	}
 }
