@@ -115,6 +115,14 @@ func (m *Map) timeOf(tick int64) time.Time { return m.epoch.Add(time.Duration(ti
 // Ranges returns the port ranges of media pairs and sip bindings in force.
 func (m *Map) Ranges() (media, signaling PortRange) { return m.cfg.MediaPorts, m.cfg.SignalingPorts }
 
+// PortsInUse returns how many media and signalling ports are reserved now (each held by a socket
+// when the reservation hooks bind real ones).
+func (m *Map) PortsInUse() (media, signaling int) {
+	_, mu := m.mediaPool.usage()
+	_, su := m.sigPool.usage()
+	return mu * int(m.mediaPool.step), su * int(m.sigPool.step)
+}
+
 // Own reports whether a is one of sipcar's own addresses on side.
 func (m *Map) Own(side Side, a netip.Addr) bool { return m.addrs(side).has(a) }
 

@@ -104,6 +104,10 @@ type Config struct {
 	// peer trickling bytes cannot hold a connection; ConnIdleTimeout how long a connection may
 	// carry nothing at all (default 10 minutes; keep-alives count).
 	TLSHandshakeTimeout, MessageTimeout, ConnIdleTimeout time.Duration
+	// DescriptorLimit is the number of file descriptors the process may hold, which TCP and TLS
+	// connections may use only as far as the ports' sockets leave room; 0 reads the process's
+	// limit (RLIMIT_NOFILE).
+	DescriptorLimit int
 	// ResponseTimeout is how long a request forwarded over UDP waits for a response before
 	// sipcar answers 503 (default RFC 3261's Timer B, 32 s); an INVITE that starts a call and gets
 	// no response at all releases the call's media then.

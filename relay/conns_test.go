@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/emiago/sipgo/sip"
+
+	"github.com/sipcar/sipcar/mediarelay"
 )
 
 // streamLoopbed is a loopbed with a TCP listener (and a TLS one when tlsToo).
@@ -209,5 +211,28 @@ func TestTLSOffersAEADOnly(t *testing.T) {
 	}
 	if err := dial([]uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256}); err != nil {
 		t.Errorf("an AEAD client: %v", err)
+	}
+}
+
+// Connections use only the descriptors the ports' sockets leave: with room for two, a third is
+// refused (and counted) while UDP goes on.
+func TestConnectionsLeaveDescriptors(t *testing.T) {
+	b, tcp, _ := streamLoopbed(t, false, func(c *Config) {
+		c.Media.Mode = mediarelay.ModeFallback
+		c.DescriptorLimit = descriptorMargin + 2 // no port in use yet: room for two connections
+	})
+	first, second := dialFromPhone(t, tcp), dialFromPhone(t, tcp)
+	time.Sleep(100 * time.Millisecond)
+	third := dialFromPhone(t, tcp)
+	if !closedBySipcar(third, 2*time.Second) {
+		t.Error("a connection past the descriptors' room stayed open")
+	}
+	for _, c := range []net.Conn{first, second} {
+		if closedBySipcar(c, 50*time.Millisecond) {
+			t.Error("a connection within the room was closed")
+		}
+	}
+	if n := counted(t, b.r.metrics.connsRefused, "reason", "descriptors"); n != 1 {
+		t.Errorf("descriptors refusals %v, want 1", n)
 	}
 }

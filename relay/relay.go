@@ -53,6 +53,9 @@ type Relay struct {
 	ready   atomic.Bool // listeners open and not draining
 	// bufs lends UDP readers a buffer of maxUDPMessage bytes while they handle a message.
 	bufs sync.Pool
+	// fdLimit is the process's descriptor limit (0: unknown), set by Run before the listeners
+	// open.
+	fdLimit int
 
 	wg sync.WaitGroup // socket readers
 }
@@ -146,6 +149,7 @@ func (r *Relay) Media() *mediarelay.Relay { return r.media }
 // Run opens the listeners and relays until ctx is done; then it stops taking messages, closes
 // every socket and binding, and returns. It returns an error at once if a listener cannot open.
 func (r *Relay) Run(ctx context.Context) error {
+	r.checkDescriptors()
 	if r.cfg.ListenUDP.IsValid() {
 		listen := listenUDP
 		if r.cfg.Mode == Transparent {
@@ -164,7 +168,6 @@ func (r *Relay) Run(ctx context.Context) error {
 			return err
 		}
 	}
-	r.fitConnections()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var bg sync.WaitGroup
@@ -183,20 +186,22 @@ func (r *Relay) Run(ctx context.Context) error {
 	return nil
 }
 
-// fitConnections holds the cap on TCP and TLS connections below the process's descriptor limit,
-// leaving a descriptor for every signalling port, every media port when each has a socket, and
-// some to spare for listeners, the admin endpoint and logs: connections must never starve them.
-func (r *Relay) fitConnections() {
-	media, signaling := r.m.Ranges()
-	reserve := signaling.Len() + 256
-	if !r.media.FanIn() {
-		reserve += media.Len()
+// checkDescriptors reads the process's descriptor limit, by which TCP and TLS connections are
+// held back at run time (connectionRoom), and says at start-up when it cannot cover every port
+// of the ranges and the connection cap at once.
+func (r *Relay) checkDescriptors() {
+	r.fdLimit = r.cfg.DescriptorLimit
+	if r.fdLimit == 0 {
+		r.fdLimit = descriptorLimit()
 	}
-	limit := descriptorLimit()
-	total := r.conns.fitDescriptors(limit, reserve)
-	if limit > 0 && total < r.cfg.MaxConnections {
-		r.log.Warn("TCP and TLS connections capped below SIPCAR_MAX_CONNECTIONS by the file descriptor limit",
-			"cap", total, "descriptor_limit", limit, "reserved_for_ports", reserve)
+	media, signaling := r.m.Ranges()
+	need := signaling.Len() + descriptorMargin + max(r.cfg.MaxConnections, 0)
+	if !r.media.FanIn() {
+		need += media.Len()
+	}
+	if r.fdLimit > 0 && r.fdLimit < need {
+		r.log.Warn("the file descriptor limit does not cover every relay port and SIPCAR_MAX_CONNECTIONS at once; connections are refused first when descriptors run short (raise ulimit -n / LimitNOFILE / the container's nofile)",
+			"descriptor_limit", r.fdLimit, "wanted", need)
 	}
 }
 

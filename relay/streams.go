@@ -105,7 +105,7 @@ func (r *Relay) serveStreams(l net.Listener, transport string, local netip.AddrP
 				continue
 			}
 			remote := addrPortOf(c.RemoteAddr())
-			if why := r.conns.take(remote.Addr()); why != "" {
+			if why := r.conns.take(remote.Addr(), r.connectionRoom()); why != "" {
 				// Closed before anything is read or a handshake is spent on it.
 				r.metrics.connsRefused.WithLabelValues(why).Inc()
 				r.logOnce(remote, "connection refused: cap reached", "src", remote, "cap", why)
@@ -304,7 +304,7 @@ func (r *Relay) dial(local netip.AddrPort, transport string, dst netip.AddrPort)
 		return nil, fmt.Errorf("connect %s %v: failed %v ago", transport, dst, time.Since(at).Round(time.Millisecond))
 	}
 	r.streams.mu.Unlock()
-	if why := r.conns.take(netip.Addr{}); why != "" {
+	if why := r.conns.take(netip.Addr{}, r.connectionRoom()); why != "" {
 		r.metrics.connsRefused.WithLabelValues(why).Inc()
 		return nil, fmt.Errorf("connect %s %v: connection cap reached", transport, dst)
 	}
