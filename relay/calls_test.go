@@ -30,47 +30,47 @@ func TestPassOfHairpin(t *testing.T) {
 		"From: <sip:alice@x>;tag=a\r\nTo: <sip:bob@x>;tag=b\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n")
 
 	// No call state yet, or a call placed from inside: one crossing.
-	if k := r.passOf("c", pinhole.Inside, pbx, bob, invite); k != "c" {
+	if k := r.calls.passOf("c", pinhole.Inside, pbx, bob, invite); k != "c" {
 		t.Errorf("INVITE of an unknown call: key %q, want the Call-ID", k)
 	}
-	r.mu.Lock()
-	r.calls["c"] = &callState{caller: pinhole.Inside, callerTag: "a"}
-	r.mu.Unlock()
-	if k := r.passOf("c", pinhole.Inside, pbx, bob, invite); k != "c" {
+	r.calls.mu.Lock()
+	r.calls.calls["c"] = &callState{caller: pinhole.Inside, callerTag: "a"}
+	r.calls.mu.Unlock()
+	if k := r.calls.passOf("c", pinhole.Inside, pbx, bob, invite); k != "c" {
 		t.Errorf("INVITE from inside of a call placed from inside: key %q, want the Call-ID", k)
 	}
 
 	// Placed from outside (alice), sent back out to bob: the second crossing.
-	r.mu.Lock()
-	r.calls["c"].caller = pinhole.Outside
-	r.mu.Unlock()
-	k := r.passOf("c", pinhole.Inside, pbx, bob, invite)
+	r.calls.mu.Lock()
+	r.calls.calls["c"].caller = pinhole.Outside
+	r.calls.mu.Unlock()
+	k := r.calls.passOf("c", pinhole.Inside, pbx, bob, invite)
 	if k == "c" {
 		t.Fatalf("the INVITE going back out got the call's own key")
 	}
-	if got := r.passOf("c", pinhole.Outside, bob, netip.AddrPort{}, ringing); got != k {
+	if got := r.calls.passOf("c", pinhole.Outside, bob, netip.AddrPort{}, ringing); got != k {
 		t.Errorf("bob's 180: key %q, want %q", got, k)
 	}
-	if got := r.passOf("c", pinhole.Outside, alice, netip.AddrPort{}, ringing); got != "c" {
+	if got := r.calls.passOf("c", pinhole.Outside, alice, netip.AddrPort{}, ringing); got != "c" {
 		t.Errorf("a message from alice: key %q, want the Call-ID", got)
 	}
-	if got := r.passOf("c", pinhole.Inside, pbx, alice, ringing); got != "c" {
+	if got := r.calls.passOf("c", pinhole.Inside, pbx, alice, ringing); got != "c" {
 		t.Errorf("the 180 going to alice: key %q, want the Call-ID", got)
 	}
-	if got := r.passOf("c", pinhole.Inside, pbx, bob, invite); got != k {
+	if got := r.calls.passOf("c", pinhole.Inside, pbx, bob, invite); got != k {
 		t.Errorf("a retransmitted INVITE to bob: key %q, want %q", got, k)
 	}
 
 	// Once the crossing's call ends, its key goes.
-	r.mu.Lock()
-	r.forgetPassLocked(k)
-	r.mu.Unlock()
-	if got := r.passOf("c", pinhole.Outside, bob, netip.AddrPort{}, ringing); got != "c" {
+	r.calls.mu.Lock()
+	r.calls.forgetPassLocked(k)
+	r.calls.mu.Unlock()
+	if got := r.calls.passOf("c", pinhole.Outside, bob, netip.AddrPort{}, ringing); got != "c" {
 		t.Errorf("after the crossing ended: key %q, want the Call-ID", got)
 	}
-	r.mu.Lock()
-	n, m := len(r.hairpins), len(r.hairpinOf)
-	r.mu.Unlock()
+	r.calls.mu.Lock()
+	n, m := len(r.calls.hairpins), len(r.calls.hairpinOf)
+	r.calls.mu.Unlock()
 	if n != 0 || m != 0 {
 		t.Errorf("%d hairpin entries and %d reverse entries left", n, m)
 	}

@@ -236,3 +236,49 @@ func TestConnectionsLeaveDescriptors(t *testing.T) {
 		t.Errorf("descriptors refusals %v, want 1", n)
 	}
 }
+
+// A next hop that accepts a connection and never answers its TLS handshake holds up nobody:
+// while sipcar waits for it, a message from the PBX to a phone over UDP goes through at once,
+// and the caller gets its 503 when the handshake's time is up.
+func TestDeadNextHopStallsNothing(t *testing.T) {
+	dead, err := net.Listen("tcp", "127.0.0.2:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dead.Close()
+	go func() {
+		for {
+			c, err := dead.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // accepted, never read: the handshake hangs
+		}
+	}()
+	b := newLoopbed(t, func(c *Config) {
+		c.Upstream = dead.Addr().(*net.TCPAddr).AddrPort()
+		c.UpstreamTransport = "tls"
+		c.TLSHandshakeTimeout = 2 * time.Second
+	})
+	phone := addrOf(b.phone)
+	b.send(b.phone, b.sip, fmt.Sprintf("INVITE sip:100@127.0.0.1:%d SIP/2.0\nVia: SIP/2.0/UDP %s;branch=z9hG4bKdead\n"+
+		"From: <sip:200@127.0.0.1>;tag=d\nTo: <sip:100@127.0.0.1>\nCall-ID: dead\nCSeq: 1 INVITE\nMax-Forwards: 70\nContent-Length: 0\n\n",
+		b.sip.Port(), phone))
+	time.Sleep(100 * time.Millisecond) // the INVITE is on its way to the dead next hop
+	b.send(b.pbx, b.sip, fmt.Sprintf("OPTIONS sip:200@%s SIP/2.0\nVia: SIP/2.0/UDP %s;branch=z9hG4bKlive\n"+
+		"From: <sip:100@127.0.0.1>;tag=l\nTo: <sip:200@127.0.0.1>\nCall-ID: live\nCSeq: 1 OPTIONS\nMax-Forwards: 70\nContent-Length: 0\n\n",
+		phone, addrOf(b.pbx)))
+	first, _ := b.recv(b.phone)
+	if req, ok := first.(*sip.Request); !ok || req.CallID().Value() != "live" {
+		t.Fatalf("the phone's first message is %q; want the PBX's OPTIONS before the INVITE's 503 (the dial must not stall the reader)", first.String())
+	}
+	_ = b.phone.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 4096)
+	n, _, err := b.phone.ReadFromUDPAddrPort(buf)
+	if err != nil {
+		t.Fatalf("no answer to the INVITE: %v", err)
+	}
+	if m, err := sip.ParseMessage(buf[:n]); err != nil || m.(*sip.Response).StatusCode != 503 || m.(*sip.Response).CallID().Value() != "dead" {
+		t.Errorf("the INVITE to the dead next hop got %q; want 503", buf[:n])
+	}
+}

@@ -2,7 +2,6 @@ package relay
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -93,7 +92,7 @@ func (r *Relay) admit(p *msgPass) bool {
 		return true
 	case p.method == "ACK" && r.absorb.take(ackKey{p.callID, string(rewrite.ViaParam(m.TopVia(), "branch"))}, now):
 		return false // the ACK of a final response sipcar sent itself
-	case p.initial && r.isDraining():
+	case p.initial && r.draining.Load():
 		r.answer(p, 503, "Service Unavailable", "sipcar is shutting down", 30)
 		return false
 	case m.MaxForwards() == 0 && p.method != "ACK":
@@ -125,7 +124,7 @@ func (r *Relay) route(p *msgPass) bool {
 			r.metrics.dropped.WithLabelValues("stale-binding").Inc() // expired between receipt and here
 			return false
 		}
-		p.next, p.out = b.ForwardTo(), r.transportTo(b.ForwardTo(), r.originalTransport(b))
+		p.next, p.out = b.ForwardTo(), r.transportTo(b.ForwardTo(), r.nat.originalTransport(b))
 		b.Received(len(p.raw), r.m.Now())
 	case p.from == pinhole.Outside && r.cfg.Mode == Upstream:
 		p.next, p.out = r.cfg.Upstream, r.cfg.UpstreamTransport
@@ -172,7 +171,7 @@ func (r *Relay) screen(p *msgPass) bool {
 // translate rewrites the message and commits what its rewriting allocated; when anything fails,
 // everything the message allocated is rolled back and the sender is answered.
 func (r *Relay) translate(p *msgPass) bool {
-	p.key = r.passOf(p.callID, p.from, p.in.src, p.next, &p.m)
+	p.key = r.calls.passOf(p.callID, p.from, p.in.src, p.next, &p.m)
 	err := r.rewriteFor(p, p.out)
 	if err == nil && !p.next.IsValid() {
 		err = r.routeByMessage(p)
@@ -201,12 +200,12 @@ func (r *Relay) translate(p *msgPass) bool {
 // rewriteFor rewrites the message for sending over out.
 func (r *Relay) rewriteFor(p *msgPass, out string) error {
 	t := &msgTranslator{r: r, transport: p.in.transport, src: p.in.src, source: r.callSource(p.in.src),
-		callID: p.key, next: p.next, out: out, fork: r.forkOf(p.key, p.from, &p.m)}
+		callID: p.key, next: p.next, out: out, fork: r.calls.forkOf(p.key, p.from, &p.m)}
 	if p.isReq {
 		if via, ok := topViaSentBy(&p.m); ok {
 			t.senderVia = via
 			if via != p.in.src {
-				r.setAlias(p.from, via, p.in.src)
+				r.nat.setAlias(p.from, via, p.in.src)
 			}
 		}
 	}
@@ -234,7 +233,7 @@ func (r *Relay) routeByMessage(p *msgPass) error {
 // commits the media pairs the rewriting allocated.
 func (r *Relay) commit(p *msgPass) error {
 	t := p.t
-	if t.tx == nil && r.hasCall(p.key) {
+	if t.tx == nil && r.calls.has(p.key) {
 		t.tx = r.m.Begin(p.key, t.source)
 	}
 	if t.tx != nil {
@@ -262,30 +261,24 @@ func (r *Relay) commit(p *msgPass) error {
 // deliver updates the call state, records the transaction a request starts and sends the
 // message.
 func (r *Relay) deliver(p *msgPass) {
-	r.afterRewrite(p)
-	var rec *clientTx
-	fresh := false
-	if p.isReq && p.method != "ACK" {
+	r.follow(p)
+	f := sendFailure{in: p.in, raw: p.raw, next: p.next, key: p.key, initial: p.initial,
+		answerable: p.isReq && p.method != "ACK"}
+	if f.answerable {
 		tx := clientTx{key: requestKey(&p.m, p.t.viaOut), back: p.in.src, backTransport: p.in.transport,
 			next: p.next, nextTransport: p.out, call: p.key, initial: p.initial}
 		if p.out == "udp" {
 			// Over UDP the next hop may stay silent: the request is kept for sipcar's own 503.
 			tx.in, tx.raw = p.in, p.raw
 		}
-		rec, fresh = r.txs.record(tx, time.Now())
+		f.tx, f.fresh = r.txs.record(tx, time.Now())
 	}
-	if err := r.send(p.local, p.out, p.next, p.res.Out); err != nil {
-		r.log.Debug("send failed", "to", p.next, "err", err)
-		r.metrics.dropped.WithLabelValues("send").Inc()
-		if fresh {
-			r.txs.forget(rec)
-			if p.initial {
-				r.endCall(p.key, pinhole.ReasonRejected) // the call cannot start: its ports go now
-			}
-		}
-		if p.isReq && p.method != "ACK" {
-			r.answerTo(p.in, p.raw, 503, "Service Unavailable", warningText("next hop unreachable"), 0, answerKnownSource)
-		}
+	var later func(error)
+	if p.out != "udp" {
+		later = r.failLater(f)
+	}
+	if err := r.tp.send(p.local, p.out, p.next, p.res.Out, later); err != nil {
+		r.sendFailed(f, err)
 		return
 	}
 	r.metrics.forwarded.WithLabelValues(p.from.Other().String(), p.out).Inc()
@@ -297,6 +290,42 @@ func (r *Relay) deliver(p *msgPass) {
 	if r.log.Enabled(context.Background(), slog.LevelDebug) {
 		r.log.Debug("relayed", "method", p.method, "status", p.m.StatusCode(), "call", p.callID, "src", p.in.src,
 			"at", p.in.local, "from", p.local, "to", p.next, "transport", p.out)
+	}
+}
+
+// sendFailure is what the relay needs to undo a message that could not be sent: the transaction
+// it recorded, the call it would have started, and the request to answer.
+type sendFailure struct {
+	in         inbound
+	raw        []byte
+	next       netip.AddrPort
+	key        string
+	initial    bool
+	answerable bool // a request that is not an ACK
+	tx         *clientTx
+	fresh      bool // tx was recorded by this message
+}
+
+// failLater returns the failure handler of a message queued on a connection, which may fail
+// after the message's bytes are gone: it keeps a copy of the request.
+func (r *Relay) failLater(f sendFailure) func(error) {
+	f.raw = append([]byte(nil), f.raw...)
+	return func(err error) { r.sendFailed(f, err) }
+}
+
+// sendFailed undoes a message that could not be sent: a transaction it opened is forgotten, a
+// call it would have started loses its media at once, and the sender of a request gets 503.
+func (r *Relay) sendFailed(f sendFailure, err error) {
+	r.log.Debug("send failed", "to", f.next, "err", err)
+	r.metrics.dropped.WithLabelValues("send").Inc()
+	if f.fresh {
+		r.txs.forget(f.tx)
+		if f.initial {
+			r.calls.end(f.key, pinhole.ReasonRejected)
+		}
+	}
+	if f.answerable {
+		r.answerTo(f.in, f.raw, 503, "Service Unavailable", warningText("next hop unreachable"), 0, answerKnownSource)
 	}
 }
 
@@ -340,102 +369,6 @@ func (r *Relay) permitted(p *msgPass) bool {
 	}
 	r.answerTo(p.in, p.raw, code, reason, d.Warning, retry, answerStranger)
 	return false
-}
-
-// refuse answers a message sipcar will not forward: 400 for a malformed request, 505 for another
-// SIP version, 415 for an SDP it cannot read, 488 for an offer of too many streams, 503 when a
-// port, a call or a descriptor is short, or what a [refusal] says.
-func (r *Relay) refuse(p *msgPass, err error) {
-	var ref *refusal
-	var perr *rewrite.Error
-	switch {
-	case errors.As(err, &ref):
-	case errors.As(err, &perr) && errors.Is(err, rewrite.ErrTooMany):
-		ref = &refusal{metric: "too-many-addresses", code: 403, reason: "Forbidden", warning: perr.Where + ": " + perr.Reason}
-		if perr.Where == "Contact" {
-			ref.metric = "too-many-contacts"
-		}
-	case errors.As(err, &perr):
-		r.metrics.malformed.WithLabelValues(p.in.transport).Inc()
-		ref = &refusal{metric: "malformed", code: 400, reason: "Bad Request", warning: perr.Where + ": " + perr.Reason}
-		if errors.Is(err, rewrite.ErrVersion) {
-			ref.code, ref.reason = 505, "Version Not Supported"
-		} else if errors.Is(err, rewrite.ErrUnsupported) {
-			ref.code, ref.reason = 415, "Unsupported Media Type"
-		}
-	case errors.Is(err, pinhole.ErrStreamLimit):
-		ref = &refusal{metric: "too-many-streams", code: 488, reason: "Not Acceptable Here", warning: err.Error()}
-	case errors.Is(err, pinhole.ErrPortLimit):
-		ref = &refusal{metric: "port-limit", code: 503, reason: "Service Unavailable", warning: err.Error(), retryAfter: 5}
-	case errors.Is(err, pinhole.ErrBindingLimit):
-		ref = &refusal{metric: "binding-limit", code: 503, reason: "Service Unavailable", warning: err.Error(), retryAfter: 5}
-	case errors.Is(err, pinhole.ErrNoDescriptors):
-		r.log.Error("too many open files: raise the file descriptor limit (ulimit -n, LimitNOFILE, the container's nofile)", "err", err)
-		ref = &refusal{metric: "no-descriptors", code: 503, reason: "Service Unavailable", warning: "too many open files", retryAfter: 5}
-	case errors.Is(err, pinhole.ErrNoPorts), errors.Is(err, pinhole.ErrCallLimit):
-		ref = &refusal{metric: "no-ports", code: 503, reason: "Service Unavailable", warning: err.Error(), retryAfter: 5}
-	default:
-		r.log.Warn("message not forwarded", "src", p.in.src, "err", err)
-		ref = &refusal{metric: "error", code: 500, reason: "Server Internal Error", warning: "sipcar could not forward the request"}
-	}
-	r.metrics.dropped.WithLabelValues(ref.metric).Inc()
-	if ref.metric != "error" && ref.metric != "no-descriptors" {
-		r.logOnce(p.in.src, "message refused", "src", p.in.src, "reason", ref.metric, "err", err)
-	}
-	if ref.code != 0 {
-		r.answerTo(p.in, p.raw, ref.code, ref.reason, warningText(ref.warning), ref.retryAfter, answerStranger)
-	}
-}
-
-// answer sends sipcar's own response to the request of p back where it came from.
-func (r *Relay) answer(p *msgPass, code int, reason, warning string, retryAfter int) {
-	r.answerTo(p.in, p.raw, code, reason, warningText(warning), retryAfter, answerStranger)
-}
-
-// warningText makes a Warning header value (RFC 3261 section 20.43, code 399: miscellaneous) of
-// a text; empty stays empty.
-func warningText(text string) string {
-	if text == "" {
-		return ""
-	}
-	return `399 sipcar "` + quoteWarning(text) + `"`
-}
-
-// answerTo sends sipcar's own response to a request (responses and ACKs get none) with a Warning
-// header's whole value. To a UDP source sipcar knows nothing of, replies are capped per source
-// and in total and never larger than the request (see replyGate).
-func (r *Relay) answerTo(in inbound, req []byte, code int, reason, warning string, retryAfter int, to answerTo) {
-	known := to == answerKnownSource || in.conn != nil || r.isUpstream(in.src)
-	now := time.Now()
-	if !known && !r.replies.allow(in.src.Addr(), now) {
-		r.metrics.dropped.WithLabelValues("reply-limit").Inc()
-		return
-	}
-	out, ends := replyTo(req, code, reason, warning, retryAfter, replyFull)
-	for trim := replyNoServer; out != nil && !known && len(out) > len(req); trim++ {
-		if trim > replyBare {
-			r.metrics.dropped.WithLabelValues("reply-size").Inc()
-			return
-		}
-		out, ends = replyTo(req, code, reason, warning, retryAfter, trim)
-	}
-	if out == nil {
-		return
-	}
-	if ends != nil {
-		r.absorb.add(*ends, now)
-	}
-	r.metrics.answered.WithLabelValues(strconv.Itoa(code)).Inc()
-	if in.conn != nil {
-		_ = in.conn.write(out)
-		return
-	}
-	_ = r.send(in.local, "udp", in.src, out)
-}
-
-// isUpstream reports whether src is the configured upstream's address (upstream mode).
-func (r *Relay) isUpstream(src netip.AddrPort) bool {
-	return r.cfg.Mode == Upstream && src.Addr().Unmap() == r.cfg.Upstream.Addr().Unmap()
 }
 
 // requestTarget finds where a request without a binding to follow goes (RFC 3261 section 16.12):

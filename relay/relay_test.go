@@ -284,7 +284,7 @@ func TestExhaustionGets503(t *testing.T) {
 	if n, _, err := b.pbx.ReadFromUDPAddrPort(make([]byte, 4096)); err == nil {
 		t.Errorf("the ACK of sipcar's own 503 reached the PBX (%d bytes)", n)
 	}
-	b.r.endCall("c1", pinhole.ReasonCallEnded)
+	b.r.calls.end("c1", pinhole.ReasonCallEnded)
 	b.send(b.phone, b.sip, invite("c3"))
 	if m, _ := b.recv(b.pbx); m.(*sip.Request).CallID().Value() != "c3" {
 		t.Error("no call after the first ended")
@@ -442,9 +442,9 @@ func TestUnreachableTCPNextHopGets503(t *testing.T) {
 			t.Errorf("%s: got %d for %s, want 503", id, res.StatusCode, res.CallID().Value())
 		}
 	}
-	b.r.streams.mu.Lock()
-	_, remembered := b.r.streams.failed[netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), closed)]
-	b.r.streams.mu.Unlock()
+	b.r.tp.streams.mu.Lock()
+	_, remembered := b.r.tp.streams.failed[netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), closed)]
+	b.r.tp.streams.mu.Unlock()
 	if !remembered {
 		t.Error("the failed next hop is not remembered")
 	}

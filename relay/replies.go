@@ -1,9 +1,14 @@
 package relay
 
 import (
+	"errors"
 	"net/netip"
+	"strconv"
 	"sync"
 	"time"
+
+	"github.com/sipcar/sipcar/pinhole"
+	"github.com/sipcar/sipcar/rewrite"
 )
 
 // sipcar's own answers (400 to garbage, 403 to a denied source, 503 when full) must not make it
@@ -100,4 +105,100 @@ func (o *ownAnswers) prune(now time.Time) {
 func (o *ownAnswers) rotateLocked(now time.Time) {
 	o.prev, o.cur = o.cur, make(map[ackKey]time.Time)
 	o.rotated = now
+}
+
+// refuse answers a message sipcar will not forward: 400 for a malformed request, 505 for another
+// SIP version, 415 for an SDP it cannot read, 488 for an offer of too many streams, 503 when a
+// port, a call or a descriptor is short, or what a [refusal] says.
+func (r *Relay) refuse(p *msgPass, err error) {
+	var ref *refusal
+	var perr *rewrite.Error
+	switch {
+	case errors.As(err, &ref):
+	case errors.As(err, &perr) && errors.Is(err, rewrite.ErrTooMany):
+		ref = &refusal{metric: "too-many-addresses", code: 403, reason: "Forbidden", warning: perr.Where + ": " + perr.Reason}
+		if perr.Where == "Contact" {
+			ref.metric = "too-many-contacts"
+		}
+	case errors.As(err, &perr):
+		r.metrics.malformed.WithLabelValues(p.in.transport).Inc()
+		ref = &refusal{metric: "malformed", code: 400, reason: "Bad Request", warning: perr.Where + ": " + perr.Reason}
+		if errors.Is(err, rewrite.ErrVersion) {
+			ref.code, ref.reason = 505, "Version Not Supported"
+		} else if errors.Is(err, rewrite.ErrUnsupported) {
+			ref.code, ref.reason = 415, "Unsupported Media Type"
+		}
+	case errors.Is(err, pinhole.ErrStreamLimit):
+		ref = &refusal{metric: "too-many-streams", code: 488, reason: "Not Acceptable Here", warning: err.Error()}
+	case errors.Is(err, pinhole.ErrPortLimit):
+		ref = &refusal{metric: "port-limit", code: 503, reason: "Service Unavailable", warning: err.Error(), retryAfter: 5}
+	case errors.Is(err, pinhole.ErrBindingLimit):
+		ref = &refusal{metric: "binding-limit", code: 503, reason: "Service Unavailable", warning: err.Error(), retryAfter: 5}
+	case errors.Is(err, pinhole.ErrNoDescriptors):
+		r.log.Error("too many open files: raise the file descriptor limit (ulimit -n, LimitNOFILE, the container's nofile)", "err", err)
+		ref = &refusal{metric: "no-descriptors", code: 503, reason: "Service Unavailable", warning: "too many open files", retryAfter: 5}
+	case errors.Is(err, pinhole.ErrNoPorts), errors.Is(err, pinhole.ErrCallLimit):
+		ref = &refusal{metric: "no-ports", code: 503, reason: "Service Unavailable", warning: err.Error(), retryAfter: 5}
+	default:
+		r.log.Warn("message not forwarded", "src", p.in.src, "err", err)
+		ref = &refusal{metric: "error", code: 500, reason: "Server Internal Error", warning: "sipcar could not forward the request"}
+	}
+	r.metrics.dropped.WithLabelValues(ref.metric).Inc()
+	if ref.metric != "error" && ref.metric != "no-descriptors" {
+		r.logOnce(p.in.src, "message refused", "src", p.in.src, "reason", ref.metric, "err", err)
+	}
+	if ref.code != 0 {
+		r.answerTo(p.in, p.raw, ref.code, ref.reason, warningText(ref.warning), ref.retryAfter, answerStranger)
+	}
+}
+
+// answer sends sipcar's own response to the request of p back where it came from.
+func (r *Relay) answer(p *msgPass, code int, reason, warning string, retryAfter int) {
+	r.answerTo(p.in, p.raw, code, reason, warningText(warning), retryAfter, answerStranger)
+}
+
+// warningText makes a Warning header value (RFC 3261 section 20.43, code 399: miscellaneous) of
+// a text; empty stays empty.
+func warningText(text string) string {
+	if text == "" {
+		return ""
+	}
+	return `399 sipcar "` + quoteWarning(text) + `"`
+}
+
+// answerTo sends sipcar's own response to a request (responses and ACKs get none) with a Warning
+// header's whole value. To a UDP source sipcar knows nothing of, replies are capped per source
+// and in total and never larger than the request (see replyGate).
+func (r *Relay) answerTo(in inbound, req []byte, code int, reason, warning string, retryAfter int, to answerTo) {
+	known := to == answerKnownSource || in.conn != nil || r.isUpstream(in.src)
+	now := time.Now()
+	if !known && !r.replies.allow(in.src.Addr(), now) {
+		r.metrics.dropped.WithLabelValues("reply-limit").Inc()
+		return
+	}
+	out, ends := replyTo(req, code, reason, warning, retryAfter, replyFull)
+	for trim := replyNoServer; out != nil && !known && len(out) > len(req); trim++ {
+		if trim > replyBare {
+			r.metrics.dropped.WithLabelValues("reply-size").Inc()
+			return
+		}
+		out, ends = replyTo(req, code, reason, warning, retryAfter, trim)
+	}
+	if out == nil {
+		return
+	}
+	if ends != nil {
+		r.absorb.add(*ends, now)
+	}
+	r.metrics.answered.WithLabelValues(strconv.Itoa(code)).Inc()
+	if in.conn != nil {
+		_ = in.conn.enqueue(out, nil)
+		return
+	}
+	_ = r.tp.sendUDP(in.local, in.src, out)
+}
+
+// isUpstream reports whether src is the configured upstream's address (upstream mode).
+func (r *Relay) isUpstream(src netip.AddrPort) bool {
+	return r.cfg.Mode == Upstream && src.Addr().Unmap() == r.cfg.Upstream.Addr().Unmap()
 }

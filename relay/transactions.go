@@ -241,7 +241,7 @@ func (r *Relay) runTransactions(ctx context.Context) {
 			r.absorb.prune(now)
 			for _, tx := range r.txs.expired(now) {
 				if tx.initial {
-					r.endCall(tx.call, pinhole.ReasonRejected)
+					r.calls.end(tx.call, pinhole.ReasonRejected)
 				}
 				if tx.raw == nil {
 					continue

@@ -95,7 +95,7 @@ func (t *msgTranslator) translate(a rewrite.Addr) (netip.AddrPort, bool, error) 
 	}
 	if t.senderVia.IsValid() && addr == t.senderVia {
 		addr = t.src
-	} else if alias, ok := r.natAlias(from, addr); ok {
+	} else if alias, ok := r.nat.alias(from, addr); ok {
 		addr = alias
 	}
 	if !r.bindsAddr(from, addr.Addr()) {
@@ -122,7 +122,7 @@ func (t *msgTranslator) translate(a rewrite.Addr) (netip.AddrPort, bool, error) 
 	if orig == "" || addr == t.src {
 		orig = t.transport
 	}
-	r.noteTransport(b, orig)
+	r.nat.noteTransport(b, orig)
 	return b.Address(), true, nil
 }
 
@@ -142,7 +142,7 @@ func (t *msgTranslator) TranslateTransport(a rewrite.Addr, to netip.AddrPort) st
 			return t.r.cfg.UpstreamTransport
 		}
 		if b, ok := t.r.m.Resolve(from, own); ok {
-			return t.r.originalTransport(b)
+			return t.r.nat.originalTransport(b)
 		}
 	}
 	return ""
@@ -262,4 +262,37 @@ func (r *Relay) ownMedia(side pinhole.Side, a netip.AddrPort, key string) (rewri
 		out.RTCPPort = rtcp.ForwardTo().Port()
 	}
 	return out, true
+}
+
+// transportTo returns the transport to reach dst over: a live TCP or TLS connection with it
+// (the phone's own, RFC 5923 style reuse) wins over the binding's transport def.
+func (r *Relay) transportTo(dst netip.AddrPort, def string) string {
+	if tr := r.tp.connected(dst); tr != "" {
+		return tr
+	}
+	return def
+}
+
+// udpSizeLimit is the size above which a request goes over TCP when the operator asks for it:
+// RFC 3261's 1300 bytes, 200 below the common path MTU of 1500.
+const udpSizeLimit = 1300
+
+// senderBinding returns the address a message leaves from on the far side, and its binding when
+// it is one of the server map's.
+func (r *Relay) senderBinding(p *msgPass) (netip.AddrPort, *pinhole.Binding, error) {
+	in := p.in
+	if r.cfg.Mode == Transparent && p.from == pinhole.Outside {
+		// Toward the inside a transparent gateway changes only the destination: the phone sees
+		// the message come from whoever sent it.
+		return in.src, nil, nil
+	}
+	if to, ok := r.staticBinding(p.from, in.src, p.out); ok {
+		return to, nil, nil
+	}
+	b, err := r.m.SignalingFor(p.t.source, p.from, p.out, in.src, p.callID)
+	if err != nil {
+		return netip.AddrPort{}, nil, err
+	}
+	r.nat.noteTransport(b, in.transport)
+	return b.Address(), b, nil
 }

@@ -3,10 +3,13 @@ package relay
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 
 	"github.com/libp2p/go-reuseport"
+
+	"github.com/sipcar/sipcar/pinhole"
 )
 
 // maxUDPMessage is the largest UDP payload: a message is read whole or not at all.
@@ -15,7 +18,7 @@ const maxUDPMessage = 65535
 // udpSocket is a UDP socket sipcar receives SIP on and sends from: a listener, or the socket
 // of a sip binding (held open by the binding's reservation). Closing it stops its reader.
 type udpSocket struct {
-	r        *Relay
+	t        *transport
 	conn     *net.UDPConn
 	addr     netip.AddrPort // the address it stands for (a binding's may be a public address the host lacks)
 	listener bool
@@ -34,26 +37,49 @@ func listenUDP(addr netip.AddrPort) (*net.UDPConn, error) {
 	return pc.(*net.UDPConn), nil
 }
 
-// serveUDP registers c under addr and reads it until it is closed. It returns nil if the relay
-// is closed.
-func (r *Relay) serveUDP(c *net.UDPConn, addr netip.AddrPort, listener, transparent bool) *udpSocket {
+// serveUDP registers c under addr and reads it until it is closed. It returns nil if the
+// transport is closed.
+func (t *transport) serveUDP(c *net.UDPConn, addr netip.AddrPort, listener, transparent bool) *udpSocket {
 	raiseBuffers(c)
-	s := &udpSocket{r: r, conn: c, addr: addr, listener: listener, transparent: transparent}
-	r.mu.Lock()
-	if r.closed {
-		r.mu.Unlock()
+	s := &udpSocket{t: t, conn: c, addr: addr, listener: listener, transparent: transparent}
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
 		c.Close()
 		return nil
 	}
-	r.udp[addr] = s
-	r.wg.Add(1)
-	r.mu.Unlock()
+	t.udp[addr] = s
+	t.wg.Add(1)
+	t.mu.Unlock()
 	go s.read()
 	return s
 }
 
+// reserve is the server map's reservation hook for sip bindings: it opens the binding's socket
+// (a UDP socket, or a TCP listener that serves TCP and TLS) and serves it until the binding is
+// released.
+func (t *transport) reserve(network string, addr netip.AddrPort) (io.Closer, error) {
+	if network != "udp" {
+		return t.serveBindingTCP(addr)
+	}
+	res, err := pinhole.ReserveSocket(network, addr)
+	if err != nil {
+		return nil, err
+	}
+	c, ok := res.(*net.UDPConn)
+	if !ok {
+		res.Close()
+		return nil, fmt.Errorf("reserve %s %v: not a UDP socket", network, addr)
+	}
+	s := t.serveUDP(c, addr, false, false)
+	if s == nil {
+		return nil, errClosed
+	}
+	return s, nil
+}
+
 func (s *udpSocket) read() {
-	defer s.r.wg.Done()
+	defer s.t.wg.Done()
 	if s.transparent {
 		s.readTransparent()
 		return
@@ -66,13 +92,13 @@ func (s *udpSocket) read() {
 			}
 			continue
 		}
-		buf := s.r.bufs.Get().(*[]byte)
+		buf := s.t.bufs.Get().(*[]byte)
 		n, src, err := s.conn.ReadFromUDPAddrPort(*buf)
 		if err == nil && !isKeepalive((*buf)[:n]) {
 			src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
-			s.r.handle(inbound{transport: "udp", src: src, local: s.addr, listener: s.listener}, (*buf)[:n])
+			s.t.deliver(inbound{transport: "udp", src: src, local: s.addr, listener: s.listener}, (*buf)[:n])
 		}
-		s.r.bufs.Put(buf)
+		s.t.bufs.Put(buf)
 		if errors.Is(err, net.ErrClosed) {
 			return
 		}
@@ -98,7 +124,7 @@ func (s *udpSocket) readTransparent() {
 		}
 		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
 		local := netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
-		s.r.handle(inbound{transport: "udp", src: src, local: local, listener: s.listener, transparent: true}, buf[:n])
+		s.t.deliver(inbound{transport: "udp", src: src, local: local, listener: s.listener, transparent: true}, buf[:n])
 	}
 }
 
@@ -114,31 +140,28 @@ func isKeepalive(b []byte) bool {
 
 // Close closes the socket; its reader stops.
 func (s *udpSocket) Close() error {
-	s.r.mu.Lock()
-	if s.r.udp[s.addr] == s {
-		delete(s.r.udp, s.addr)
+	s.t.mu.Lock()
+	if s.t.udp[s.addr] == s {
+		delete(s.t.udp, s.addr)
 	}
-	s.r.mu.Unlock()
+	s.t.mu.Unlock()
 	return s.conn.Close()
 }
 
-// send sends msg to dst over transport, from the socket that stands for local.
-func (r *Relay) send(local netip.AddrPort, transport string, dst netip.AddrPort, msg []byte) error {
-	if transport != "udp" {
-		return r.sendStream(local, transport, dst, msg)
-	}
-	r.mu.Lock()
-	s := r.udp[local]
+// sendUDP sends msg to dst from the socket that stands for local.
+func (t *transport) sendUDP(local, dst netip.AddrPort, msg []byte) error {
+	t.mu.Lock()
+	s := t.udp[local]
 	if s == nil {
-		s = r.spoof[local]
+		s = t.spoof[local]
 	}
-	if s == nil && r.cfg.Mode == Upstream && r.cfg.ListenUDP.IsValid() {
-		s = r.udp[r.cfg.ListenUDP] // sipcar's own address: the listener serves it
+	if s == nil && t.cfg.Mode == Upstream && t.cfg.ListenUDP.IsValid() {
+		s = t.udp[t.cfg.ListenUDP] // sipcar's own address: the listener serves it
 	}
-	r.mu.Unlock()
-	if s == nil && r.cfg.Mode == Transparent {
+	t.mu.Unlock()
+	if s == nil && t.cfg.Mode == Transparent {
 		var err error
-		if s, err = r.spoofSocket(local); err != nil {
+		if s, err = t.spoofSocket(local); err != nil {
 			return err
 		}
 	}
@@ -155,7 +178,7 @@ const maxSpoofSockets = 4096
 
 // spoofSocket returns a socket that sends from a, an address that is not the host's: in
 // transparent mode a phone must see a reply come from the server it addressed.
-func (r *Relay) spoofSocket(a netip.AddrPort) (*udpSocket, error) {
+func (t *transport) spoofSocket(a netip.AddrPort) (*udpSocket, error) {
 	c, err := bindTransparentUDP(a)
 	if err != nil {
 		return nil, err
@@ -163,27 +186,27 @@ func (r *Relay) spoofSocket(a netip.AddrPort) (*udpSocket, error) {
 	// A transparent socket bound to a server's address also takes what the phones send to that
 	// address from then on (nftables' "socket transparent" match finds it before TPROXY does):
 	// it is read like the listener.
-	s := &udpSocket{r: r, conn: c, addr: a, listener: true, transparent: true}
-	r.mu.Lock()
-	if r.closed {
-		r.mu.Unlock()
+	s := &udpSocket{t: t, conn: c, addr: a, listener: true, transparent: true}
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
 		c.Close()
-		return nil, errors.New("relay closed")
+		return nil, errClosed
 	}
-	if old := r.spoof[a]; old != nil {
-		r.mu.Unlock()
+	if old := t.spoof[a]; old != nil {
+		t.mu.Unlock()
 		c.Close()
 		return old, nil
 	}
-	if len(r.spoof) >= maxSpoofSockets {
-		for k, old := range r.spoof {
+	if len(t.spoof) >= maxSpoofSockets {
+		for k, old := range t.spoof {
 			old.conn.Close()
-			delete(r.spoof, k)
+			delete(t.spoof, k)
 		}
 	}
-	r.spoof[a] = s
-	r.wg.Add(1)
-	r.mu.Unlock()
+	t.spoof[a] = s
+	t.wg.Add(1)
+	t.mu.Unlock()
 	go s.read()
 	return s, nil
 }

@@ -1,0 +1,77 @@
+package relay
+
+import (
+	"net/netip"
+	"sync"
+
+	"github.com/sipcar/sipcar/pinhole"
+)
+
+// natState is what the relay learns of its peers' NATs and transports as messages pass: the
+// addresses senders wrote in their Vias where their packets came from elsewhere (a phone behind
+// its own NAT), and, per sip binding, the transport its original address is reached over (the
+// binding's own transport is the far side's: a phone on UDP behind a binding that a PBX reaches
+// over TLS).
+type natState struct {
+	mu            sync.Mutex // guards the following
+	aliases       map[aliasKey]netip.AddrPort
+	origTransport map[netip.AddrPort]string
+}
+
+// aliasKey names an address a sender behind a NAT wrote in its Via, on one side.
+type aliasKey struct {
+	side pinhole.Side
+	addr netip.AddrPort
+}
+
+// maxAliases bounds the aliases remembered: a flood of distinct Vias must not grow memory.
+const maxAliases = 100000
+
+func newNATState() *natState {
+	return &natState{aliases: make(map[aliasKey]netip.AddrPort), origTransport: make(map[netip.AddrPort]string)}
+}
+
+// setAlias records that what a sender on side wrote as via came from src.
+func (n *natState) setAlias(side pinhole.Side, via, src netip.AddrPort) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if len(n.aliases) > maxAliases {
+		clear(n.aliases)
+	}
+	n.aliases[aliasKey{side, via}] = src
+}
+
+// alias returns where packets from the sender that wrote a on side come from.
+func (n *natState) alias(side pinhole.Side, a netip.AddrPort) (netip.AddrPort, bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	src, ok := n.aliases[aliasKey{side, a}]
+	return src, ok
+}
+
+// noteTransport records the transport a sip binding's original address is reached over.
+func (n *natState) noteTransport(b *pinhole.Binding, transport string) {
+	if transport == "" || transport == b.Transport() {
+		return
+	}
+	n.mu.Lock()
+	n.origTransport[b.Address()] = transport
+	n.mu.Unlock()
+}
+
+// originalTransport returns the transport that reaches what b stands for.
+func (n *natState) originalTransport(b *pinhole.Binding) string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if t, ok := n.origTransport[b.Address()]; ok {
+		return t
+	}
+	return b.Transport()
+}
+
+// forget drops what was recorded of a released sip binding.
+func (n *natState) forget(b *pinhole.Binding) {
+	n.mu.Lock()
+	delete(n.origTransport, b.Address())
+	n.mu.Unlock()
+}
