@@ -45,6 +45,8 @@ fuzz:
 	$(GO) test ./rewrite -run '^$$' -fuzz '^FuzzRewriteSDP$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./relay/policy -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./relay/policy -run '^$$' -fuzz '^FuzzIndex$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./relay -run '^$$' -fuzz '^FuzzReply$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./relay -run '^$$' -fuzz '^FuzzNextFrame$$' -fuzztime $(FUZZTIME)
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...

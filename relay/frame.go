@@ -3,6 +3,7 @@ package relay
 import (
 	"bytes"
 	"errors"
+	"net/netip"
 	"strconv"
 )
 
@@ -103,28 +104,18 @@ func frameErrorCode(err error) int {
 	return 400
 }
 
-// frameErrorReply builds sipcar's answer to a stream whose framing broke at the start of buf,
-// before the connection is closed (it cannot be resynchronised): the header block, its
-// Content-Length left out, answered as a request without a body. It returns nil when the header
-// block is incomplete or no request.
-func frameErrorReply(buf []byte, err error) []byte {
+// frameErrorReply builds sipcar's answer to a stream from src whose framing broke at the start
+// of buf, before the connection is closed (it cannot be resynchronised): the header block
+// answered as a request. It returns nil when the header block is incomplete or no request.
+func (rp *replier) frameErrorReply(buf []byte, src netip.AddrPort, err error) []byte {
 	end := bytes.Index(buf, []byte("\r\n\r\n"))
 	if end < 0 {
 		return nil
 	}
-	var head []byte
-	for _, line := range bytes.SplitAfter(buf[:end+2], []byte("\n")) {
-		if name, _, ok := bytes.Cut(line, []byte(":")); ok {
-			if n := bytes.TrimSpace(name); bytes.EqualFold(n, []byte("content-length")) || bytes.EqualFold(n, []byte("l")) {
-				continue
-			}
-		}
-		head = append(head, line...)
-	}
-	head = append(head, "Content-Length: 0\r\n\r\n"...)
 	code, reason, why := 400, "Bad Request", "Content-Length: not a length that frames the message"
 	if frameErrorCode(err) == 513 {
 		code, reason, why = 513, "Message Too Large", "larger than 64 KiB"
 	}
-	return reply(head, code, reason, warningText(why), 0)
+	out, _ := rp.reply(buf[:end+4], src, code, reason, warningText(why), 0, replyFull)
+	return out
 }

@@ -36,6 +36,7 @@ type Relay struct {
 	absorb  *ownAnswers
 	flood   *floodGate
 	replies *replyGate
+	rep     *replier
 	conns   *connLimits
 
 	ready    atomic.Bool // listeners open and not draining
@@ -63,7 +64,8 @@ func New(cfg Config) (*Relay, error) {
 	if r.metrics, err = newMetrics(cfg.Registerer); err != nil {
 		return nil, err
 	}
-	r.tp = newTransport(&r.cfg, r.metrics, r.conns)
+	r.rep = newReplier()
+	r.tp = newTransport(&r.cfg, r.metrics, r.conns, r.rep)
 	r.tp.deliver, r.tp.room, r.tp.bindAddr, r.tp.publicListen = r.handle, r.connectionRoom, r.bindAddr, r.isPublicListen
 	if err := r.newMedia(); err != nil {
 		return nil, err

@@ -176,13 +176,13 @@ func (r *Relay) answerTo(in inbound, req []byte, code int, reason, warning strin
 		r.metrics.dropped.WithLabelValues("reply-limit").Inc()
 		return
 	}
-	out, ends := replyTo(req, code, reason, warning, retryAfter, replyFull)
+	out, ends := r.rep.reply(req, in.src, code, reason, warning, retryAfter, replyFull)
 	for trim := replyNoServer; out != nil && !known && len(out) > len(req); trim++ {
 		if trim > replyBare {
 			r.metrics.dropped.WithLabelValues("reply-size").Inc()
 			return
 		}
-		out, ends = replyTo(req, code, reason, warning, retryAfter, trim)
+		out, ends = r.rep.reply(req, in.src, code, reason, warning, retryAfter, trim)
 	}
 	if out == nil {
 		return

@@ -252,7 +252,7 @@ func (c *streamConn) frames(buf []byte) ([]byte, bool) {
 			t.metrics.malformed.WithLabelValues(c.transport).Inc()
 			t.metrics.dropped.WithLabelValues("malformed").Inc()
 			t.logOnce(c.remote, "stream framing broken: answering and closing", "remote", c.remote, "err", err)
-			if out := frameErrorReply(buf, err); out != nil {
+			if out := t.rep.frameErrorReply(buf, c.remote, err); out != nil {
 				t.metrics.answered.WithLabelValues(strconv.Itoa(frameErrorCode(err))).Inc()
 				_ = c.writeNow(out) // the last thing on this connection: written before it closes
 			}

@@ -27,6 +27,7 @@ type transport struct {
 	log     *slog.Logger
 	metrics *metrics
 	limits  *connLimits
+	rep     *replier // answers a stream whose framing broke
 	// deliver handles a message; the bytes are only valid during the call.
 	deliver func(in inbound, raw []byte)
 	// room says how many connections the descriptors leave room for (negative: no bound).
@@ -48,8 +49,8 @@ type transport struct {
 	streams streamState
 }
 
-func newTransport(cfg *Config, m *metrics, limits *connLimits) *transport {
-	t := &transport{cfg: cfg, log: cfg.Logger, metrics: m, limits: limits,
+func newTransport(cfg *Config, m *metrics, limits *connLimits, rep *replier) *transport {
+	t := &transport{cfg: cfg, log: cfg.Logger, metrics: m, limits: limits, rep: rep,
 		udp: make(map[netip.AddrPort]*udpSocket), spoof: make(map[netip.AddrPort]*udpSocket)}
 	t.bufs.New = func() any { b := make([]byte, maxUDPMessage); return &b }
 	t.streams.conns = make(map[connKey]*streamConn)
