@@ -174,7 +174,7 @@ func (m *Map) Signaling(from Side, transport string, addr netip.AddrPort, callID
 // is exempt (the relay passes it for its upstream).
 func (m *Map) SignalingFor(source netip.Addr, from Side, transport string, addr netip.AddrPort, callID string) (*Binding, error) {
 	tr, ok := canonicalTransport(transport)
-	if !ok || !from.valid() || !addr.Addr().IsValid() || addr.Port() == 0 {
+	if !ok || !from.Valid() || !addr.Addr().IsValid() || addr.Port() == 0 {
 		return nil, fmt.Errorf("sip binding for %s %s %v: %w", from, transport, addr, ErrInvalid)
 	}
 	addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())

@@ -5,6 +5,8 @@ import (
 	"io"
 	"net/netip"
 	"strings"
+
+	"github.com/sipcar/sipcar/rewrite"
 )
 
 // MediaRequest asks for the pair of one media stream that one side advertised in an SDP body.
@@ -33,14 +35,10 @@ type MediaRequest struct {
 // the first answer's; the answer of one more fails with ErrCallLimit.
 const MaxForks = 15
 
-// Pair is the address a relayed stream is advertised at on the far side. Its fields are those of
-// package rewrite's MediaBinding, so the relay converts with rewrite.MediaBinding(p).
-type Pair struct {
-	// RTP is sipcar's address and RTP port (even).
-	RTP netip.AddrPort
-	// RTCPPort is the RTCP port, RTP's + 1.
-	RTCPPort uint16
-}
+// Pair is the address a relayed stream is advertised at on the far side (sipcar's address and
+// even RTP port, the RTCP port one above): package rewrite's MediaBinding, which the rewriter
+// writes into the SDP.
+type Pair = rewrite.MediaBinding
 
 // Tx allocates the media pairs of one message, all or none: nothing it allocates is visible or
 // takes effect until Commit, and Rollback gives every port back. Use one Tx per message, from one
@@ -105,7 +103,7 @@ func (tx *Tx) Media(req MediaRequest) (Pair, error) {
 	if !rtcp.IsValid() && rtp.IsValid() && rtp.Port() < 65535 {
 		rtcp = netip.AddrPortFrom(rtp.Addr(), rtp.Port()+1)
 	}
-	if !req.From.valid() || !rtp.Addr().IsValid() || rtp.Port() == 0 || !rtcp.IsValid() {
+	if !req.From.Valid() || !rtp.Addr().IsValid() || rtp.Port() == 0 || !rtcp.IsValid() {
 		return Pair{}, fmt.Errorf("media pair for %s stream %d/%d at %v: %w", req.From, req.Part, req.Index, req.RTP, ErrInvalid)
 	}
 	key := streamKey{part: int32(req.Part), index: int32(req.Index)}
@@ -413,7 +411,7 @@ func (tx *Tx) Commit() error {
 		m.scheduleLocked(&st.sched)
 	}
 	for _, h := range tx.holds {
-		if st := c.stream(h.key); st != nil && h.from.valid() && st.legs[legIndex(h.from)].rtp != nil {
+		if st := c.stream(h.key); st != nil && h.from.Valid() && st.legs[legIndex(h.from)].rtp != nil {
 			st.legs[legIndex(h.from)].held = true
 			st.touched = now
 			m.scheduleLocked(&st.sched)

@@ -1,47 +1,20 @@
 package pinhole
 
-import "fmt"
+import (
+	"fmt"
 
-// Side names one of sipcar's two sides. Its values are those of package rewrite's Side, so the
-// relay converts with pinhole.Side(s).
-type Side uint8
-
-// The two sides. The zero Side is invalid.
-const (
-	Inside Side = iota + 1
-	Outside
+	"github.com/sipcar/sipcar/rewrite"
 )
 
-// Other returns the side across from s.
-func (s Side) Other() Side {
-	switch s {
-	case Inside:
-		return Outside
-	case Outside:
-		return Inside
-	}
-	return 0
-}
+// Side names one of sipcar's two sides: package rewrite's Side, the one type every package of
+// sipcar names a side with (the zero Side is invalid).
+type Side = rewrite.Side
 
-func (s Side) valid() bool { return s == Inside || s == Outside }
-
-func (s Side) String() string {
-	switch s {
-	case Inside:
-		return "inside"
-	case Outside:
-		return "outside"
-	}
-	return "invalid side"
-}
-
-// MarshalText writes "inside" or "outside".
-func (s Side) MarshalText() ([]byte, error) {
-	if !s.valid() {
-		return nil, fmt.Errorf("marshal side %d: invalid", s)
-	}
-	return []byte(s.String()), nil
-}
+// The two sides.
+const (
+	Inside  = rewrite.Inside
+	Outside = rewrite.Outside
+)
 
 // Type is a binding's type, as the server map shows it.
 type Type uint8

@@ -210,7 +210,7 @@ func (r *Relay) rewriteFor(p *msgPass, out string) error {
 		}
 	}
 	p.t = t
-	return rewrite.Rewrite(&p.res, &p.m, rewrite.Side(p.from), t)
+	return rewrite.Rewrite(&p.res, &p.m, p.from, t)
 }
 
 // routeByMessage finds the next hop of a request no binding, upstream or interception routes (a

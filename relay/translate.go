@@ -72,7 +72,7 @@ func (t *msgTranslator) Translate(a rewrite.Addr) (netip.AddrPort, bool, error) 
 
 func (t *msgTranslator) translate(a rewrite.Addr) (netip.AddrPort, bool, error) {
 	r := t.r
-	from := pinhole.Side(a.From)
+	from := a.From
 	far := from.Other()
 	ip := a.AddrPort.Addr().Unmap()
 	if a.AddrPort.Port() == 0 {
@@ -130,7 +130,7 @@ func (t *msgTranslator) translate(a rewrite.Addr) (netip.AddrPort, bool, error) 
 // on the far side (bindings) and the next hop are reached over the transport the message goes
 // out on; other addresses keep theirs.
 func (t *msgTranslator) TranslateTransport(a rewrite.Addr, to netip.AddrPort) string {
-	from := pinhole.Side(a.From)
+	from := a.From
 	if t.r.m.Own(from.Other(), to.Addr()) || (t.next.IsValid() && to == t.next) {
 		return t.out
 	}
@@ -149,7 +149,7 @@ func (t *msgTranslator) TranslateTransport(a rewrite.Addr, to netip.AddrPort) st
 }
 
 func (t *msgTranslator) Media(from rewrite.Side, s *rewrite.Stream) (rewrite.MediaBinding, error) {
-	if b, ok := t.r.ownMedia(pinhole.Side(from), s.RTP, t.callID); ok {
+	if b, ok := t.r.ownMedia(from, s.RTP, t.callID); ok {
 		// One of the call's own pairs coming back in the same call state (a hairpin whose two
 		// crossings could not be told apart): it stands for its original address.
 		return b, nil
@@ -158,7 +158,7 @@ func (t *msgTranslator) Media(from rewrite.Side, s *rewrite.Stream) (rewrite.Med
 		t.tx = t.r.m.Begin(t.callID, t.source)
 	}
 	req := pinhole.MediaRequest{
-		From:  pinhole.Side(from),
+		From:  from,
 		Part:  s.Part,
 		Index: s.Index,
 		RTP:   s.RTP,
@@ -173,7 +173,7 @@ func (t *msgTranslator) Media(from rewrite.Side, s *rewrite.Stream) (rewrite.Med
 	}
 	t.media = append(t.media, mediaAlloc{from: req.From, src: t.src, fork: t.fork, part: s.Part, index: s.Index, pair: p,
 		rtp: s.RTP, rtcp: s.RTCP, mux: s.Mux, held: req.Held})
-	return rewrite.MediaBinding(p), nil
+	return p, nil
 }
 
 // bindsAddr reports whether an address that a message from side from names gets a binding on

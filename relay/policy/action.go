@@ -3,6 +3,8 @@ package policy
 import (
 	"fmt"
 	"strings"
+
+	"github.com/sipcar/sipcar/rewrite"
 )
 
 // Action is what a rule does with the requests it matches.
@@ -54,22 +56,13 @@ func (a *Action) UnmarshalText(text []byte) error {
 	return nil
 }
 
-// Side is a side of sipcar, as a destination keyword of a rule (dst=inside, dst=outside).
-type Side uint8
+// Side is a side of sipcar, as a destination keyword of a rule (dst=inside, dst=outside):
+// package rewrite's Side. The zero Side (not known) matches neither.
+type Side = rewrite.Side
 
-// SideUnknown matches neither dst=inside nor dst=outside.
+// The two sides, and a side not known.
 const (
-	SideUnknown Side = iota
-	Inside
-	Outside
+	SideUnknown Side = 0
+	Inside           = rewrite.Inside
+	Outside          = rewrite.Outside
 )
-
-func (s Side) String() string {
-	switch s {
-	case Inside:
-		return "inside"
-	case Outside:
-		return "outside"
-	}
-	return "unknown"
-}

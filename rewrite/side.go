@@ -1,0 +1,14 @@
+package rewrite
+
+import "fmt"
+
+// Valid reports whether s is Inside or Outside.
+func (s Side) Valid() bool { return s == Inside || s == Outside }
+
+// MarshalText writes "inside" or "outside": the sides as the server map and the policy show them.
+func (s Side) MarshalText() ([]byte, error) {
+	if !s.Valid() {
+		return nil, fmt.Errorf("marshal side %d: invalid", s)
+	}
+	return []byte(s.String()), nil
+}
