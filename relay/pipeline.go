@@ -36,8 +36,12 @@ type msgPass struct {
 	next netip.AddrPort // where it goes; invalid until known
 	out  string         // the transport it goes over
 	tx   clientTx       // a response: the transaction it answers
-	key  string         // the call state it belongs to (see passOf)
-	t    *msgTranslator
+	// skey names a request that came over UDP, for its retransmissions; retransmit says it is
+	// one of a request forwarded before (not screened again).
+	skey       serverKey
+	retransmit bool
+	key        string // the call state it belongs to (see passOf)
+	t          *msgTranslator
 
 	local netip.AddrPort   // where it leaves from
 	sb    *pinhole.Binding // the sender's binding, when local is one
@@ -87,11 +91,27 @@ func (r *Relay) admit(p *msgPass) bool {
 	m := &p.m
 	p.callID, p.method, p.isReq = string(m.CallID()), string(m.Method()), m.IsRequest()
 	p.initial = p.isReq && p.method == "INVITE" && len(m.ToTag()) == 0
+	if p.isReq && p.method != "ACK" && in.conn == nil {
+		p.skey = serverKeyOf(m, in.src)
+		if answer, from, seen := r.txs.retransmission(p.skey); seen {
+			if answer != nil {
+				// Answered already: the answer again, nothing else.
+				r.metrics.dropped.WithLabelValues("retransmission").Inc()
+				if r.replies.allow(in.src.Addr(), now) || r.isUpstream(in.src) {
+					_ = r.tp.sendUDP(from, in.src, answer)
+				}
+				return false
+			}
+			p.retransmit = true
+		}
+	}
 	switch {
 	case !p.isReq:
 		return true
 	case p.method == "ACK" && r.absorb.take(ackKey{p.callID, string(rewrite.ViaParam(m.TopVia(), "branch"))}, now):
 		return false // the ACK of a final response sipcar sent itself
+	case p.retransmit:
+		return true // admitted when it first came
 	case p.initial && r.draining.Load():
 		r.answer(p, 503, "Service Unavailable", "sipcar is shutting down", 30)
 		return false
@@ -163,9 +183,10 @@ func (r *Relay) routeResponse(p *msgPass) bool {
 	return true
 }
 
-// screen applies the policy to requests (see [Relay.permitted]).
+// screen applies the policy to requests (see [Relay.permitted]), but not again to a
+// retransmission.
 func (r *Relay) screen(p *msgPass) bool {
-	return !p.isReq || r.permitted(p)
+	return !p.isReq || p.retransmit || r.permitted(p)
 }
 
 // translate rewrites the message and commits what its rewriting allocated; when anything fails,
@@ -265,7 +286,7 @@ func (r *Relay) deliver(p *msgPass) {
 	f := sendFailure{in: p.in, raw: p.raw, next: p.next, key: p.key, initial: p.initial,
 		answerable: p.isReq && p.method != "ACK"}
 	if f.answerable {
-		tx := clientTx{key: requestKey(&p.m, p.t.viaOut), back: p.in.src, backTransport: p.in.transport,
+		tx := clientTx{key: requestKey(&p.m, p.t.viaOut), server: p.skey, back: p.in.src, backTransport: p.in.transport,
 			next: p.next, nextTransport: p.out, call: p.key, initial: p.initial}
 		if p.out == "udp" {
 			// Over UDP the next hop may stay silent: the request is kept for sipcar's own 503.
@@ -280,6 +301,9 @@ func (r *Relay) deliver(p *msgPass) {
 	if err := r.tp.send(p.local, p.out, p.next, p.res.Out, later); err != nil {
 		r.sendFailed(f, err)
 		return
+	}
+	if !p.isReq && p.out == "udp" {
+		r.txs.relayed(p.tx.key, p.res.Out, p.local) // for retransmissions of its request
 	}
 	r.metrics.forwarded.WithLabelValues(p.from.Other().String(), p.out).Inc()
 	if p.sb != nil {
@@ -367,7 +391,7 @@ func (r *Relay) permitted(p *msgPass) bool {
 	if d.RateLimited {
 		code, reason, retry = 503, "Service Unavailable", d.RetryAfterSeconds()
 	}
-	r.answerTo(p.in, p.raw, code, reason, d.Warning, retry, answerStranger)
+	r.answerRequest(p, code, reason, d.Warning, retry)
 	return false
 }
 

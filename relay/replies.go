@@ -148,13 +148,22 @@ func (r *Relay) refuse(p *msgPass, err error) {
 		r.logOnce(p.in.src, "message refused", "src", p.in.src, "reason", ref.metric, "err", err)
 	}
 	if ref.code != 0 {
-		r.answerTo(p.in, p.raw, ref.code, ref.reason, warningText(ref.warning), ref.retryAfter, answerStranger)
+		r.answerRequest(p, ref.code, ref.reason, warningText(ref.warning), ref.retryAfter)
 	}
 }
 
 // answer sends sipcar's own response to the request of p back where it came from.
 func (r *Relay) answer(p *msgPass, code int, reason, warning string, retryAfter int) {
-	r.answerTo(p.in, p.raw, code, reason, warningText(warning), retryAfter, answerStranger)
+	r.answerRequest(p, code, reason, warningText(warning), retryAfter)
+}
+
+// answerRequest answers the request of p (a Warning header's whole value given) and remembers
+// the answer for the request's retransmissions.
+func (r *Relay) answerRequest(p *msgPass, code int, reason, warning string, retryAfter int) {
+	out := r.answerTo(p.in, p.raw, code, reason, warning, retryAfter, answerStranger)
+	if out != nil && p.skey != (serverKey{}) {
+		r.txs.refused(p.skey, out, p.in.local, time.Now())
+	}
 }
 
 // warningText makes a Warning header value (RFC 3261 section 20.43, code 399: miscellaneous) of
@@ -167,25 +176,25 @@ func warningText(text string) string {
 }
 
 // answerTo sends sipcar's own response to a request (responses and ACKs get none) with a Warning
-// header's whole value. To a UDP source sipcar knows nothing of, replies are capped per source
+// header's whole value, and returns what it sent (nil: nothing). To a UDP source sipcar knows nothing of, replies are capped per source
 // and in total and never larger than the request (see replyGate).
-func (r *Relay) answerTo(in inbound, req []byte, code int, reason, warning string, retryAfter int, to answerTo) {
+func (r *Relay) answerTo(in inbound, req []byte, code int, reason, warning string, retryAfter int, to answerTo) []byte {
 	known := to == answerKnownSource || in.conn != nil || r.isUpstream(in.src)
 	now := time.Now()
 	if !known && !r.replies.allow(in.src.Addr(), now) {
 		r.metrics.dropped.WithLabelValues("reply-limit").Inc()
-		return
+		return nil
 	}
 	out, ends := r.rep.reply(req, in.src, code, reason, warning, retryAfter, replyFull)
 	for trim := replyNoServer; out != nil && !known && len(out) > len(req); trim++ {
 		if trim > replyBare {
 			r.metrics.dropped.WithLabelValues("reply-size").Inc()
-			return
+			return nil
 		}
 		out, ends = r.rep.reply(req, in.src, code, reason, warning, retryAfter, trim)
 	}
 	if out == nil {
-		return
+		return nil
 	}
 	if ends != nil {
 		r.absorb.add(*ends, now)
@@ -193,9 +202,10 @@ func (r *Relay) answerTo(in inbound, req []byte, code int, reason, warning strin
 	r.metrics.answered.WithLabelValues(strconv.Itoa(code)).Inc()
 	if in.conn != nil {
 		_ = in.conn.enqueue(out, nil)
-		return
+		return out
 	}
 	_ = r.tp.sendUDP(in.local, in.src, out)
+	return out
 }
 
 // isUpstream reports whether src is the configured upstream's address (upstream mode).

@@ -31,9 +31,36 @@ type txKey struct {
 	method string
 }
 
-// clientTx is a request sipcar forwarded, until its responses are over.
+// Retransmissions are not new requests. A request that came over UDP is also found by how it
+// arrived (its source, top Via branch, Call-ID and CSeq): when it comes again, a retransmission,
+// and sipcar has answered it (its own refusal, or the last response it relayed back), that
+// answer is sent again and nothing else happens; when no answer has come yet, it is forwarded
+// again without being screened or counted a second time.
+
+// serverKey names a request as it arrived over UDP.
+type serverKey struct {
+	src    netip.AddrPort
+	branch string
+	callID string
+	cseq   uint32
+	method string
+}
+
+// serverKeyOf returns the key of a request that came from src.
+func serverKeyOf(m *rewrite.Message, src netip.AddrPort) serverKey {
+	cseq, method := m.CSeq()
+	return serverKey{src: src, branch: string(rewrite.ViaParam(m.TopVia(), "branch")), callID: string(m.CallID()),
+		cseq: cseq, method: string(method)}
+}
+
+// clientTx is a request sipcar forwarded (or answered itself), until its responses are over.
 type clientTx struct {
-	key txKey
+	key txKey // zero for a request sipcar answered itself
+	// server is the request as it arrived over UDP (zero over TCP and TLS, which do not
+	// retransmit); last is the last answer sent back to it, from lastFrom, for retransmissions.
+	server   serverKey
+	last     []byte
+	lastFrom netip.AddrPort
 	// back is where the request came from, over backTransport: where its responses go.
 	back          netip.AddrPort
 	backTransport string
@@ -74,13 +101,14 @@ const maxTransactions = 200000
 type transactions struct {
 	timeout time.Duration // Timer B/F: how long a request waits for its first response
 
-	mu    sync.Mutex // guards the following
-	byKey map[txKey]*clientTx
-	queue txHeap // by deadline
+	mu       sync.Mutex // guards the following
+	byKey    map[txKey]*clientTx
+	byServer map[serverKey]*clientTx
+	queue    txHeap // by deadline
 }
 
 func newTransactions(timeout time.Duration) *transactions {
-	return &transactions{timeout: timeout, byKey: make(map[txKey]*clientTx)}
+	return &transactions{timeout: timeout, byKey: make(map[txKey]*clientTx), byServer: make(map[serverKey]*clientTx)}
 }
 
 // requestKey is the key of the transaction m starts when sipcar sends it with the top Via
@@ -116,26 +144,80 @@ func (ts *transactions) record(tx clientTx, now time.Time) (*clientTx, bool) {
 		old.next, old.nextTransport = tx.next, tx.nextTransport
 		return old, false
 	}
-	if len(ts.byKey) >= maxTransactions {
-		gone := heap.Pop(&ts.queue).(*clientTx)
-		delete(ts.byKey, gone.key)
-	}
 	t := &tx
 	if t.raw != nil {
 		t.raw = append([]byte(nil), t.raw...)
 	}
 	t.deadline = now.Add(ts.timeout)
-	ts.byKey[t.key] = t
-	heap.Push(&ts.queue, t)
+	ts.addLocked(t)
 	return t, true
+}
+
+// addLocked enters t in the table, making room when it is full.
+func (ts *transactions) addLocked(t *clientTx) {
+	if len(ts.queue) >= maxTransactions {
+		ts.removeLocked(heap.Pop(&ts.queue).(*clientTx))
+	}
+	if t.key != (txKey{}) {
+		ts.byKey[t.key] = t
+	}
+	if t.server != (serverKey{}) {
+		ts.byServer[t.server] = t
+	}
+	heap.Push(&ts.queue, t)
+}
+
+// removeLocked takes t out of the indexes (not out of the heap).
+func (ts *transactions) removeLocked(t *clientTx) {
+	if ts.byKey[t.key] == t {
+		delete(ts.byKey, t.key)
+	}
+	if ts.byServer[t.server] == t {
+		delete(ts.byServer, t.server)
+	}
+}
+
+// refused remembers sipcar's own answer to a request that came over UDP, for its
+// retransmissions: they get the same answer, and are neither screened nor counted again.
+func (ts *transactions) refused(k serverKey, answer []byte, from netip.AddrPort, now time.Time) {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	if old := ts.byServer[k]; old != nil {
+		old.last, old.lastFrom = append([]byte(nil), answer...), from
+		return
+	}
+	ts.addLocked(&clientTx{server: k, last: append([]byte(nil), answer...), lastFrom: from, answered: true,
+		final: true, deadline: now.Add(txAfterFinal)})
+}
+
+// retransmission reports whether a request that came over UDP was seen before, and the answer
+// it got when it got one (and the address that answer left from).
+func (ts *transactions) retransmission(k serverKey) (answer []byte, from netip.AddrPort, seen bool) {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	t := ts.byServer[k]
+	if t == nil {
+		return nil, netip.AddrPort{}, false
+	}
+	return t.last, t.lastFrom, true
+}
+
+// relayed remembers the response to k that sipcar sent back, from from, for retransmissions of
+// its request.
+func (ts *transactions) relayed(k txKey, response []byte, from netip.AddrPort) {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	if t := ts.byKey[k]; t != nil && t.server != (serverKey{}) {
+		t.last, t.lastFrom = append(t.last[:0], response...), from
+	}
 }
 
 // forget drops a transaction whose request could not be sent.
 func (ts *transactions) forget(t *clientTx) {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
-	if ts.byKey[t.key] == t {
-		delete(ts.byKey, t.key)
+	if t.idx >= 0 && t.idx < len(ts.queue) && ts.queue[t.idx] == t {
+		ts.removeLocked(t)
 		heap.Remove(&ts.queue, t.idx)
 	}
 }
@@ -174,7 +256,7 @@ func (ts *transactions) response(k txKey, src netip.AddrPort, transport string, 
 		t.deadline = now.Add(txRinging) // it rings: a proxy's Timer C
 	}
 	heap.Fix(&ts.queue, t.idx)
-	return clientTx{back: t.back, backTransport: t.backTransport, call: t.call, initial: t.initial}, txMatched
+	return clientTx{key: t.key, back: t.back, backTransport: t.backTransport, call: t.call, initial: t.initial}, txMatched
 }
 
 // fromNextHop reports whether a response from src over transport comes from where t's request
@@ -196,7 +278,7 @@ func (ts *transactions) expired(now time.Time) []*clientTx {
 	var out []*clientTx
 	for len(ts.queue) > 0 && !now.Before(ts.queue[0].deadline) {
 		t := heap.Pop(&ts.queue).(*clientTx)
-		delete(ts.byKey, t.key)
+		ts.removeLocked(t)
 		if !t.answered {
 			out = append(out, t)
 		}
