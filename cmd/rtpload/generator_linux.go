@@ -13,6 +13,8 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/pion/rtp"
+
 	"golang.org/x/sys/unix"
 
 	"github.com/sipcar/sipcar/mediarelay/rawudp"
@@ -320,13 +322,12 @@ func (g *generator) send(ctx context.Context) {
 	}
 }
 
-// build writes packet seq of stream si into slot and returns where it starts.
+// build writes packet seq of stream si into slot and returns where it starts: an RTP header
+// (pion/rtp; PCMU, 160 samples a packet, the stream's own SSRC) and the generator's marks.
 func (g *generator) build(slot []byte, s *stream, si int, seq uint32, stamp int64) int {
 	p := slot[headroom : headroom+g.o.size]
-	p[0], p[1] = 0x80, 0
-	binary.BigEndian.PutUint16(p[2:], uint16(seq))
-	binary.BigEndian.PutUint32(p[4:], seq*160)
-	binary.BigEndian.PutUint32(p[8:], uint32(si+1))
+	h := rtp.Header{Version: 2, PayloadType: 0, SequenceNumber: uint16(seq), Timestamp: seq * 160, SSRC: uint32(si + 1)}
+	_, _ = h.MarshalTo(p) // p holds at least minPacket bytes (checked at start): never short
 	binary.BigEndian.PutUint64(p[offSendTime:], uint64(stamp))
 	binary.BigEndian.PutUint32(p[offStream:], uint32(si))
 	binary.BigEndian.PutUint32(p[offMagic:], magic)
