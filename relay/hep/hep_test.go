@@ -1,0 +1,130 @@
+package hep
+
+import (
+	"context"
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// decode reads a HEPv3 packet into its chunks (type to data), as a collector does.
+func decode(t *testing.T, b []byte) map[uint16][]byte {
+	t.Helper()
+	if len(b) < 6 || string(b[:4]) != "HEP3" || int(binary.BigEndian.Uint16(b[4:])) != len(b) {
+		t.Fatalf("not a HEPv3 packet of its own length: % x", b[:min(len(b), 16)])
+	}
+	chunks := make(map[uint16][]byte)
+	for i := 6; i < len(b); {
+		if i+6 > len(b) {
+			t.Fatalf("a chunk header cut at %d", i)
+		}
+		vendor, typ, n := binary.BigEndian.Uint16(b[i:]), binary.BigEndian.Uint16(b[i+2:]), int(binary.BigEndian.Uint16(b[i+4:]))
+		if vendor != 0 || n < 6 || i+n > len(b) {
+			t.Fatalf("chunk %d at %d: vendor %d, length %d of %d", typ, i, vendor, n, len(b))
+		}
+		chunks[typ] = b[i+6 : i+n]
+		i += n
+	}
+	return chunks
+}
+
+func TestAppend(t *testing.T) {
+	at := time.Unix(1700000000, 123456000)
+	for _, tc := range []struct {
+		name     string
+		src, dst string
+		fam      byte
+		srcChunk uint16
+	}{
+		{"IPv4", "198.51.100.20:5060", "198.51.100.1:5060", 2, chunkSrc4},
+		{"IPv6", "[2001:db8:b::20]:5060", "[2001:db8:b::1]:5060", 10, chunkSrc6},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := &Packet{Src: netip.MustParseAddrPort(tc.src), Dst: netip.MustParseAddrPort(tc.dst), Transport: UDP,
+				Time: at, Proto: ProtoSIP, Correlation: "call-1", Payload: []byte("OPTIONS sip:x SIP/2.0\r\n\r\n")}
+			c := decode(t, Append(nil, p, 2001, "secret"))
+			if c[chunkFamily][0] != tc.fam || c[chunkIPProto][0] != 17 || c[chunkProto][0] != ProtoSIP {
+				t.Errorf("family %v, ip proto %v, proto %v", c[chunkFamily], c[chunkIPProto], c[chunkProto])
+			}
+			if got, _ := netip.AddrFromSlice(c[tc.srcChunk]); got != p.Src.Addr() {
+				t.Errorf("source %v, want %v", got, p.Src.Addr())
+			}
+			if binary.BigEndian.Uint16(c[chunkSrcPort]) != 5060 || binary.BigEndian.Uint32(c[chunkSeconds]) != 1700000000 ||
+				binary.BigEndian.Uint32(c[chunkMicros]) != 123456 || binary.BigEndian.Uint32(c[chunkAgentID]) != 2001 {
+				t.Errorf("port, time or agent wrong: %v %v %v %v", c[chunkSrcPort], c[chunkSeconds], c[chunkMicros], c[chunkAgentID])
+			}
+			if string(c[chunkAuthKey]) != "secret" || string(c[chunkCorrelation]) != "call-1" || string(c[chunkPayload]) != string(p.Payload) {
+				t.Errorf("auth %q, correlation %q, payload %q", c[chunkAuthKey], c[chunkCorrelation], c[chunkPayload])
+			}
+		})
+	}
+	huge := &Packet{Src: netip.MustParseAddrPort("198.51.100.20:5060"), Dst: netip.MustParseAddrPort("198.51.100.1:5060"), Payload: make([]byte, 70000)}
+	if out := Append([]byte("x"), huge, 1, ""); string(out) != "x" {
+		t.Errorf("a packet too large for HEP was appended (%d bytes)", len(out))
+	}
+}
+
+// The exporter delivers to a UDP collector, and a full queue drops (counted) without blocking.
+func TestExporter(t *testing.T) {
+	col, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer col.Close()
+	reg := prometheus.NewRegistry()
+	e, err := New(Config{Collector: col.LocalAddr().(*net.UDPAddr).AddrPort(), AgentID: 7, Queue: 2, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Packet{Src: netip.MustParseAddrPort("198.51.100.20:5060"), Dst: netip.MustParseAddrPort("198.51.100.1:5060"),
+		Transport: UDP, Time: time.Now(), Proto: ProtoSIP, Payload: []byte("x")}
+	for range 5 {
+		e.Send(p) // nobody drains yet: two wait, three are dropped
+	}
+	if got := counter(t, reg, "dropped"); got != 3 {
+		t.Errorf("dropped %v, want 3", got)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	buf := make([]byte, 65535)
+	for range 2 {
+		_ = col.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, _, err := col.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("the collector got nothing: %v", err)
+		}
+		if c := decode(t, buf[:n]); string(c[chunkPayload]) != "x" {
+			t.Errorf("payload %q", c[chunkPayload])
+		}
+	}
+	cancel()
+	<-done
+	if got := counter(t, reg, "sent"); got != 2 {
+		t.Errorf("sent %v, want 2", got)
+	}
+	var none *Exporter
+	none.Send(p) // a nil exporter (HEP off) takes anything
+}
+
+func counter(t *testing.T, reg *prometheus.Registry, result string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "result" && l.GetValue() == result {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
