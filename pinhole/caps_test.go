@@ -15,29 +15,29 @@ func TestBindingsPerSource(t *testing.T) {
 	src := netip.MustParseAddr("203.0.113.9")
 	var made []*Binding
 	for i := range 3 {
-		b, err := m.SignalingFor(src, Outside, "udp", netip.AddrPortFrom(src, uint16(5060+i)), "reg")
+		b, err := m.SignalingFor(SignalingRequest{Source: src, From: Outside, Transport: "udp", Addr: netip.AddrPortFrom(src, uint16(5060+i)), CallID: "reg"})
 		if err != nil {
 			t.Fatalf("binding %d: %v", i, err)
 		}
 		made = append(made, b)
 	}
-	_, err := m.SignalingFor(src, Outside, "udp", ap("203.0.113.9:6000"), "reg")
+	_, err := m.SignalingFor(SignalingRequest{Source: src, From: Outside, Transport: "udp", Addr: ap("203.0.113.9:6000"), CallID: "reg"})
 	if !errors.Is(err, ErrBindingLimit) {
 		t.Fatalf("fourth binding: %v; want ErrBindingLimit", err)
 	}
 	// What exists is found whoever asks, past the cap.
-	if b, err := m.SignalingFor(src, Outside, "udp", ap("203.0.113.9:5060"), "reg"); err != nil || b != made[0] {
+	if b, err := m.SignalingFor(SignalingRequest{Source: src, From: Outside, Transport: "udp", Addr: ap("203.0.113.9:5060"), CallID: "reg"}); err != nil || b != made[0] {
 		t.Errorf("existing binding past the cap = %v, %v", b, err)
 	}
 	// Another source, and the exempt zero source, are not held back.
-	if _, err := m.SignalingFor(netip.MustParseAddr("203.0.113.10"), Outside, "udp", ap("203.0.113.10:5060"), "x"); err != nil {
+	if _, err := m.SignalingFor(SignalingRequest{Source: netip.MustParseAddr("203.0.113.10"), From: Outside, Transport: "udp", Addr: ap("203.0.113.10:5060"), CallID: "x"}); err != nil {
 		t.Errorf("another source: %v", err)
 	}
 	if _, err := m.Signaling(Outside, "udp", ap("203.0.113.9:7000"), "x"); err != nil {
 		t.Errorf("exempt source: %v", err)
 	}
 	m.Release(made[1], ReasonReleased)
-	if _, err := m.SignalingFor(src, Outside, "udp", ap("203.0.113.9:6000"), "reg"); err != nil {
+	if _, err := m.SignalingFor(SignalingRequest{Source: src, From: Outside, Transport: "udp", Addr: ap("203.0.113.9:6000"), CallID: "reg"}); err != nil {
 		t.Errorf("after a release: %v; want the count given back", err)
 	}
 	m.Close()
@@ -52,11 +52,11 @@ func TestBindingsPerSourceFailedBind(t *testing.T) {
 	m, f := newTestMap(t, Config{MaxBindingsPerSource: 1, SignalingPorts: PortRange{First: 40000, Last: 40000}})
 	f.fail = func(network string, a netip.AddrPort) bool { return network == "udp" }
 	src := netip.MustParseAddr("203.0.113.9")
-	if _, err := m.SignalingFor(src, Outside, "udp", ap("203.0.113.9:5060"), "x"); !errors.Is(err, ErrNoPorts) {
+	if _, err := m.SignalingFor(SignalingRequest{Source: src, From: Outside, Transport: "udp", Addr: ap("203.0.113.9:5060"), CallID: "x"}); !errors.Is(err, ErrNoPorts) {
 		t.Fatalf("bind failure: %v; want ErrNoPorts", err)
 	}
 	f.fail = nil
-	if _, err := m.SignalingFor(src, Outside, "udp", ap("203.0.113.9:5060"), "x"); err != nil {
+	if _, err := m.SignalingFor(SignalingRequest{Source: src, From: Outside, Transport: "udp", Addr: ap("203.0.113.9:5060"), CallID: "x"}); err != nil {
 		t.Errorf("after a failed bind: %v; want the count given back", err)
 	}
 }

@@ -72,11 +72,13 @@ type Map struct {
 	queue   schedHeap
 }
 
-// sigKey names a sip binding: the side and address it stands for, and the transport.
+// sigKey names a sip binding: the side and address it stands for, the transport, and the family
+// of its own address.
 type sigKey struct {
 	from      Side
 	transport string
 	addr      netip.AddrPort
+	v6        bool
 }
 
 // New returns a Map for cfg. It holds no ports until asked.
@@ -165,20 +167,41 @@ func (m *Map) LookupSignaling(port uint16) *Binding {
 // binding. callID names the call of a binding it creates. A binding made here counts against no
 // source; see [Map.SignalingFor]. Errors: ErrInvalid, ErrNoPorts, ErrNoDescriptors, ErrClosed.
 func (m *Map) Signaling(from Side, transport string, addr netip.AddrPort, callID string) (*Binding, error) {
-	return m.SignalingFor(netip.Addr{}, from, transport, addr, callID)
+	return m.SignalingFor(SignalingRequest{From: from, Transport: transport, Addr: addr, CallID: callID})
 }
 
-// SignalingFor is [Map.Signaling] for a message from source: a binding it creates counts against
-// source until it is released, and fails with ErrBindingLimit once source holds
-// Config.MaxBindingsPerSource. A binding that exists is returned whoever asks. The zero source
-// is exempt (the relay passes it for its upstream).
-func (m *Map) SignalingFor(source netip.Addr, from Side, transport string, addr netip.AddrPort, callID string) (*Binding, error) {
+// SignalingRequest asks for the sip binding of one address: what [Map.Signaling] takes, and
+// what the binding counts against and whom it is handed to.
+type SignalingRequest struct {
+	From      Side
+	Transport string
+	Addr      netip.AddrPort
+	CallID    string
+	// Source is the address the message that asks came from: a binding made for it counts
+	// against it until released, and fails with ErrBindingLimit once it holds
+	// Config.MaxBindingsPerSource. The zero Addr is exempt (the relay's upstream).
+	Source netip.Addr
+	// Toward is an address of the peer the binding is handed to: the binding is sipcar's address
+	// of that peer's family (an IPv6 phone gets IPv6 bindings whatever family they stand for).
+	// The zero Addr means Addr's family. One address gets a binding per family it is handed in.
+	Toward netip.Addr
+}
+
+// SignalingFor is [Map.Signaling] for req (see [SignalingRequest]). A binding that exists is
+// returned whoever asks.
+func (m *Map) SignalingFor(req SignalingRequest) (*Binding, error) {
+	from, transport, addr, callID, source := req.From, req.Transport, req.Addr, req.CallID, req.Source
+	like := req.Toward
+	if !like.IsValid() {
+		like = addr.Addr()
+	}
 	tr, ok := canonicalTransport(transport)
 	if !ok || !from.Valid() || !addr.Addr().IsValid() || addr.Port() == 0 {
 		return nil, fmt.Errorf("sip binding for %s %s %v: %w", from, transport, addr, ErrInvalid)
 	}
 	addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
-	key := sigKey{from: from, transport: tr, addr: addr}
+	local := m.addrs(from.Other()).pick(like)
+	key := sigKey{from: from, transport: tr, addr: addr, v6: local.Is6()}
 	now := m.Now()
 
 	m.mu.Lock()
@@ -206,7 +229,6 @@ func (m *Map) SignalingFor(source netip.Addr, from Side, transport string, addr 
 	m.mu.Unlock()
 
 	// Bind outside the lock: it is a system call, and lookups must not wait for it.
-	local := m.addrs(from.Other()).pick(addr.Addr())
 	slot, res, err := m.allocate(m.sigPool, local, TypeSIP, tr)
 	if err != nil {
 		m.giveBackSig(source)

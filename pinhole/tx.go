@@ -29,6 +29,19 @@ type MediaRequest struct {
 	// stream's leg from From already answers for another dialog, the call forked: this dialog's
 	// leg gets a pair of its own beside it instead of replacing it (see [Map.SettleFork]).
 	Fork string
+	// Toward is an address of the peer the SDP goes to: the pair is sipcar's address of its
+	// family (an IPv6 phone is given IPv6 media addresses for an IPv4 PBX's stream). Back is one
+	// of the sender's: the pair reserved for the answer, which goes back to it, takes its family.
+	// The zero Addr means the family of RTP.
+	Toward, Back netip.Addr
+}
+
+// like returns a if it is valid, else or.
+func like(a, or netip.Addr) netip.Addr {
+	if a.IsValid() {
+		return a
+	}
+	return or
 }
 
 // MaxForks is how many further early dialogs of a forked call get a pair of their own beside
@@ -147,7 +160,7 @@ func (tx *Tx) Media(req MediaRequest) (Pair, error) {
 			return pairOf(l.rtp), nil
 		}
 		if sp := st.spare.rtp; sp != nil && l.rtp == nil && !st.isFork(i, req.Fork) && sp.faces == req.From.Other() &&
-			sp.addr.Addr() == m.addrs(sp.faces).pick(rtp.Addr()) {
+			sp.addr.Addr() == m.addrs(sp.faces).pick(like(req.Toward, rtp.Addr())) {
 			// The first answer: it takes over the pair its offer reserved.
 			spRTCP := st.spare.rtcp
 			m.mu.Unlock()
@@ -171,11 +184,11 @@ func (tx *Tx) Media(req MediaRequest) (Pair, error) {
 
 	p := pendingLeg{key: key, from: req.From, mux: req.Mux, held: req.Held, fork: strings.Clone(req.Fork)}
 	var err error
-	if p.rtp, p.rtcp, err = tx.allocate(req.From.Other(), rtp, rtcp); err != nil {
+	if p.rtp, p.rtcp, err = tx.allocate(req.From.Other(), like(req.Toward, rtp.Addr()), rtp, rtcp); err != nil {
 		return Pair{}, fmt.Errorf("media pair for %s stream %d/%d at %v: %w", req.From, req.Part, req.Index, rtp, err)
 	}
 	if newStream {
-		if p.spare.rtp, p.spare.rtcp, err = tx.allocate(req.From, netip.AddrPortFrom(rtp.Addr(), 0), netip.AddrPort{}); err != nil {
+		if p.spare.rtp, p.spare.rtcp, err = tx.allocate(req.From, like(req.Back, rtp.Addr()), netip.AddrPortFrom(rtp.Addr(), 0), netip.AddrPort{}); err != nil {
 			tx.discard(p)
 			return Pair{}, fmt.Errorf("answer pair for %s stream %d/%d: %w", req.From, req.Part, req.Index, err)
 		}
@@ -184,14 +197,14 @@ func (tx *Tx) Media(req MediaRequest) (Pair, error) {
 	return pairOf(p.rtp), nil
 }
 
-// allocate reserves a pair on side faces, in the family of rtp, standing for rtp and rtcp. The
-// pair counts against the call's source from here until its port goes back to the pool.
-func (tx *Tx) allocate(faces Side, rtp, rtcp netip.AddrPort) (*Binding, *Binding, error) {
+// allocate reserves a pair on side faces, in the family of family, standing for rtp and rtcp.
+// The pair counts against the call's source from here until its port goes back to the pool.
+func (tx *Tx) allocate(faces Side, family netip.Addr, rtp, rtcp netip.AddrPort) (*Binding, *Binding, error) {
 	m := tx.m
 	if err := m.takePair(tx.call.source); err != nil {
 		return nil, nil, err
 	}
-	local := m.addrs(faces).pick(rtp.Addr())
+	local := m.addrs(faces).pick(family)
 	slot, res, err := m.allocate(m.mediaPool, local, TypeRTP, "udp")
 	if err != nil {
 		m.givePair(tx.call.source)

@@ -214,6 +214,9 @@ func sdpAddr(t *testing.T, body string) netip.AddrPort {
 		if a, ok := strings.CutPrefix(l, "c=IN IP4 "); ok {
 			ip = a
 		}
+		if a, ok := strings.CutPrefix(l, "c=IN IP6 "); ok {
+			ip = a
+		}
 		if m, ok := strings.CutPrefix(l, "m=audio "); ok {
 			fmt.Sscanf(m, "%d", &port)
 		}

@@ -79,12 +79,12 @@ func (t *msgTranslator) translate(a rewrite.Addr) (netip.AddrPort, bool, error) 
 		// An address alone (SDP o=, c= of a stream not relayed, maddr): sipcar's own address on
 		// the far side stands for anything on the sender's side.
 		if r.m.Own(from, ip) || r.bindsAddr(from, ip) {
-			return netip.AddrPortFrom(r.m.LocalAddr(far, ip), 0), true, nil
+			return netip.AddrPortFrom(r.m.LocalAddr(far, t.toward(ip)), 0), true, nil
 		}
 		return netip.AddrPort{}, false, nil
 	}
 	addr := netip.AddrPortFrom(ip, a.AddrPort.Port())
-	if to, ok := r.staticBinding(from, addr, t.out); ok {
+	if to, ok := r.staticBinding(from, addr, t.out, t.toward(addr.Addr())); ok {
 		return to, true, nil
 	}
 	if r.m.Own(from, ip) {
@@ -114,7 +114,8 @@ func (t *msgTranslator) translate(a rewrite.Addr) (netip.AddrPort, bool, error) 
 		return netip.AddrPort{}, false, &refusal{metric: "too-many-addresses", code: 403, reason: "Forbidden",
 			warning: "too many addresses in one message"}
 	}
-	b, err := r.m.SignalingFor(t.source, from, t.out, addr, t.callID)
+	b, err := r.m.SignalingFor(pinhole.SignalingRequest{From: from, Transport: t.out, Addr: addr, CallID: t.callID,
+		Source: t.source, Toward: t.next.Addr()})
 	if err != nil {
 		return netip.AddrPort{}, false, err
 	}
@@ -166,6 +167,9 @@ func (t *msgTranslator) Media(from rewrite.Side, s *rewrite.Stream) (rewrite.Med
 		Mux:   s.Mux,
 		Held:  s.Direction != rewrite.SendRecv,
 		Fork:  t.fork,
+		// The pair faces the receiver of this SDP; the one reserved for the answer, the sender.
+		Toward: t.next.Addr(),
+		Back:   t.src.Addr(),
 	}
 	p, err := t.tx.Media(req)
 	if err != nil {
@@ -191,12 +195,12 @@ func (r *Relay) bindsAddr(from pinhole.Side, a netip.Addr) bool {
 // in upstream mode the PBX is published as sipcar itself (the docker pattern), so phones see it
 // at PUBLIC_ADDR and the listener port of the transport they use, and what reaches any of those
 // addresses goes to the PBX.
-func (r *Relay) staticBinding(from pinhole.Side, a netip.AddrPort, transport string) (netip.AddrPort, bool) {
+func (r *Relay) staticBinding(from pinhole.Side, a netip.AddrPort, transport string, toward netip.Addr) (netip.AddrPort, bool) {
 	if r.cfg.Mode != Upstream {
 		return netip.AddrPort{}, false
 	}
 	if from == pinhole.Inside && a == r.cfg.Upstream {
-		if pub := r.publicListen(transport); pub.IsValid() {
+		if pub := r.publicListen(transport, toward); pub.IsValid() {
 			return pub, true
 		}
 	}
@@ -208,8 +212,8 @@ func (r *Relay) staticBinding(from pinhole.Side, a netip.AddrPort, transport str
 
 // publicListen is the address phones reach the upstream at over transport: the public address
 // and that transport's listener port (another listener's when it has none).
-func (r *Relay) publicListen(transport string) netip.AddrPort {
-	pub := r.m.LocalAddr(pinhole.Outside, r.cfg.Upstream.Addr())
+func (r *Relay) publicListen(transport string, toward netip.Addr) netip.AddrPort {
+	pub := r.m.LocalAddr(pinhole.Outside, toward)
 	l := r.cfg.ListenUDP
 	switch {
 	case transport == "tls" && r.cfg.ListenTLS.IsValid():
@@ -286,13 +290,27 @@ func (r *Relay) senderBinding(p *msgPass) (netip.AddrPort, *pinhole.Binding, err
 		// the message come from whoever sent it.
 		return in.src, nil, nil
 	}
-	if to, ok := r.staticBinding(p.from, in.src, p.out); ok {
+	toward := p.next.Addr()
+	if !toward.IsValid() {
+		toward = in.src.Addr()
+	}
+	if to, ok := r.staticBinding(p.from, in.src, p.out, toward); ok {
 		return to, nil, nil
 	}
-	b, err := r.m.SignalingFor(p.t.source, p.from, p.out, in.src, p.callID)
+	b, err := r.m.SignalingFor(pinhole.SignalingRequest{From: p.from, Transport: p.out, Addr: in.src, CallID: p.callID,
+		Source: p.t.source, Toward: toward})
 	if err != nil {
 		return netip.AddrPort{}, nil, err
 	}
 	r.nat.noteTransport(b, in.transport)
 	return b.Address(), b, nil
+}
+
+// toward returns an address of the family the message's receiver reads addresses in: the next
+// hop's, or like's own when the next hop is not known before rewriting.
+func (t *msgTranslator) toward(like netip.Addr) netip.Addr {
+	if t.next.IsValid() {
+		return t.next.Addr()
+	}
+	return like
 }
