@@ -89,6 +89,21 @@ func TestCases(t *testing.T) {
 			"Via: SIP/2.0/UDP 1.1.1.10:2223, SIP/2.0/UDP 1.1.1.10:2224\r\n",
 			"Via: SIP/2.0/UDP 1.1.1.10:2225;rport , SIP/2.0/UDP 1.1.1.10:2226;branch=z9hG4bK5\r\n",
 			"Contact: <sip:a@1.1.1.10:2222;lr?X=y>")},
+		// Issue 16: what sipcar does not need to understand is carried.
+		{"masked-addresses", all(
+			contains("INVITE sip:bob@00.000.00.0 SIP/2.0\r\n",
+				"Via: SIP/2.0/UDP 1.1.1.10:2222;branch=z9hG4bK1;rport\r\n",
+				"Via: SIP/2.0/UDP 00.000.00.0:5060;branch=z9hG4bK0;received=00.000.00.0\r\n",
+				"From: \"Alice (masked)\" <sip:alice@00.000.00.0>;tag=a73kszlfl\r\n", "To: sip:bob@00.000.00.0:5060\r\n",
+				"Contact: <sip:alice@1.1.1.10:2222>, <sip:alice@192.168.001.010:5062>\r\n",
+				"X-Odd-URI: <sip:a b@[not an address>\r\n", "c=IN IP4 1.1.1.10\r\n"),
+			func(t *testing.T, r *Result) {
+				for _, e := range r.Edits {
+					if bytes.Contains(e.Old, []byte("00.0")) || bytes.Contains(e.Old, []byte("001.010")) {
+						t.Errorf("masked host edited: %+v", e)
+					}
+				}
+			})},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
