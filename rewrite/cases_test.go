@@ -104,6 +104,14 @@ func TestCases(t *testing.T) {
 					}
 				}
 			})},
+		{"sdp-as-written", all(
+			contains("o=Softphone 2023 1  IN  IP4  1.1.1.10\r\n", "c=IN IP4   1.1.1.10\r\n", "x-softphone=build 5.6\r\n",
+				"m=audio  3334  RTP/AVP 0 8 101\r\n", "\r\n =extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n",
+				"a= rtcp :3335\r\n", "m=video 3336 RTP/AVP 96\r\nc=IN IP4 1.1.1.10 \r\n",
+				"\r\nthis line is not an SDP line at all\r\n", "m=text 3338 RTP/AVP 98\r\nY=an upper-case type\r\n"),
+			func(t *testing.T, r *Result) {
+				wantDispositions(t, r, Relayed, Relayed, Relayed)
+			})},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -133,5 +141,17 @@ func TestEditsAreOrderedAndDisjoint(t *testing.T) {
 	}
 	if got := string(r.Out); !strings.Contains(got, "Via: SIP/2.0/UDP 1.1.1.10:2222;") || !strings.Contains(got, "<sip:a@1.1.1.10:2222>") {
 		t.Errorf("implicit port not written: %s", got)
+	}
+}
+
+func wantDispositions(t *testing.T, r *Result, want ...Disposition) {
+	t.Helper()
+	if len(r.Streams) != len(want) {
+		t.Fatalf("%d streams, want %d: %+v", len(r.Streams), len(want), r.Streams)
+	}
+	for i, s := range r.Streams {
+		if s.Disposition != want[i] {
+			t.Errorf("stream %d (%s %s): %v, want %v", i, s.Media, s.Proto, s.Disposition, want[i])
+		}
 	}
 }

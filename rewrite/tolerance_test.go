@@ -2,12 +2,14 @@ package rewrite
 
 import (
 	"bytes"
+	"errors"
+	"fmt"
 	"strings"
 	"testing"
 )
 
 // The classes of issue 16 that live in rewrite: what sipcar does not need to understand is
-// carried. Every message here is written for its row.
+// carried, SDP as phones write it. Every message here is written for its row.
 
 // From and To are never rewritten, so their URIs are not judged; only their tags are read, and
 // those must be read right whatever the URI holds.
@@ -100,5 +102,118 @@ func TestHostsByABNF(t *testing.T) {
 				t.Error("URIAddr read a masked host as an address")
 			}
 		})
+	}
+}
+
+// sdpMessage wraps an SDP body in an INVITE from side from (its Via and Contact on that side).
+func sdpMessage(from Side, sdp string) []byte {
+	addr := "192.168.1.1:2000"
+	if from == Outside {
+		addr = "1.1.1.2:5060"
+	}
+	return []byte("INVITE sip:bob@1.1.1.1 SIP/2.0\r\nVia: SIP/2.0/UDP " + addr + ";branch=z9hG4bK1\r\n" +
+		"From: <sip:a@1.1.1.1>;tag=1\r\nTo: <sip:b@1.1.1.1>\r\nCall-ID: sdp\r\nCSeq: 1 INVITE\r\n" +
+		"Contact: <sip:a@" + addr + ">\r\nContent-Type: application/sdp\r\n" +
+		fmt.Sprintf("Content-Length: %d\r\n\r\n", len(sdp)) + sdp)
+}
+
+// rewriteSDP rewrites sdpMessage(from, sdp) with a fresh translator.
+func rewriteSDP(t *testing.T, from Side, sdp string) (*Result, *natTranslator) {
+	t.Helper()
+	var m Message
+	if err := Parse(sdpMessage(from, sdp), &m); err != nil {
+		t.Fatal(err)
+	}
+	var r Result
+	nat := newNAT()
+	if err := Rewrite(&r, &m, from, nat); err != nil {
+		t.Fatalf("refused: %v", err)
+	}
+	checkInvariants(t, "", m.Bytes(), &r)
+	if from == Inside {
+		if leak := insideLeaks(r.Out, testInsideNets); leak != "" {
+			t.Errorf("inside address left in %s", leak)
+		}
+	}
+	return &r, nat
+}
+
+const sdpHead = "v=0\r\no=- 1 1 IN IP4 192.168.1.1\r\ns=-\r\nc=IN IP4 192.168.1.1\r\nt=0 0\r\n"
+
+// SDP lines that are not <type>=<value>, of unknown types or oddly spaced are carried byte for
+// byte; what sipcar recognises around them is rewritten, and the call goes through.
+func TestSDPLinesKept(t *testing.T) {
+	tests := []struct {
+		name, sdp string
+		kept      []string // lines that must come out as they went in
+		rewritten []string // and what must be in the output
+	}{
+		{"stray =extmap line", sdpHead + "m=audio 3000 RTP/AVP 0\r\n =extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\na=sendrecv\r\n",
+			[]string{"\r\n =extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n"}, []string{"m=audio 3334 RTP/AVP 0\r\n"}},
+		{"line of text between streams", sdpHead + "m=audio 3000 RTP/AVP 0\r\nsoftphone says hello\r\nm=video 3002 RTP/AVP 96\r\n",
+			[]string{"\r\nsoftphone says hello\r\n"}, []string{"m=audio 3334 RTP/AVP 0\r\n", "m=video 3336 RTP/AVP 96\r\n"}},
+		{"line without =", sdpHead + "m=audio 3000 RTP/AVP 0\r\nartpmap:0 PCMU/8000\r\n", []string{"\r\nartpmap:0 PCMU/8000\r\n"}, []string{"m=audio 3334"}},
+		{"line of only =", sdpHead + "=\r\nm=audio 3000 RTP/AVP 0\r\n", []string{"\r\n=\r\n"}, []string{"m=audio 3334"}},
+		{"unknown types", sdpHead + "x=vendor\r\ny=\r\nZ=upper\r\nm=audio 3000 RTP/AVP 0\r\nq=what\r\n", []string{"\r\nx=vendor\r\ny=\r\nZ=upper\r\n", "\r\nq=what\r\n"}, []string{"m=audio 3334"}},
+		{"multiple spaces and tabs", "v=0\r\no=- 1 1 IN IP4 192.168.1.1\r\ns=-\r\nc=IN\tIP4  192.168.1.1\r\nt=0 0\r\nm=audio\t3000   RTP/AVP 0\r\na=rtcp:  3001\r\n",
+			nil, []string{"c=IN\tIP4  1.1.1.10\r\n", "m=audio\t3334   RTP/AVP 0\r\n", "a=rtcp:  3335\r\n"}},
+		{"trailing white space", "v=0 \r\no=- 1 1 IN IP4 192.168.1.1 \r\ns=-\r\nc=IN IP4 192.168.1.1\t\r\nt=0 0\r\nm=audio 3000 RTP/AVP 0 \r\n",
+			[]string{"v=0 \r\n"}, []string{"o=- 1 1 IN IP4 1.1.1.10 \r\n", "c=IN IP4 1.1.1.10\t\r\n", "m=audio 3334 RTP/AVP 0 \r\n"}},
+		{"space after =", "v=0\r\no= - 1 1 IN IP4 192.168.1.1\r\ns=-\r\nc= IN IP4 192.168.1.1\r\nt=0 0\r\nm= audio 3000 RTP/AVP 0\r\n",
+			nil, []string{"o= - 1 1 IN IP4 1.1.1.10\r\n", "c= IN IP4 1.1.1.10\r\n", "m= audio 3334 RTP/AVP 0\r\n"}},
+		{"attribute name spaced", sdpHead + "m=audio 3000 RTP/AVP 0\r\na= rtcp :3001\r\na=rtcp-mux \r\n", nil, []string{"a= rtcp :3335\r\n"}},
+		{"blank lines", sdpHead + "\r\n \r\nm=audio 3000 RTP/AVP 0\r\n\r\n", []string{"t=0 0\r\n\r\n \r\nm="}, []string{"m=audio 3334 RTP/AVP 0\r\n\r\n"}},
+		{"ICE attribute that is not <type>=<value>, removed", sdpHead + "m=audio 3000 RTP/AVP 0\r\n a=candidate:1 1 udp 1 192.168.1.1 3000 typ host\r\na=sendrecv\r\n",
+			nil, []string{"m=audio 3334 RTP/AVP 0\r\na=sendrecv\r\n"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r, _ := rewriteSDP(t, Inside, tc.sdp)
+			for _, s := range append(tc.kept, tc.rewritten...) {
+				if !bytes.Contains(r.Out, []byte(s)) {
+					t.Errorf("output lacks %q:\n%s", s, r.Out)
+				}
+			}
+			for _, s := range r.Streams {
+				if s.Disposition != Relayed {
+					t.Errorf("stream %d %v, want relayed", s.Index, s.Disposition)
+				}
+			}
+			for _, e := range r.Edits {
+				for _, k := range tc.kept {
+					if bytes.Contains(e.Old, []byte(strings.TrimSpace(k))) {
+						t.Errorf("kept line edited: %+v", e)
+					}
+				}
+			}
+		})
+	}
+}
+
+// What cannot be rewritten safely is refused with the number of its line in the body, which the
+// relay sends back in a Warning.
+func TestSDPErrorNamesLine(t *testing.T) {
+	tests := []struct {
+		sdp, where, reason string
+	}{
+		{sdpHead + "m=audio 3000 RTP/AVP 0\r\n c=IN IP4 192.168.1.1\r\n", "SDP", "line 7: not <type>=<value>, yet readable as c="},
+		{sdpHead + "m=audio 3000 RTP/AVP 0\r\na =rtcp:3001\r\n", "SDP", "line 7: not <type>=<value>, yet readable as a=rtcp"},
+		{sdpHead + "m=audio x RTP/AVP 0\r\n", "SDP m=", "line 6: port is not"},
+		{"v=0\r\n\r\ns=-\r\nc=IN IP4 192.168.1.1 x\r\n", "SDP c=", "line 4: not <nettype>"},
+		{"v=0\r\nm=audio 3000 RTP/AVP 0\r\n", "SDP c=", "line 2: media description without a connection address"},
+		{"\r\nhello\r\nv=0\r\n", "SDP", "line 2: does not start with v="},
+		{sdpHead + "m=audio 3000 RTP/AVP 0\r\na=rtcp:3001\r\na=rtcp:3003\r\n", "SDP a=rtcp", "line 8: more than one a=rtcp"},
+	}
+	for _, tc := range tests {
+		var m Message
+		if err := Parse(sdpMessage(Inside, tc.sdp), &m); err != nil {
+			t.Fatal(err)
+		}
+		var r Result
+		err := Rewrite(&r, &m, Inside, newNAT())
+		var perr *Error
+		if !errors.As(err, &perr) || perr.Where != tc.where || !strings.HasPrefix(perr.Reason, tc.reason) {
+			t.Errorf("%q: got %v, want %s: %s...", tc.sdp, err, tc.where, tc.reason)
+		}
 	}
 }
