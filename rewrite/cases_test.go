@@ -112,6 +112,30 @@ func TestCases(t *testing.T) {
 			func(t *testing.T, r *Result) {
 				wantDispositions(t, r, Relayed, Relayed, Relayed)
 			})},
+		{"trickle-ice", all(
+			contains("m=audio 3334 UDP/TLS/RTP/SAVPF 111 0\r\nc=IN IP4 1.1.1.10\r\na=rtcp:3334 IN IP4 1.1.1.10\r\na=fingerprint:sha-256 ",
+				"a=setup:actpass\r\na=mid:0\r\na=sendrecv\r\na=rtcp-mux\r\n",
+				"m=video 3336 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 1.1.1.10\r\na=rtcp:3336 IN IP4 1.1.1.10\r\n",
+				"m=application 3338 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 1.1.1.10\r\na=fingerprint",
+				"a=group:BUNDLE 0 1 2\r\n", "a=sctp-port:5000\r\n"),
+			lacks("0.0.0.0", " 9 UDP", "candidate", "ice-", "192.168.1.1 "),
+			func(t *testing.T, r *Result) {
+				unknown := netip.AddrPortFrom(netip.IPv4Unspecified(), 0)
+				wantStreams(t, r,
+					// From inside: the host candidate with an address (the mDNS one is a name).
+					Stream{Media: "audio", Proto: "UDP/TLS/RTP/SAVPF", RTP: ap("192.168.1.1:46243"), RTCP: ap("192.168.1.1:46243"), Mux: true,
+						Placeholder: true, Disposition: Relayed, Binding: MediaBinding{RTP: ap("1.1.1.10:3334"), RTCPPort: 3335}},
+					Stream{Index: 1, Media: "video", Proto: "UDP/TLS/RTP/SAVPF", RTP: unknown, RTCP: unknown, Mux: true, Direction: RecvOnly,
+						Placeholder: true, Disposition: Relayed, Binding: MediaBinding{RTP: ap("1.1.1.10:3336"), RTCPPort: 3337}},
+					Stream{Index: 2, Media: "application", Proto: "UDP/DTLS/SCTP", RTP: unknown, RTCP: unknown,
+						Placeholder: true, Disposition: Relayed, Binding: MediaBinding{RTP: ap("1.1.1.10:3338"), RTCPPort: 3339}})
+			})},
+		{"multicast", all(
+			contains("o=- 1 1 IN IP4 1.1.1.10\r\n", "c=IN IP4 224.2.17.12/127\r\nt=0 0\r\nm=audio 49170 RTP/AVP 0\r\na=rtcp:49171 IN IP4 224.2.17.12\r\n",
+				"m=video 51372 RTP/AVP 99\r\nc=IN IP6 ff15::101\r\n", "m=audio 3334 RTP/AVP 0\r\nc=IN IP4 1.1.1.10\r\n"),
+			func(t *testing.T, r *Result) {
+				wantDispositions(t, r, NotRelayed, NotRelayed, Relayed)
+			})},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -21,10 +21,11 @@ type connField struct {
 	suffix   bool // multicast "/ttl[/n]" follows the address
 }
 
-// named reports an IP literal other than the unspecified (hold) address: one to translate,
-// whatever follows it.
+// named reports an IP literal to translate: not the unspecified (hold) address, and not a
+// multicast group, which is the session's address rather than anyone's on one side (RFC 4566
+// section 5.7), so a multicast session is carried as it is.
 func (c *connField) named() bool {
-	return c.ok && c.ip.IsValid() && !c.ip.IsUnspecified()
+	return c.ok && c.ip.IsValid() && !c.ip.IsUnspecified() && !c.ip.IsMulticast()
 }
 
 // usable reports a unicast IP literal that is not the unspecified (hold) address: one a stream
@@ -50,6 +51,10 @@ type sdpMedia struct {
 	dirSet       bool
 	sectionEnd   int // offset just past the last line of the section
 	stream       int // index in Result.Streams
+	// ice: the section has ICE attributes. host and srflx are its best UDP candidates for
+	// component 1 of each kind (see defaultCandidate).
+	ice         bool
+	host, srflx candidate
 }
 
 // sdpPart is one SDP body of a message (the body itself, or one multipart part).
@@ -59,6 +64,7 @@ type sdpPart struct {
 	origin   connField
 	sessC    connField
 	sessDir  Direction
+	sessICE  bool // ICE attributes at session level (a=ice-ufrag, a=ice-options, ...)
 	firstMed int  // index in Result.media of the part's first m= section
 	lenHdr   span // value of a multipart part's own Content-Length header, if it has one
 }
@@ -194,6 +200,14 @@ func (r *Result) planSDP(raw []byte, b span, partIdx int, lenHdr span) error {
 			switch {
 			case iceAttribute(nb):
 				r.strip = append(r.strip, line)
+				if inMedia {
+					cur.ice = true
+					if equalFold(nb, "candidate") {
+						cur.noteCandidate(raw, value)
+					}
+				} else {
+					p.sessICE = true
+				}
 			case equalFold(nb, "rtcp") && inMedia:
 				if cur.rtcpPort.len() > 0 {
 					err = malformed("SDP a=rtcp", cs, "more than one a=rtcp in a media description")
@@ -421,4 +435,90 @@ func parseRTCPAttr(raw []byte, v span, m *sdpMedia) error {
 // which sipcar does not relay.
 func isTCPProto(p []byte) bool {
 	return hasPrefixFold(p, "TCP") && (len(p) == 3 || p[3] == '/')
+}
+
+// candidate is one ICE candidate (RFC 8839 section 5.1) as far as sipcar reads it.
+type candidate struct {
+	ok         bool
+	foundation span
+	component  uint64
+	udp        bool
+	priority   uint64
+	addr       netip.AddrPort
+	kind       candidateKind
+}
+
+type candidateKind uint8
+
+const (
+	candOther candidateKind = iota // relay, or a type sipcar does not know
+	candHost
+	candReflexive // srflx or prflx
+)
+
+// parseCandidate reads "<foundation> <component-id> <transport> <priority> <address> <port> typ
+// <type> ...". A candidate whose address is a name (an mDNS ".local" host candidate) or is not
+// unicast has ok false: sipcar does not resolve names, and cannot send to the rest.
+func parseCandidate(raw []byte, v span) candidate {
+	var f [8]span
+	var c candidate
+	if fields(raw, v, f[:]) < 8 || !equalFold(raw[f[6].start:f[6].end], "typ") {
+		return c
+	}
+	var ok bool
+	if c.component, ok = parseUint(raw[f[1].start:f[1].end], 256); !ok {
+		return c
+	}
+	if c.priority, ok = parseUint(raw[f[3].start:f[3].end], 1<<32-1); !ok {
+		return c
+	}
+	port, ok := parseUint(raw[f[5].start:f[5].end], 65535)
+	ip, ipOK := parseIP(raw[f[4].start:f[4].end])
+	if !ok || port == 0 || !ipOK || ip.IsUnspecified() || ip.IsMulticast() {
+		return c
+	}
+	c.ok = true
+	c.foundation = f[0]
+	c.udp = equalFold(raw[f[2].start:f[2].end], "udp")
+	c.addr = netip.AddrPortFrom(ip, uint16(port))
+	switch t := raw[f[7].start:f[7].end]; {
+	case equalFold(t, "host"):
+		c.kind = candHost
+	case equalFold(t, "srflx"), equalFold(t, "prflx"):
+		c.kind = candReflexive
+	}
+	return c
+}
+
+// noteCandidate keeps the candidate at v if it is the best so far of its kind: UDP, component 1
+// (RTP), highest priority, the first among equals.
+func (m *sdpMedia) noteCandidate(raw []byte, v span) {
+	c := parseCandidate(raw, v)
+	if !c.ok || !c.udp || c.component != 1 {
+		return
+	}
+	best := &m.host
+	switch c.kind {
+	case candHost:
+	case candReflexive:
+		best = &m.srflx
+	default:
+		return
+	}
+	if !best.ok || c.priority > best.priority {
+		*best = c
+	}
+}
+
+// isPlaceholder reports the ICE placeholder of a trickle-ICE or WebRTC SDP: the unspecified
+// address (in force from c=) and port 9, with ICE attributes or a DTLS transport to say so (RFC
+// 8840 section 4.2, RFC 8839 section 4.3.1; rtpengine tells the two apart the same way). The
+// stream is live; its addresses are in candidates, or come later. Without those signs, c=
+// 0.0.0.0 is the RFC 2543 hold it always was.
+func isPlaceholder(raw []byte, m *sdpMedia, c *connField, sessICE bool) bool {
+	if m.portNum != 9 || !c.ok || !c.ip.IsValid() || !c.ip.IsUnspecified() {
+		return false
+	}
+	proto := raw[m.proto.start:m.proto.end]
+	return m.ice || sessICE || hasPrefixFold(proto, "UDP/TLS/") || hasPrefixFold(proto, "UDP/DTLS/")
 }

@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 )
 
 // The classes of issue 16 that live in rewrite: what sipcar does not need to understand is
-// carried, SDP as phones write it. Every message here is written for its row.
+// carried, SDP as phones write it, trickle-ICE and WebRTC placeholders anchored, multicast left
+// alone. Every message here is written for its row.
 
 // From and To are never rewritten, so their URIs are not judged; only their tags are read, and
 // those must be read right whatever the URI holds.
@@ -215,5 +217,135 @@ func TestSDPErrorNamesLine(t *testing.T) {
 		if !errors.As(err, &perr) || perr.Where != tc.where || !strings.HasPrefix(perr.Reason, tc.reason) {
 			t.Errorf("%q: got %v, want %s: %s...", tc.sdp, err, tc.where, tc.reason)
 		}
+	}
+}
+
+// A trickle-ICE or WebRTC stream (c= the unspecified address, m= port 9, ICE or DTLS) is anchored
+// like any other: relay ports, fingerprint and setup kept, ICE removed; its peer is the default
+// candidate or, without one, unknown until its first packets. Without those signs, c=0.0.0.0 is
+// still the RFC 2543 hold.
+func TestPlaceholder(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	unknown4 := netip.AddrPortFrom(netip.IPv4Unspecified(), 0)
+	unknown6 := netip.AddrPortFrom(netip.IPv6Unspecified(), 0)
+	const (
+		ice    = "a=ice-ufrag:EsAw\r\na=ice-pwd:P2uYro0UCOQ4zxjKXaWCBui1\r\n"
+		dtls   = "a=fingerprint:sha-256 49:66:12:17\r\na=setup:actpass\r\n"
+		host   = "a=candidate:1 1 udp 2122260223 192.168.1.1 46243 typ host\r\n"
+		mdns   = "a=candidate:2 1 udp 2122260224 6f3c9a1e.local 54401 typ host\r\n"
+		srflx  = "a=candidate:3 1 udp 1686052607 203.0.113.77 40000 typ srflx raddr 192.168.1.1 rport 46243\r\n"
+		relay  = "a=candidate:4 1 udp 41885439 198.51.100.9 3478 typ relay raddr 203.0.113.77 rport 40000\r\n"
+		srflx2 = "a=candidate:3 2 udp 1686052606 203.0.113.77 40001 typ srflx raddr 192.168.1.1 rport 46244\r\n"
+		tcp    = "a=candidate:5 1 tcp 2122260225 192.168.1.1 9 typ host tcptype active\r\n"
+		head   = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+	)
+	tests := []struct {
+		name     string
+		from     Side
+		sdp      string
+		want     Disposition
+		rtp      netip.AddrPort
+		rtcp     netip.AddrPort
+		inOutput []string
+	}{ // Every row but the last three is a placeholder.
+		{"no candidates yet", Inside, head + "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\n" + ice + dtls + "a=rtcp-mux\r\n",
+			Relayed, unknown4, unknown4, []string{"m=audio 3334 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 1.1.1.10\r\n" + dtls + "a=rtcp-mux\r\n"}},
+		{"from outside, server reflexive first", Outside, head + "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\n" + host + srflx + relay + ice + "a=rtcp-mux\r\n",
+			Relayed, ap("203.0.113.77:40000"), ap("203.0.113.77:40000"), []string{"m=audio 5334 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 192.168.1.254\r\na=rtcp-mux\r\n"}},
+		{"from inside, host first", Inside, head + "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\n" + srflx + host + ice + "a=rtcp-mux\r\n",
+			Relayed, ap("192.168.1.1:46243"), ap("192.168.1.1:46243"), []string{"c=IN IP4 1.1.1.10\r\na=rtcp-mux\r\n"}},
+		{"from inside, host candidate is a name", Inside, head + "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\n" + mdns + srflx + tcp + ice,
+			Relayed, ap("203.0.113.77:40000"), ap("203.0.113.77:40001"), []string{"m=audio 3334 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 1.1.1.10\r\n"}},
+		{"only relayed and TCP candidates", Outside, head + "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\n" + relay + tcp + ice,
+			Relayed, unknown4, unknown4, []string{"m=audio 5334 "}},
+		{"RTCP from component 2", Outside, head + "m=audio 9 RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\n" + srflx + srflx2 + ice,
+			Relayed, ap("203.0.113.77:40000"), ap("203.0.113.77:40001"), []string{"m=audio 5334 RTP/SAVPF 111\r\nc=IN IP4 192.168.1.254\r\na=rtcp:5335 IN IP4 192.168.1.254\r\n"}},
+		{"RTCP at RTP + 1 without component 2", Outside, head + "m=audio 9 RTP/AVP 0\r\nc=IN IP4 0.0.0.0\r\n" + srflx + ice,
+			Relayed, ap("203.0.113.77:40000"), ap("203.0.113.77:40001"), []string{"m=audio 5334 RTP/AVP 0\r\n"}},
+		{"IPv6", Inside, head + "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP6 ::\r\n" + ice + "a=rtcp-mux\r\n",
+			Relayed, unknown6, unknown6, []string{"m=audio 3334 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP6 2001:db8:b::10\r\n"}},
+		{"session-level c= and ICE options", Inside, "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\na=ice-options:trickle\r\nm=audio 9 RTP/AVP 0\r\n",
+			Relayed, unknown4, unknown4, []string{"c=IN IP4 1.1.1.10\r\nt=0 0\r\nm=audio 3334 RTP/AVP 0\r\n"}},
+		{"DTLS transport alone", Inside, head + "m=audio 9 UDP/TLS/RTP/SAVP 0\r\nc=IN IP4 0.0.0.0\r\n" + dtls,
+			Relayed, unknown4, unknown4, []string{"m=audio 3334 UDP/TLS/RTP/SAVP 0\r\nc=IN IP4 1.1.1.10\r\n" + dtls}},
+		{"placeholder sendonly is relayed", Inside, head + "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\n" + ice + "a=sendonly\r\n",
+			Relayed, unknown4, unknown4, []string{"m=audio 3334 "}},
+		{"placeholder inactive is held", Inside, head + "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\n" + ice + "a=inactive\r\n",
+			Held, unknown4, unknown4, []string{"m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=inactive\r\n"}},
+		{"port 9 without ICE or DTLS is a hold", Inside, head + "m=audio 9 RTP/AVP 0\r\nc=IN IP4 0.0.0.0\r\n",
+			Held, ap("0.0.0.0:9"), ap("0.0.0.0:10"), []string{"m=audio 9 RTP/AVP 0\r\nc=IN IP4 0.0.0.0\r\n"}},
+		{"ICE with a real port is a hold", Inside, head + "m=audio 3000 RTP/AVP 0\r\nc=IN IP4 0.0.0.0\r\n" + ice,
+			Held, ap("0.0.0.0:3000"), ap("0.0.0.0:3001"), []string{"m=audio 3000 RTP/AVP 0\r\nc=IN IP4 0.0.0.0\r\n"}},
+		{"a real address at port 9 is an ordinary stream", Inside, head + "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 192.168.1.1\r\n" + ice,
+			Relayed, ap("192.168.1.1:9"), ap("192.168.1.1:10"), []string{"m=audio 3334 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 1.1.1.10\r\n"}},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r, nat := rewriteSDP(t, tc.from, tc.sdp)
+			if len(r.Streams) != 1 {
+				t.Fatalf("streams %+v", r.Streams)
+			}
+			s := r.Streams[0]
+			placeholder := i < len(tests)-3
+			if s.Disposition != tc.want || s.RTP != tc.rtp || s.RTCP != tc.rtcp || s.Placeholder != placeholder {
+				t.Errorf("stream %v RTP %v RTCP %v placeholder %v; want %v RTP %v RTCP %v placeholder %v",
+					s.Disposition, s.RTP, s.RTCP, s.Placeholder, tc.want, tc.rtp, tc.rtcp, placeholder)
+			}
+			if (tc.want == Relayed) != (len(nat.media) == 1) {
+				t.Errorf("translator gave %d media bindings", len(nat.media))
+			}
+			for _, want := range tc.inOutput {
+				if !bytes.Contains(r.Out, []byte(want)) {
+					t.Errorf("output lacks %q:\n%s", want, r.Out)
+				}
+			}
+			if tc.want == Relayed {
+				for _, gone := range []string{"a=candidate", "a=ice-", " 0.0.0.0", "IP6 ::\r"} {
+					if bytes.Contains(r.Out, []byte(gone)) {
+						t.Errorf("output still has %q:\n%s", gone, r.Out)
+					}
+				}
+			}
+		})
+	}
+}
+
+// A multicast session's addresses are the group's, not anyone's on one side: they are left as
+// they are, the translator is not asked about them, and the stream is not relayed. The origin
+// (a unicast address) is still translated.
+func TestMulticastKept(t *testing.T) {
+	tests := []struct {
+		name, sdp string
+		kept      []string
+	}{
+		{"IPv4 with TTL at session level", "v=0\r\no=- 1 1 IN IP4 192.168.1.1\r\ns=-\r\nc=IN IP4 224.2.17.12/127\r\nt=0 0\r\nm=audio 49170 RTP/AVP 0\r\n",
+			[]string{"c=IN IP4 224.2.17.12/127\r\nt=0 0\r\nm=audio 49170 RTP/AVP 0\r\n"}},
+		{"IPv4 with TTL and count in the media", "v=0\r\no=- 1 1 IN IP4 192.168.1.1\r\ns=-\r\nt=0 0\r\nm=video 51372/2 RTP/AVP 99\r\nc=IN IP4 233.252.0.1/127/2\r\na=rtcp:53000 IN IP4 233.252.0.1\r\n",
+			[]string{"m=video 51372/2 RTP/AVP 99\r\nc=IN IP4 233.252.0.1/127/2\r\na=rtcp:53000 IN IP4 233.252.0.1\r\n"}},
+		{"IPv4 without TTL", "v=0\r\no=- 1 1 IN IP4 192.168.1.1\r\ns=-\r\nc=IN IP4 239.1.2.3\r\nt=0 0\r\nm=audio 5004 RTP/AVP 0\r\n",
+			[]string{"c=IN IP4 239.1.2.3\r\nt=0 0\r\nm=audio 5004 RTP/AVP 0\r\n"}},
+		{"IPv6", "v=0\r\no=- 1 1 IN IP4 192.168.1.1\r\ns=-\r\nt=0 0\r\nm=audio 5004 RTP/AVP 0\r\nc=IN IP6 ff15::101\r\n",
+			[]string{"m=audio 5004 RTP/AVP 0\r\nc=IN IP6 ff15::101\r\n"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r, nat := rewriteSDP(t, Inside, tc.sdp)
+			for _, k := range tc.kept {
+				if !bytes.Contains(r.Out, []byte(k)) {
+					t.Errorf("output lacks %q:\n%s", k, r.Out)
+				}
+			}
+			if !bytes.Contains(r.Out, []byte("o=- 1 1 IN IP4 1.1.1.10\r\n")) {
+				t.Errorf("origin not translated:\n%s", r.Out)
+			}
+			if len(r.Streams) != 1 || r.Streams[0].Disposition != NotRelayed || len(nat.media) != 0 {
+				t.Errorf("streams %+v, %d bindings", r.Streams, len(nat.media))
+			}
+			for _, a := range nat.translated {
+				if a.AddrPort.Addr().IsMulticast() {
+					t.Errorf("translator asked about %v", a.AddrPort)
+				}
+			}
+		})
 	}
 }
