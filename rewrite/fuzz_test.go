@@ -189,7 +189,9 @@ func agreesWithPion(body []byte, m *Message, r *Result, rerr error) string {
 	raw := m.Bytes()
 	text := func(s span) string { return string(raw[s.start:s.end]) }
 	p := &r.parts[0]
-	if text(p.origin.addr) != in.Origin.UnicastAddress {
+	// The rewriter reads an address followed by "/..." as that address in o= too, so that what a
+	// lenient receiver would take for one is translated; pion keeps the whole field.
+	if origin, _, _ := strings.Cut(in.Origin.UnicastAddress, "/"); text(p.origin.addr) != origin {
 		return fmt.Sprintf("o= address %q, pion %q", text(p.origin.addr), in.Origin.UnicastAddress)
 	}
 	if len(r.media) != len(in.MediaDescriptions) {
