@@ -61,6 +61,28 @@ func BenchmarkRewriteInvite(b *testing.B) {
 	}
 }
 
+// BenchmarkRewriteWebRTCOffer is the same for a trickle-ICE WebRTC offer (testdata/cases): three
+// placeholder streams, candidates read for the default one, ICE attributes removed.
+func BenchmarkRewriteWebRTCOffer(b *testing.B) {
+	msg, err := os.ReadFile("testdata/cases/trickle-ice.in")
+	if err != nil {
+		b.Fatal(err)
+	}
+	tr := &fixedTranslator{sig: netip.MustParseAddrPort("1.1.1.10:2222"), media: netip.MustParseAddr("1.1.1.10")}
+	var m Message
+	var r Result
+	b.SetBytes(int64(len(msg)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := Parse(msg, &m); err != nil {
+			b.Fatal(err)
+		}
+		if err := Rewrite(&r, &m, Inside, tr); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 // BenchmarkSipgoParse is sipgo's parse of the same bytes, the yardstick for the rewrite.
 func BenchmarkSipgoParse(b *testing.B) {
 	msg := benchInvite(b)

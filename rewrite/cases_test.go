@@ -89,6 +89,53 @@ func TestCases(t *testing.T) {
 			"Via: SIP/2.0/UDP 1.1.1.10:2223, SIP/2.0/UDP 1.1.1.10:2224\r\n",
 			"Via: SIP/2.0/UDP 1.1.1.10:2225;rport , SIP/2.0/UDP 1.1.1.10:2226;branch=z9hG4bK5\r\n",
 			"Contact: <sip:a@1.1.1.10:2222;lr?X=y>")},
+		// Issue 16: what sipcar does not need to understand is carried.
+		{"masked-addresses", all(
+			contains("INVITE sip:bob@00.000.00.0 SIP/2.0\r\n",
+				"Via: SIP/2.0/UDP 1.1.1.10:2222;branch=z9hG4bK1;rport\r\n",
+				"Via: SIP/2.0/UDP 00.000.00.0:5060;branch=z9hG4bK0;received=00.000.00.0\r\n",
+				"From: \"Alice (masked)\" <sip:alice@00.000.00.0>;tag=a73kszlfl\r\n", "To: sip:bob@00.000.00.0:5060\r\n",
+				"Contact: <sip:alice@1.1.1.10:2222>, <sip:alice@192.168.001.010:5062>\r\n",
+				"X-Odd-URI: <sip:a b@[not an address>\r\n", "c=IN IP4 1.1.1.10\r\n"),
+			func(t *testing.T, r *Result) {
+				for _, e := range r.Edits {
+					if bytes.Contains(e.Old, []byte("00.0")) || bytes.Contains(e.Old, []byte("001.010")) {
+						t.Errorf("masked host edited: %+v", e)
+					}
+				}
+			})},
+		{"sdp-as-written", all(
+			contains("o=Softphone 2023 1  IN  IP4  1.1.1.10\r\n", "c=IN IP4   1.1.1.10\r\n", "x-softphone=build 5.6\r\n",
+				"m=audio  3334  RTP/AVP 0 8 101\r\n", "\r\n =extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n",
+				"a= rtcp :3335\r\n", "m=video 3336 RTP/AVP 96\r\nc=IN IP4 1.1.1.10 \r\n",
+				"\r\nthis line is not an SDP line at all\r\n", "m=text 3338 RTP/AVP 98\r\nY=an upper-case type\r\n"),
+			func(t *testing.T, r *Result) {
+				wantDispositions(t, r, Relayed, Relayed, Relayed)
+			})},
+		{"trickle-ice", all(
+			contains("m=audio 3334 UDP/TLS/RTP/SAVPF 111 0\r\nc=IN IP4 1.1.1.10\r\na=rtcp:3334 IN IP4 1.1.1.10\r\na=fingerprint:sha-256 ",
+				"a=setup:actpass\r\na=mid:0\r\na=sendrecv\r\na=rtcp-mux\r\n",
+				"m=video 3336 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 1.1.1.10\r\na=rtcp:3336 IN IP4 1.1.1.10\r\n",
+				"m=application 3338 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 1.1.1.10\r\na=fingerprint",
+				"a=group:BUNDLE 0 1 2\r\n", "a=sctp-port:5000\r\n"),
+			lacks("0.0.0.0", " 9 UDP", "candidate", "ice-", "192.168.1.1 "),
+			func(t *testing.T, r *Result) {
+				unknown := netip.AddrPortFrom(netip.IPv4Unspecified(), 0)
+				wantStreams(t, r,
+					// From inside: the host candidate with an address (the mDNS one is a name).
+					Stream{Media: "audio", Proto: "UDP/TLS/RTP/SAVPF", RTP: ap("192.168.1.1:46243"), RTCP: ap("192.168.1.1:46243"), Mux: true,
+						Placeholder: true, Disposition: Relayed, Binding: MediaBinding{RTP: ap("1.1.1.10:3334"), RTCPPort: 3335}},
+					Stream{Index: 1, Media: "video", Proto: "UDP/TLS/RTP/SAVPF", RTP: unknown, RTCP: unknown, Mux: true, Direction: RecvOnly,
+						Placeholder: true, Disposition: Relayed, Binding: MediaBinding{RTP: ap("1.1.1.10:3336"), RTCPPort: 3337}},
+					Stream{Index: 2, Media: "application", Proto: "UDP/DTLS/SCTP", RTP: unknown, RTCP: unknown,
+						Placeholder: true, Disposition: Relayed, Binding: MediaBinding{RTP: ap("1.1.1.10:3338"), RTCPPort: 3339}})
+			})},
+		{"multicast", all(
+			contains("o=- 1 1 IN IP4 1.1.1.10\r\n", "c=IN IP4 224.2.17.12/127\r\nt=0 0\r\nm=audio 49170 RTP/AVP 0\r\na=rtcp:49171 IN IP4 224.2.17.12\r\n",
+				"m=video 51372 RTP/AVP 99\r\nc=IN IP6 ff15::101\r\n", "m=audio 3334 RTP/AVP 0\r\nc=IN IP4 1.1.1.10\r\n"),
+			func(t *testing.T, r *Result) {
+				wantDispositions(t, r, NotRelayed, NotRelayed, Relayed)
+			})},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -118,5 +165,17 @@ func TestEditsAreOrderedAndDisjoint(t *testing.T) {
 	}
 	if got := string(r.Out); !strings.Contains(got, "Via: SIP/2.0/UDP 1.1.1.10:2222;") || !strings.Contains(got, "<sip:a@1.1.1.10:2222>") {
 		t.Errorf("implicit port not written: %s", got)
+	}
+}
+
+func wantDispositions(t *testing.T, r *Result, want ...Disposition) {
+	t.Helper()
+	if len(r.Streams) != len(want) {
+		t.Fatalf("%d streams, want %d: %+v", len(r.Streams), len(want), r.Streams)
+	}
+	for i, s := range r.Streams {
+		if s.Disposition != want[i] {
+			t.Errorf("stream %d (%s %s): %v, want %v", i, s.Media, s.Proto, s.Disposition, want[i])
+		}
 	}
 }

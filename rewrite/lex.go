@@ -1,6 +1,7 @@
 package rewrite
 
 import (
+	"bytes"
 	"net/netip"
 	"unsafe"
 )
@@ -139,10 +140,20 @@ func indexUnquoted(b []byte, c byte) int {
 	return -1
 }
 
-// parseIP parses an IPv4 or IPv6 literal (no brackets, no zone) without allocating.
+// parseIP parses an IPv4 or IPv6 literal (no brackets, no zone) without allocating: netip
+// allocates the error it returns, so what cannot be an address (a host name, an mDNS candidate,
+// a masked "00.000.00.0") is turned away before it is asked.
 func parseIP(b []byte) (netip.Addr, bool) {
 	if len(b) == 0 || len(b) > 45 {
 		return netip.Addr{}, false
+	}
+	if bytes.IndexByte(b, ':') < 0 {
+		return parseIPv4(b)
+	}
+	for _, c := range b {
+		if !isDigit(c) && (lower(c) < 'a' || lower(c) > 'f') && c != ':' && c != '.' {
+			return netip.Addr{}, false
+		}
 	}
 	// netip.ParseAddr keeps no reference to its argument (a zone, which we reject below, would
 	// be copied), so reading the bytes as a string without a copy is safe here.
@@ -166,4 +177,33 @@ func transportName(b []byte) string {
 		s[i] = lower(c)
 	}
 	return string(s)
+}
+
+// parseIPv4 parses dotted decimal as netip does (four octets up to 255, no leading zeros).
+func parseIPv4(b []byte) (netip.Addr, bool) {
+	var a [4]byte
+	n, digits, v := 0, 0, 0
+	for i, c := range b {
+		switch {
+		case isDigit(c):
+			if digits > 0 && v == 0 {
+				return netip.Addr{}, false // leading zero
+			}
+			v = v*10 + int(c-'0')
+			digits++
+			if v > 255 {
+				return netip.Addr{}, false
+			}
+		case c == '.' && digits > 0 && n < 3 && i < len(b)-1:
+			a[n] = byte(v)
+			n, digits, v = n+1, 0, 0
+		default:
+			return netip.Addr{}, false
+		}
+	}
+	if n != 3 || digits == 0 {
+		return netip.Addr{}, false
+	}
+	a[3] = byte(v)
+	return netip.AddrFrom4(a), true
 }

@@ -77,6 +77,9 @@ type Message struct {
 	hasCallID bool
 	hasCSeq   bool
 	contacts  int // Contact values (name-addrs or "*")
+
+	fromTag, toTag       span // the tag parameters' values
+	hasFromTag, hasToTag bool
 }
 
 // maxAddressValues bounds the addresses of the headers the rewriter reads (Via, Contact,
@@ -87,7 +90,8 @@ const maxAddressValues = 256
 // Parse scans raw as one SIP message into m and checks what the rewriter and the relay rely on:
 // the start line, header field syntax, one each of Call-ID, CSeq, From, To (and at most one
 // Content-Length, Content-Type, Max-Forwards), at least one Via, the syntax of every header whose
-// addresses are rewritten, and a Content-Length no larger than the bytes given. CRLFs before the
+// addresses are rewritten, that the tags of From and To can be read (their URIs are not judged:
+// sipcar does not rewrite them), and a Content-Length no larger than the bytes given. CRLFs before the
 // start line are skipped (RFC 3261 section 7.5). When Content-Length is absent the body is the
 // rest of raw (a datagram); when raw holds more than Content-Length says, the rest is not part of
 // the message. A problem is returned as an [*Error].
@@ -415,7 +419,7 @@ func (m *Message) checkRequired() error {
 }
 
 // checkAddressHeaders parses every header whose addresses the rewriter reads, so that a message
-// that passes Parse can be rewritten without a syntax error.
+// that passes Parse can be rewritten without a syntax error, and finds the From and To tags.
 func (m *Message) checkAddressHeaders() error {
 	if m.request {
 		u, err := parseURI(m.raw, m.ruri, "Request-URI")
@@ -443,8 +447,10 @@ func (m *Message) checkAddressHeaders() error {
 			err = eachNameAddr(m.raw, h.value, h.kind, func(nameAddr) error { m.contacts++; return count() })
 		case hRecordRoute, hRoute, hPath:
 			err = eachNameAddr(m.raw, h.value, h.kind, func(nameAddr) error { return count() })
-		case hFrom, hTo:
-			err = eachNameAddr(m.raw, h.value, h.kind, func(nameAddr) error { return nil })
+		case hFrom:
+			m.fromTag, m.hasFromTag, err = tagOf(m.raw, h.value, "From")
+		case hTo:
+			m.toTag, m.hasToTag, err = tagOf(m.raw, h.value, "To")
 		}
 		if err != nil {
 			return err
@@ -526,11 +532,19 @@ func (m *Message) TopVia() []byte {
 	return nil
 }
 
-// FromTag and ToTag return the tag parameters of From and To (nil when absent).
-func (m *Message) FromTag() []byte { v, _ := m.Header("From"); return nameAddrParam(v, "tag") }
+// FromTag and ToTag return the tag parameters of From and To (nil when absent, empty when the
+// tag has no value). They are read whatever the URIs hold (see tagOf).
+func (m *Message) FromTag() []byte { return m.tag(m.fromTag, m.hasFromTag) }
 
 // ToTag returns the To tag, nil when absent.
-func (m *Message) ToTag() []byte { v, _ := m.Header("To"); return nameAddrParam(v, "tag") }
+func (m *Message) ToTag() []byte { return m.tag(m.toTag, m.hasToTag) }
+
+func (m *Message) tag(s span, ok bool) []byte {
+	if !ok || !m.parsed {
+		return nil
+	}
+	return m.raw[s.start:s.end:s.end]
+}
 
 // kindOf maps a header name, long or compact, to its kind.
 func kindOf(name []byte) hdrKind {

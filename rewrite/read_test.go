@@ -93,3 +93,25 @@ func TestTooManyAddresses(t *testing.T) {
 		t.Errorf("%d Contacts: %v; want ErrTooMany in Contact", maxAddressValues+1, err)
 	}
 }
+
+// parseIP turns away what netip would refuse before asking it (netip allocates its error), and
+// reads IPv4 itself: it must agree with netip on every input.
+func TestParseIPAgreesWithNetip(t *testing.T) {
+	inputs := []string{"", "0.0.0.0", "1.2.3.4", "255.255.255.255", "256.1.1.1", "1.2.3", "1.2.3.4.5", "1.2.3.", ".1.2.3",
+		"01.2.3.4", "1.02.3.4", "1.2.3.00", "00.000.00.0", "192.168.001.010", "999.999.999.999", "1..2.3", "1.2.3.4a",
+		"1.2.3.-4", "a.b.c.d", "example.com", "6f3c9a1e.local", "::", "::1", "2001:db8::1", "2001:db8::192.0.2.1",
+		"::ffff:1.2.3.4", "2001:db8::zz", "2001:db8:::1", "fe80::1%eth0", "FF15::101", "1:2:3:4:5:6:7:8", "1:2:3:4:5:6:7:8:9",
+		"0000000000000000000000000000000000000001.1.1.1", "1.2.3.4:5060", "[::1]", "4294967295", "0x7f.0.0.1"}
+	for _, in := range inputs {
+		want, err := netip.ParseAddr(in)
+		wantOK := err == nil && want.Zone() == ""
+		got, ok := parseIP([]byte(in))
+		if ok != wantOK || (ok && got != want) {
+			t.Errorf("parseIP(%q) = %v %v, netip says %v %v", in, got, ok, want, err)
+		}
+	}
+	name, masked := []byte("6f3c9a1e.local"), []byte("00.000.00.0")
+	if n := testing.AllocsPerRun(100, func() { parseIP(name); parseIP(masked) }); n != 0 {
+		t.Errorf("parseIP of a name allocates %v times", n)
+	}
+}

@@ -566,7 +566,12 @@ func (w *rewriter) sdp() error {
 		if m.dirSet {
 			s.Direction = m.dir
 		}
-		if c.ip.IsValid() {
+		placeholder := isPlaceholder(w.raw, m, c, p.sessICE)
+		switch {
+		case placeholder:
+			s.Placeholder = true
+			s.RTP, s.RTCP = w.placeholderPeer(m, c.ip)
+		case c.ip.IsValid():
 			s.RTP = netip.AddrPortFrom(c.ip, m.portNum)
 			s.RTCP = netip.AddrPortFrom(c.ip, m.portNum+1)
 			if m.rtcpPort.len() > 0 {
@@ -584,7 +589,11 @@ func (w *rewriter) sdp() error {
 			s.Disposition = Rejected
 		case isTCPProto(w.raw[m.proto.start:m.proto.end]):
 			s.Disposition = NotRelayed
-		case c.ok && c.ip.IsValid() && c.ip.IsUnspecified(), s.Direction == Inactive:
+		case s.Direction == Inactive:
+			s.Disposition = Held
+		case placeholder:
+			s.Disposition = Relayed
+		case c.ok && c.ip.IsValid() && c.ip.IsUnspecified():
 			s.Disposition = Held
 		case !c.usable():
 			s.Disposition = NotRelayed
@@ -638,6 +647,59 @@ func (w *rewriter) sdp() error {
 		w.edit(FieldNone, "ICE attribute removed", s, func(dst []byte) []byte { return dst })
 	}
 	return nil
+}
+
+// placeholderPeer returns where the sender of a placeholder stream (see isPlaceholder) wants
+// its RTP and RTCP: the address of its default candidate, or the unspecified address (of the
+// family of c=) and port 0 when no candidate names one, so that the peer is learned from its
+// first packets.
+//
+// RFC 8445 section 5.1.4 ranks default candidates relayed, then server reflexive, then host.
+// Relayed candidates are passed over: a TURN server forwards only from peers the client gave a
+// permission, and sipcar, which removes ICE, is given none. Between the other two the side decides:
+// a host candidate from inside names an address on sipcar's inside network, which sipcar reaches
+// directly, while a host candidate from outside is as a rule behind the sender's own NAT, which
+// only its reflexive address crosses. Within a kind, the candidate of highest priority, which is
+// the one the sender's own agent prefers.
+func (w *rewriter) placeholderPeer(m *sdpMedia, unspecified netip.Addr) (rtp, rtcp netip.AddrPort) {
+	c, other := m.srflx, m.host
+	if w.from == Inside {
+		c, other = m.host, m.srflx
+	}
+	if !c.ok {
+		c = other
+	}
+	if !c.ok {
+		none := netip.AddrPortFrom(unspecified, 0)
+		return none, none
+	}
+	rtp = c.addr
+	if m.mux {
+		return rtp, rtp
+	}
+	// RTCP is component 2 of the same foundation (RFC 8445 section 5.1.1.3), else RTP + 1.
+	foundation := w.raw[c.foundation.start:c.foundation.end]
+	for _, l := range w.res.strip {
+		if l.start < m.sectionStart || l.start >= m.sectionEnd {
+			continue
+		}
+		content := trimEOL(w.raw[l.start:l.end])
+		eq := bytes.IndexByte(content, '=')
+		if eq < 0 {
+			continue
+		}
+		name, value := attribute(w.raw, span{l.start + eq + 1, l.start + len(content)})
+		if !equalFold(w.raw[name.start:name.end], "candidate") {
+			continue
+		}
+		if r := parseCandidate(w.raw, value); r.ok && r.udp && r.component == 2 && bytes.Equal(w.raw[r.foundation.start:r.foundation.end], foundation) {
+			return rtp, r.addr
+		}
+	}
+	if rtp.Port() == 65535 {
+		return rtp, rtp
+	}
+	return rtp, netip.AddrPortFrom(rtp.Addr(), rtp.Port()+1)
 }
 
 // mediaEdits writes a relayed stream's binding into its m=, c= and a=rtcp lines.
@@ -824,7 +886,7 @@ func (r *Result) build(raw []byte) {
 // intern returns common SDP media types and protocols without allocating.
 func intern(b []byte) string {
 	for _, s := range [...]string{"audio", "video", "image", "application", "message", "text",
-		"RTP/AVP", "RTP/SAVP", "RTP/AVPF", "RTP/SAVPF", "UDP/TLS/RTP/SAVP", "UDP/TLS/RTP/SAVPF", "udptl", "UDPTL", "TCP/MSRP"} {
+		"RTP/AVP", "RTP/SAVP", "RTP/AVPF", "RTP/SAVPF", "UDP/TLS/RTP/SAVP", "UDP/TLS/RTP/SAVPF", "UDP/DTLS/SCTP", "udptl", "UDPTL", "TCP/MSRP"} {
 		if string(b) == s {
 			return s
 		}

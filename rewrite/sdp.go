@@ -3,6 +3,7 @@ package rewrite
 import (
 	"bytes"
 	"net/netip"
+	"strconv"
 )
 
 // The SDP rewriter scans lines itself instead of using a full SDP parser: real devices send SDP
@@ -20,10 +21,11 @@ type connField struct {
 	suffix   bool // multicast "/ttl[/n]" follows the address
 }
 
-// named reports an IP literal other than the unspecified (hold) address: one to translate,
-// whatever follows it.
+// named reports an IP literal to translate: not the unspecified (hold) address, and not a
+// multicast group, which is the session's address rather than anyone's on one side (RFC 4566
+// section 5.7), so a multicast session is carried as it is.
 func (c *connField) named() bool {
-	return c.ok && c.ip.IsValid() && !c.ip.IsUnspecified()
+	return c.ok && c.ip.IsValid() && !c.ip.IsUnspecified() && !c.ip.IsMulticast()
 }
 
 // usable reports a unicast IP literal that is not the unspecified (hold) address: one a stream
@@ -35,6 +37,8 @@ func (c *connField) usable() bool {
 // sdpMedia is one m= section of an SDP body.
 type sdpMedia struct {
 	part, index  int
+	line         int // the m= line's number in its SDP body, from 1
+	sectionStart int // offset of the m= line
 	media, proto span
 	port         span // the port digits of m=, without a "/n" port count
 	portNum      uint16
@@ -47,6 +51,10 @@ type sdpMedia struct {
 	dirSet       bool
 	sectionEnd   int // offset just past the last line of the section
 	stream       int // index in Result.Streams
+	// ice: the section has ICE attributes. host and srflx are its best UDP candidates for
+	// component 1 of each kind (see defaultCandidate).
+	ice         bool
+	host, srflx candidate
 }
 
 // sdpPart is one SDP body of a message (the body itself, or one multipart part).
@@ -56,6 +64,7 @@ type sdpPart struct {
 	origin   connField
 	sessC    connField
 	sessDir  Direction
+	sessICE  bool // ICE attributes at session level (a=ice-ufrag, a=ice-options, ...)
 	firstMed int  // index in Result.media of the part's first m= section
 	lenHdr   span // value of a multipart part's own Content-Length header, if it has one
 }
@@ -78,6 +87,14 @@ func iceAttribute(name []byte) bool {
 // planSDP scans the SDP body at b, adding its m= sections to r.media and the lines to strip to
 // r.strip. It checks every line it will rewrite and reads nothing from a translator, so that a
 // malformed body is refused before any binding is made.
+//
+// A line that is not <type>=<value> (a stray " =extmap:..." from a softphone, a line of text) is
+// kept byte for byte and not read, like a line of an unknown type: the body is carried. The one
+// exception is a line that a lenient parser would still read as one that carries an address or
+// a port (" c=IN IP4 ...", "m =audio ...", "a = rtcp:..."): left as it is, it would hand the
+// receiver an address sipcar did not translate, and read as what it seems, it might be taken by a
+// strict receiver for nothing at all; so it is refused (or, for an ICE attribute, removed like
+// every ICE attribute).
 func (r *Result) planSDP(raw []byte, b span, partIdx int, lenHdr span) error {
 	p := sdpPart{body: b, firstMed: len(r.media), lenHdr: lenHdr}
 	inMedia := false
@@ -85,6 +102,7 @@ func (r *Result) planSDP(raw []byte, b span, partIdx int, lenHdr span) error {
 	index := 0
 	pos := b.start
 	first := true
+	lineNo := 0
 	for pos < b.end {
 		eol := bytes.IndexByte(raw[pos:b.end], '\n')
 		lineEnd := b.end
@@ -92,77 +110,109 @@ func (r *Result) planSDP(raw []byte, b span, partIdx int, lenHdr span) error {
 			lineEnd = pos + eol + 1
 		}
 		content := trimEOL(raw[pos:lineEnd])
+		if n := len(content); eol < 0 && n > 0 && content[n-1] == '\r' {
+			content = content[:n-1] // the last line, ended by a CR whose LF was lost
+		}
 		if first && eol >= 0 {
 			p.crlf = eol > 0 && raw[pos+eol-1] == '\r'
 		}
 		line := span{pos, lineEnd}
 		cs := pos
 		pos = lineEnd
+		lineNo++
 		if len(trimRightLWS(content)) == 0 {
 			continue
 		}
+		if bytes.IndexByte(content, '\r') >= 0 {
+			// A bare CR would end the line for some parsers and not for others: what follows it
+			// may be a line sipcar cannot see.
+			return sdpError("SDP", cs, lineNo, "carriage return inside a line")
+		}
 		if len(content) < 2 || content[1] != '=' || !isAlpha(content[0]) {
-			return malformed("SDP", cs, "line is not of the form <type>=<value>")
+			if first {
+				return sdpError("SDP", cs, lineNo, "does not start with v=")
+			}
+			t, v, ok := readsAs(content)
+			if !ok {
+				continue // kept as it is
+			}
+			val := span{cs + v, cs + len(content)}
+			switch t {
+			case 'c', 'o', 'm':
+				return sdpError("SDP", cs, lineNo, "not <type>=<value>, yet readable as "+string(t)+"=: its address cannot be translated safely")
+			case 'a':
+				name, _ := attribute(raw, val)
+				nb := raw[name.start:name.end]
+				switch {
+				case iceAttribute(nb):
+					r.strip = append(r.strip, line)
+				case equalFold(nb, "rtcp"):
+					return sdpError("SDP", cs, lineNo, "not <type>=<value>, yet readable as a=rtcp: its port cannot be translated safely")
+				}
+			}
+			continue
 		}
 		if first && content[0] != 'v' {
-			return malformed("SDP", cs, "does not start with v=")
+			return sdpError("SDP", cs, lineNo, "does not start with v=")
 		}
 		first = false
 		val := span{cs + 2, cs + len(content)}
+		var err error
 		switch content[0] {
 		case 'o':
-			if inMedia {
-				return malformed("SDP o=", cs, "o= inside a media description")
+			switch {
+			case inMedia:
+				err = malformed("SDP o=", cs, "o= inside a media description")
+			case p.origin.ok:
+				err = malformed("SDP o=", cs, "more than one o=")
+			default:
+				err = parseOrigin(raw, val, &p.origin)
+				p.origin.line = line
 			}
-			if p.origin.ok {
-				return malformed("SDP o=", cs, "more than one o=")
-			}
-			if err := parseOrigin(raw, val, &p.origin); err != nil {
-				return err
-			}
-			p.origin.line = line
 		case 'c':
 			var c connField
-			if err := parseConn(raw, val, &c); err != nil {
-				return err
+			if err = parseConn(raw, val, &c); err != nil {
+				break
 			}
 			c.line = line
 			// One address per level: a second would be left untranslated (RFC 4566 allows more
 			// only for multicast sessions, which sipcar does not relay).
-			if inMedia {
-				if cur.c.ok {
-					return malformed("SDP c=", cs, "more than one c= in a media description")
-				}
+			switch {
+			case inMedia && cur.c.ok:
+				err = malformed("SDP c=", cs, "more than one c= in a media description")
+			case inMedia:
 				cur.c = c
-			} else {
-				if p.sessC.ok {
-					return malformed("SDP c=", cs, "more than one session-level c=")
-				}
+			case p.sessC.ok:
+				err = malformed("SDP c=", cs, "more than one session-level c=")
+			default:
 				p.sessC = c
 			}
 		case 'm':
-			if err := r.flushMedia(cur, cs); err != nil {
-				return err
-			}
-			r.media = append(r.media, sdpMedia{part: partIdx, index: index})
+			r.flushMedia(cur, cs)
+			r.media = append(r.media, sdpMedia{part: partIdx, index: index, line: lineNo, sectionStart: cs})
 			cur = &r.media[len(r.media)-1]
 			index++
 			inMedia = true
-			if err := parseMediaLine(raw, val, cur); err != nil {
-				return err
-			}
+			err = parseMediaLine(raw, val, cur)
 		case 'a':
 			name, value := attribute(raw, val)
 			nb := raw[name.start:name.end]
 			switch {
 			case iceAttribute(nb):
 				r.strip = append(r.strip, line)
+				if inMedia {
+					cur.ice = true
+					if equalFold(nb, "candidate") {
+						cur.noteCandidate(raw, value)
+					}
+				} else {
+					p.sessICE = true
+				}
 			case equalFold(nb, "rtcp") && inMedia:
 				if cur.rtcpPort.len() > 0 {
-					return malformed("SDP a=rtcp", cs, "more than one a=rtcp in a media description")
-				}
-				if err := parseRTCPAttr(raw, value, cur); err != nil {
-					return err
+					err = malformed("SDP a=rtcp", cs, "more than one a=rtcp in a media description")
+				} else {
+					err = parseRTCPAttr(raw, value, cur)
 				}
 			case equalFold(nb, "rtcp-mux") && inMedia:
 				cur.mux = true
@@ -176,29 +226,63 @@ func (r *Result) planSDP(raw []byte, b span, partIdx int, lenHdr span) error {
 				}
 			}
 		}
+		if err != nil {
+			return atLine(err, lineNo)
+		}
 	}
 	if first {
-		return malformed("SDP", b.start, "empty SDP body")
+		return sdpError("SDP", b.start, 1, "empty SDP body")
 	}
-	if err := r.flushMedia(cur, b.end); err != nil {
-		return err
-	}
+	r.flushMedia(cur, b.end)
 	for _, m := range r.media[p.firstMed:] {
 		if m.portNum != 0 && !m.c.ok && !p.sessC.ok {
-			return malformed("SDP c=", m.port.start, "media description without a connection address")
+			return sdpError("SDP c=", m.port.start, m.line, "media description without a connection address")
 		}
 	}
 	r.parts = append(r.parts, p)
 	return nil
 }
 
-// flushMedia completes the m= section that ends at offset end.
-func (r *Result) flushMedia(m *sdpMedia, end int) error {
-	if m == nil {
-		return nil
+// readsAs reports the type a line that is not <type>=<value> would have for a parser that skips
+// white space around the type letter, and where its value starts.
+func readsAs(content []byte) (t byte, value int, ok bool) {
+	i := 0
+	for i < len(content) && (content[i] == ' ' || content[i] == '\t') {
+		i++
 	}
-	m.sectionEnd = end
-	return nil
+	if i >= len(content) || !isAlpha(content[i]) {
+		return 0, 0, false
+	}
+	t = content[i]
+	i++
+	for i < len(content) && (content[i] == ' ' || content[i] == '\t') {
+		i++
+	}
+	if i >= len(content) || content[i] != '=' {
+		return 0, 0, false
+	}
+	return t, i + 1, true
+}
+
+// sdpError is a malformed SDP line, numbered from 1 within its SDP body so that the Warning the
+// relay answers with says which line it was.
+func sdpError(where string, off, line int, reason string) error {
+	return malformed(where, off, "line "+strconv.Itoa(line)+": "+reason)
+}
+
+// atLine prefixes the reason of an *Error with the SDP line it was found on.
+func atLine(err error, line int) error {
+	if e, ok := err.(*Error); ok {
+		return sdpError(e.Where, e.Offset, line, e.Reason)
+	}
+	return err
+}
+
+// flushMedia completes the m= section that ends at offset end.
+func (r *Result) flushMedia(m *sdpMedia, end int) {
+	if m != nil {
+		m.sectionEnd = end
+	}
 }
 
 func direction(name []byte) (Direction, bool) {
@@ -216,12 +300,20 @@ func direction(name []byte) (Direction, bool) {
 }
 
 // attribute splits an a= value into name and value ("rtcp:5001 IN IP4 x" -> "rtcp", "5001 IN...").
+// White space around the name is not part of it ("a= rtcp :5001" is read as a=rtcp, which is what
+// a lenient receiver does, so that its port is translated too).
 func attribute(raw []byte, v span) (name, value span) {
-	i := bytes.IndexByte(raw[v.start:v.end], ':')
-	if i < 0 {
-		return span{v.start, v.start + len(trimRightLWS(raw[v.start:v.end]))}, span{v.end, v.end}
+	name, value = v, span{v.end, v.end}
+	if i := bytes.IndexByte(raw[v.start:v.end], ':'); i >= 0 {
+		name, value = span{v.start, v.start + i}, span{v.start + i + 1, v.end}
 	}
-	return span{v.start, v.start + i}, span{v.start + i + 1, v.end}
+	for name.start < name.end && (raw[name.start] == ' ' || raw[name.start] == '\t') {
+		name.start++
+	}
+	for name.end > name.start && isLWS(raw[name.end-1]) {
+		name.end--
+	}
+	return name, value
 }
 
 // fields splits the value at v on runs of spaces and tabs into at most len(out) fields and
@@ -271,23 +363,28 @@ func parseAddress(raw []byte, nettype, addrtype, addr span, c *connField) {
 	}
 }
 
-// parseConn reads "c=<nettype> <addrtype> <connection-address>".
+// parseConn reads "c=<nettype> <addrtype> <connection-address>". A c= without the address names
+// none: it is read as no c= at all (so a stream with a port that has nothing else is refused
+// for want of an address, and a rejected one is carried).
 func parseConn(raw []byte, v span, c *connField) error {
 	var f [3]span
-	if fields(raw, v, f[:]) != 3 {
-		return malformed("SDP c=", v.start, "not <nettype> <addrtype> <address>")
+	switch fields(raw, v, f[:]) {
+	case 2:
+		return nil
+	case 3:
+		parseAddress(raw, f[0], f[1], f[2], c)
+		return nil
 	}
-	parseAddress(raw, f[0], f[1], f[2], c)
-	return nil
+	return malformed("SDP c=", v.start, "not <nettype> <addrtype> <address>")
 }
 
 // parseOrigin reads "o=<username> <sess-id> <sess-version> <nettype> <addrtype> <address>". The
-// user name may contain spaces (seen from real devices), so the address fields are taken from
-// the end of the line.
+// user name may contain spaces (seen from real devices) or be empty ("o= 1 1 IN IP4 ..."), so the
+// address fields are taken from the end of the line.
 func parseOrigin(raw []byte, v span, c *connField) error {
 	var f [32]span
 	n := fields(raw, v, f[:])
-	if n < 6 || n > len(f) {
+	if n < 5 || n > len(f) {
 		return malformed("SDP o=", v.start, "not <username> <sess-id> <sess-version> <nettype> <addrtype> <address>")
 	}
 	parseAddress(raw, f[n-3], f[n-2], f[n-1], c)
@@ -338,4 +435,90 @@ func parseRTCPAttr(raw []byte, v span, m *sdpMedia) error {
 // which sipcar does not relay.
 func isTCPProto(p []byte) bool {
 	return hasPrefixFold(p, "TCP") && (len(p) == 3 || p[3] == '/')
+}
+
+// candidate is one ICE candidate (RFC 8839 section 5.1) as far as sipcar reads it.
+type candidate struct {
+	ok         bool
+	foundation span
+	component  uint64
+	udp        bool
+	priority   uint64
+	addr       netip.AddrPort
+	kind       candidateKind
+}
+
+type candidateKind uint8
+
+const (
+	candOther candidateKind = iota // relay, or a type sipcar does not know
+	candHost
+	candReflexive // srflx or prflx
+)
+
+// parseCandidate reads "<foundation> <component-id> <transport> <priority> <address> <port> typ
+// <type> ...". A candidate whose address is a name (an mDNS ".local" host candidate) or is not
+// unicast has ok false: sipcar does not resolve names, and cannot send to the rest.
+func parseCandidate(raw []byte, v span) candidate {
+	var f [8]span
+	var c candidate
+	if fields(raw, v, f[:]) < 8 || !equalFold(raw[f[6].start:f[6].end], "typ") {
+		return c
+	}
+	var ok bool
+	if c.component, ok = parseUint(raw[f[1].start:f[1].end], 256); !ok {
+		return c
+	}
+	if c.priority, ok = parseUint(raw[f[3].start:f[3].end], 1<<32-1); !ok {
+		return c
+	}
+	port, ok := parseUint(raw[f[5].start:f[5].end], 65535)
+	ip, ipOK := parseIP(raw[f[4].start:f[4].end])
+	if !ok || port == 0 || !ipOK || ip.IsUnspecified() || ip.IsMulticast() {
+		return c
+	}
+	c.ok = true
+	c.foundation = f[0]
+	c.udp = equalFold(raw[f[2].start:f[2].end], "udp")
+	c.addr = netip.AddrPortFrom(ip, uint16(port))
+	switch t := raw[f[7].start:f[7].end]; {
+	case equalFold(t, "host"):
+		c.kind = candHost
+	case equalFold(t, "srflx"), equalFold(t, "prflx"):
+		c.kind = candReflexive
+	}
+	return c
+}
+
+// noteCandidate keeps the candidate at v if it is the best so far of its kind: UDP, component 1
+// (RTP), highest priority, the first among equals.
+func (m *sdpMedia) noteCandidate(raw []byte, v span) {
+	c := parseCandidate(raw, v)
+	if !c.ok || !c.udp || c.component != 1 {
+		return
+	}
+	best := &m.host
+	switch c.kind {
+	case candHost:
+	case candReflexive:
+		best = &m.srflx
+	default:
+		return
+	}
+	if !best.ok || c.priority > best.priority {
+		*best = c
+	}
+}
+
+// isPlaceholder reports the ICE placeholder of a trickle-ICE or WebRTC SDP: the unspecified
+// address (in force from c=) and port 9, with ICE attributes or a DTLS transport to say so (RFC
+// 8840 section 4.2, RFC 8839 section 4.3.1; rtpengine tells the two apart the same way). The
+// stream is live; its addresses are in candidates, or come later. Without those signs, c=
+// 0.0.0.0 is the RFC 2543 hold it always was.
+func isPlaceholder(raw []byte, m *sdpMedia, c *connField, sessICE bool) bool {
+	if m.portNum != 9 || !c.ok || !c.ip.IsValid() || !c.ip.IsUnspecified() {
+		return false
+	}
+	proto := raw[m.proto.start:m.proto.end]
+	return m.ice || sessICE || hasPrefixFold(proto, "UDP/TLS/") || hasPrefixFold(proto, "UDP/DTLS/")
 }

@@ -128,10 +128,17 @@ func parseHostPort(raw []byte, i, end int, where string) (hostPort, int, error) 
 		hp.host = span{i, j}
 		if looksNumeric(raw[i:j]) {
 			a, ok := parseIP(raw[i:j])
-			if !ok {
+			switch {
+			case ok:
+				hp.addr = a
+			case !isIPv4ABNF(raw[i:j]):
 				return hp, i, malformed(where, i, "invalid IPv4 address")
 			}
-			hp.addr = a
+			// Otherwise the host is an IPv4address by RFC 3261's ABNF (1*3DIGIT four times) that
+			// names no real address: "00.000.00.0" from a capture whose addresses were masked,
+			// "192.168.001.010", "999.1.1.1". Which address such a host means is not agreed
+			// (decimal by the ABNF's intent, octal for inet_aton, none when an octet is over 255),
+			// so sipcar does not guess: it is left as text, like a host name.
 		}
 		i = j
 	}
@@ -161,6 +168,25 @@ func looksNumeric(b []byte) bool {
 		}
 	}
 	return true
+}
+
+// isIPv4ABNF reports whether b is an IPv4address by RFC 3261's ABNF:
+// 1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT, whatever the digits.
+func isIPv4ABNF(b []byte) bool {
+	groups, digits := 1, 0
+	for _, c := range b {
+		switch {
+		case isDigit(c):
+			if digits++; digits > 3 {
+				return false
+			}
+		case c == '.' && digits > 0:
+			groups, digits = groups+1, 0
+		default:
+			return false
+		}
+	}
+	return groups == 4 && digits > 0
 }
 
 // viaParm is one via-parm of a Via header value.
@@ -297,11 +323,11 @@ type nameAddr struct {
 }
 
 // eachNameAddr calls fn for every comma-separated name-addr or addr-spec in the value at v.
-// From and To take exactly one; Route, Record-Route and Path require angle brackets.
+// Route, Record-Route and Path require angle brackets. (From and To are not read with it: see
+// tagOf.)
 func eachNameAddr(raw []byte, v span, kind hdrKind, fn func(nameAddr) error) error {
 	where := headerName(kind)
 	i := v.start
-	count := 0
 	for {
 		var na nameAddr
 		i = skipLWS(raw, i, v.end)
@@ -390,17 +416,13 @@ func eachNameAddr(raw []byte, v span, kind hdrKind, fn func(nameAddr) error) err
 			}
 		}
 		na.params = span{ps, i}
-		count++
-		if (kind == hFrom || kind == hTo) && count > 1 {
-			return malformed(where, i, "more than one address")
-		}
 		if err := fn(na); err != nil {
 			return err
 		}
 		if i >= v.end {
 			return nil
 		}
-		if raw[i] != ',' || kind == hFrom || kind == hTo {
+		if raw[i] != ',' {
 			return malformed(where, i, "unexpected character")
 		}
 		i++
@@ -438,15 +460,38 @@ func headerName(k hdrKind) string {
 	return "header"
 }
 
-// nameAddrParam returns the value of header parameter name of a single name-addr value (From,
-// To), or nil.
-func nameAddrParam(v []byte, name string) []byte {
-	var out []byte
-	_ = eachNameAddr(v, span{0, len(v)}, hTo, func(na nameAddr) error {
-		out = paramValue(v, na.params, name)
-		return nil
-	})
-	return out
+// tagOf finds the tag parameter of a From or To value. sipcar never rewrites From or To, so it
+// does not judge what they hold (a URI with a masked host, spaces, an unknown scheme, a display
+// name of any characters): it reads only as much structure as places the tag beyond doubt. A
+// quoted string must end and a '<' must have its '>', because otherwise where the header
+// parameters start, and so which tag the dialog has, is a guess that the next hop may make
+// differently. The header parameters follow the '>' of a name-addr, or the first ';' of an
+// addr-spec (RFC 3261 section 20: without angle brackets, parameters are header parameters).
+func tagOf(raw []byte, v span, where string) (tag span, has bool, err error) {
+	params := v.end
+scan:
+	for i := v.start; i < v.end; i++ {
+		switch raw[i] {
+		case '"':
+			e := quotedEnd(raw, i, v.end)
+			if e < 0 {
+				return span{}, false, malformed(where, i, "unterminated quoted string: the tag cannot be read")
+			}
+			i = e - 1
+		case '<':
+			e := bytes.IndexByte(raw[i:v.end], '>')
+			if e < 0 {
+				return span{}, false, malformed(where, i, "'<' without '>': the tag cannot be read")
+			}
+			params = i + e + 1
+			break scan
+		case ';':
+			params = i
+			break scan
+		}
+	}
+	_, val, ok := findParam(raw, span{params, v.end}, "tag")
+	return val, ok, nil
 }
 
 // paramValue returns the value of parameter name among ";name=value" parameters at s: nil when

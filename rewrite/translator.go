@@ -122,11 +122,13 @@ const (
 	Relayed Disposition = iota + 1
 	// Rejected: m= port 0; nothing to relay.
 	Rejected
-	// Held: c= 0.0.0.0 (or ::) or a=inactive; no binding was asked for. A held stream whose c=
-	// named a real address has that address translated like SDP o=.
+	// Held: c= 0.0.0.0 (or ::) as RFC 2543 holds, or a=inactive; no binding was asked for. A held
+	// stream whose c= named a real address has that address translated like SDP o=. (The ICE
+	// placeholder, 0.0.0.0 with port 9 and ICE or DTLS, is no hold: see Stream.Placeholder.)
 	Held
-	// NotRelayed: a stream over TCP (TCP/MSRP, TCP/BFCP, TCP/TLS/...) that sipcar reports but does
-	// not relay; its c= address is translated like SDP o=.
+	// NotRelayed: a stream over TCP (TCP/MSRP, TCP/BFCP, TCP/TLS/...), or with a multicast or
+	// host-name c=, that sipcar reports but does not relay; a unicast c= address is translated
+	// like SDP o=, a multicast one is left as it is.
 	NotRelayed
 )
 
@@ -156,14 +158,23 @@ type Stream struct {
 	// Proto is the transport protocol of the m= line ("RTP/AVP", "RTP/SAVP", "udptl", ...).
 	Proto string
 	// RTP is the address the sender wants the stream's media sent to: the c= address in force and
-	// the m= port.
+	// the m= port. For a Placeholder stream it is the default candidate, or, when the SDP names
+	// none, the unspecified address of the c= family with port 0: the peer is not known and is
+	// learned from its first packets.
 	RTP netip.AddrPort
 	// RTCP is where the sender wants RTCP: a=rtcp when given, else RTP's address and port + 1;
-	// equal to RTP when Mux is set.
+	// equal to RTP when Mux is set. For a Placeholder stream, the candidate of component 2 of the
+	// default candidate's foundation, else RTP's port + 1; unspecified with port 0 like RTP.
 	RTCP netip.AddrPort
 	// Mux is set when the stream offers or accepts a=rtcp-mux.
-	Mux       bool
-	Direction Direction
+	Mux bool
+	// Placeholder is set when c= and m= held the ICE placeholder of a trickle-ICE or WebRTC SDP
+	// (the unspecified address and port 9, with ICE attributes or a UDP/TLS or UDP/DTLS
+	// transport): the real addresses are in a=candidate lines or are still to come. sipcar
+	// removes ICE and anchors the stream like any other (Relayed unless a=inactive), keeping
+	// a=fingerprint and a=setup, so the receiver sends to the relay rather than to 0.0.0.0:9.
+	Placeholder bool
+	Direction   Direction
 	// Disposition is set by the rewriter; Binding is the binding written for a Relayed stream.
 	Disposition Disposition
 	Binding     MediaBinding
@@ -190,7 +201,9 @@ type Translator interface {
 	Translate(a Addr) (to netip.AddrPort, ok bool, err error)
 	// Media returns the binding to advertise for a stream the sender wants relayed; from is the
 	// side the message came from. It is called only for streams with a port and an address
-	// (not held, not rejected, not TCP).
+	// (not held, not rejected, not TCP), and for Placeholder streams, whose address may be
+	// unknown: s.RTP is then the unspecified address with port 0, and the binding must learn its
+	// peer from the first packets it receives.
 	Media(from Side, s *Stream) (MediaBinding, error)
 }
 
