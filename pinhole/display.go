@@ -174,7 +174,7 @@ func (s Snapshot) WriteSessionTable(w io.Writer) error {
 // forwardTo is the address an entry stands for, or "ANY" for an answer pair reserved with its
 // offer that no answer took over yet.
 func forwardTo(e Entry) string {
-	if !e.ForwardTo.IsValid() {
+	if !e.ForwardTo.IsValid() || e.ForwardTo.Addr().IsUnspecified() {
 		return "ANY"
 	}
 	return e.ForwardTo.String()

@@ -113,10 +113,16 @@ func (tx *Tx) Media(req MediaRequest) (Pair, error) {
 	}
 	rtp := unmapPort(req.RTP)
 	rtcp := unmapPort(req.RTCP)
-	if !rtcp.IsValid() && rtp.IsValid() && rtp.Port() < 65535 {
+	// A peer not known yet (a trickle-ICE offer's placeholder without a usable candidate): the
+	// unspecified address with port 0. The pair stands for nobody until the media relay learns
+	// the peer from its first packet; its family is the placeholder's.
+	unknown := rtp.Addr().IsUnspecified() && rtp.Port() == 0
+	if unknown {
+		rtcp = rtp
+	} else if !rtcp.IsValid() && rtp.IsValid() && rtp.Port() < 65535 {
 		rtcp = netip.AddrPortFrom(rtp.Addr(), rtp.Port()+1)
 	}
-	if !req.From.Valid() || !rtp.Addr().IsValid() || rtp.Port() == 0 || !rtcp.IsValid() {
+	if !req.From.Valid() || !rtp.Addr().IsValid() || (rtp.Port() == 0 && !unknown) || !rtcp.IsValid() {
 		return Pair{}, fmt.Errorf("media pair for %s stream %d/%d at %v: %w", req.From, req.Part, req.Index, req.RTP, ErrInvalid)
 	}
 	key := streamKey{part: int32(req.Part), index: int32(req.Index)}
