@@ -55,8 +55,9 @@ func udpNetwork(a netip.AddrPort) string {
 	return "udp6"
 }
 
-// listenTransparentUDP opens the UDP listener TPROXY steers SIP to.
-func listenTransparentUDP(addr netip.AddrPort) (*net.UDPConn, error) {
+// listenTransparentUDP opens the UDP listener TPROXY steers SIP to (the network is chosen by the
+// address's family: a transparent socket serves one).
+func listenTransparentUDP(_ string, addr netip.AddrPort) (*net.UDPConn, error) {
 	lc := net.ListenConfig{Control: transparentControl}
 	pc, err := lc.ListenPacket(context.Background(), udpNetwork(addr), addr.String())
 	if err != nil {
@@ -125,8 +126,22 @@ func soOriginalDst(c net.Conn) (netip.AddrPort, bool) {
 		return netip.AddrPort{}, false
 	}
 	var out netip.AddrPort
+	v6 := addrPortOf(tc.LocalAddr()).Addr().Is6()
 	_ = raw.Control(func(fd uintptr) {
-		const soOriginalDst = 80 // linux/netfilter_ipv4.h
+		const soOriginalDst = 80 // SO_ORIGINAL_DST (linux/netfilter_ipv4.h), IP6T_SO_ORIGINAL_DST alike
+		if v6 {
+			// A struct sockaddr_in6 (28 bytes) laid over the 32 of an ip6_mtuinfo: family, port
+			// (network order), flow info, address.
+			info, err := unix.GetsockoptIPv6MTUInfo(int(fd), unix.SOL_IPV6, soOriginalDst)
+			if err != nil {
+				return
+			}
+			var be [2]byte // the port as it lies in memory: network order
+			binary.NativeEndian.PutUint16(be[:], info.Addr.Port)
+			port := binary.BigEndian.Uint16(be[:])
+			out = netip.AddrPortFrom(netip.AddrFrom16(info.Addr.Addr), port)
+			return
+		}
 		mreq, err := unix.GetsockoptIPv6Mreq(int(fd), unix.SOL_IP, soOriginalDst)
 		if err != nil {
 			return

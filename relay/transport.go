@@ -45,6 +45,9 @@ type transport struct {
 	closed bool
 	udp    map[netip.AddrPort]*udpSocket // by the address it stands for (listener or binding)
 	spoof  map[netip.AddrPort]*udpSocket // transparent mode: sockets sending from servers' addresses
+	// listenerUDP is the UDP listener of each family (0: IPv4, 1: IPv6), which sends what
+	// sipcar's own listening address sends (upstream mode).
+	listenerUDP [2]*udpSocket
 
 	streams streamState
 }
@@ -58,18 +61,29 @@ func newTransport(cfg *Config, m *metrics, limits *connLimits, rep *replier) *tr
 	return t
 }
 
-// listen opens the configured listeners and starts reading them.
+// listen opens the configured listeners and starts reading them. A listener on the IPv4
+// wildcard (the default, ":5060") has an IPv6 twin on the same port when sipcar has an IPv6
+// address: a dual-stack sipcar takes SIP in both families without being told twice.
 func (t *transport) listen() error {
 	if t.cfg.ListenUDP.IsValid() {
 		listen := listenUDP
 		if t.cfg.Mode == Transparent {
 			listen = listenTransparentUDP
 		}
-		c, err := listen(t.cfg.ListenUDP)
-		if err != nil {
-			return err
+		for i, a := range t.listenAddrs(t.cfg.ListenUDP) {
+			network := "udp" // as configured: [::] is dual-stack
+			if i > 0 {
+				network = "udp6" // the twin of an IPv4 wildcard: IPv6 only
+			}
+			c, err := listen(network, a)
+			if err != nil {
+				return err
+			}
+			s := t.serveUDP(c, a, true, t.cfg.Mode == Transparent)
+			t.mu.Lock()
+			t.listenerUDP[familyIndex(a.Addr())] = s
+			t.mu.Unlock()
 		}
-		t.serveUDP(c, t.cfg.ListenUDP, true, t.cfg.Mode == Transparent)
 	}
 	for _, l := range []struct {
 		transport string
@@ -78,22 +92,52 @@ func (t *transport) listen() error {
 		if !l.addr.IsValid() {
 			continue
 		}
-		var ln net.Listener
-		var err error
-		if t.cfg.Mode == Transparent {
-			ln, err = listenTransparentTCP(l.addr)
-		} else {
-			ln, err = reuseport.Listen("tcp", l.addr.String())
+		for i, a := range t.listenAddrs(l.addr) {
+			var ln net.Listener
+			var err error
+			network := "tcp"
+			if i > 0 {
+				network = "tcp6"
+			}
+			if t.cfg.Mode == Transparent {
+				ln, err = listenTransparentTCP(a)
+			} else {
+				ln, err = reuseport.Listen(network, a.String())
+			}
+			if err != nil {
+				return fmt.Errorf("listen %s %v: %w", l.transport, a, err)
+			}
+			if l.transport == "tls" {
+				ln = tls.NewListener(ln, t.cfg.TLS)
+			}
+			t.serveStreams(ln, l.transport, a, true)
 		}
-		if err != nil {
-			return fmt.Errorf("listen %s %v: %w", l.transport, l.addr, err)
-		}
-		if l.transport == "tls" {
-			ln = tls.NewListener(ln, t.cfg.TLS)
-		}
-		t.serveStreams(ln, l.transport, l.addr, true)
 	}
 	return nil
+}
+
+// listenAddrs returns the addresses a configured listener opens: itself, and for the IPv4
+// wildcard of a sipcar with an IPv6 address, the IPv6 wildcard on the same port.
+func (t *transport) listenAddrs(a netip.AddrPort) []netip.AddrPort {
+	out := []netip.AddrPort{a}
+	if a.Addr() == netip.IPv4Unspecified() && t.hasIPv6() {
+		out = append(out, netip.AddrPortFrom(netip.IPv6Unspecified(), a.Port()))
+	}
+	return out
+}
+
+// hasIPv6 reports whether sipcar has an IPv6 address on either side.
+func (t *transport) hasIPv6() bool {
+	m := t.cfg.Map
+	return m.Public.IPv6.IsValid() || m.Inside.IPv6.IsValid()
+}
+
+// familyIndex is 0 for IPv4, 1 for IPv6.
+func familyIndex(a netip.Addr) int {
+	if a.Unmap().Is4() {
+		return 0
+	}
+	return 1
 }
 
 // send sends msg to dst over transport, from the socket or connection that stands for local. A

@@ -29,8 +29,8 @@ type udpSocket struct {
 
 // listenUDP opens a SIP listener. SO_REUSEPORT lets a restarted sipcar bind while the old one
 // drains.
-func listenUDP(addr netip.AddrPort) (*net.UDPConn, error) {
-	pc, err := reuseport.ListenPacket("udp", addr.String())
+func listenUDP(network string, addr netip.AddrPort) (*net.UDPConn, error) {
+	pc, err := reuseport.ListenPacket(network, addr.String())
 	if err != nil {
 		return nil, fmt.Errorf("listen udp %v: %w", addr, err)
 	}
@@ -155,8 +155,8 @@ func (t *transport) sendUDP(local, dst netip.AddrPort, msg []byte) error {
 	if s == nil {
 		s = t.spoof[local]
 	}
-	if s == nil && t.cfg.Mode == Upstream && t.cfg.ListenUDP.IsValid() {
-		s = t.udp[t.cfg.ListenUDP] // sipcar's own address: the listener serves it
+	if s == nil && t.cfg.Mode == Upstream {
+		s = t.listenerUDP[familyIndex(dst.Addr())] // sipcar's own address: the listener of dst's family serves it
 	}
 	t.mu.Unlock()
 	if s == nil && t.cfg.Mode == Transparent {
