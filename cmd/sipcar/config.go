@@ -268,7 +268,8 @@ func printHelp(w io.Writer) {
 		fmt.Fprintf(w, "  %s%-22s default %-16s %s\n", envPrefix, f.Tag.Get("env"), def, f.Tag.Get("help"))
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Commands: sipcar (run), sipcar show servermap|sessions (from a running instance's admin endpoint).")
+	fmt.Fprintln(w, "Commands: sipcar (run), sipcar show servermap|sessions|policy (from a running instance's admin endpoint),")
+	fmt.Fprintln(w, "sipcar healthcheck (exit status 0 when the running instance's /readyz says ready).")
 }
 
 // relayConfig turns the configuration into the relay's, resolving the upstream's name.
@@ -328,7 +329,7 @@ func (c config) relayConfig(ctx context.Context, log *slog.Logger) (relay.Config
 		MaxCalls:          c.MaxCalls,
 		MaxCallsPerSource: c.MaxCallsPerSource,
 	}
-	rc.Media = mediarelay.Config{IdleTimeout: c.MediaIdleTTL, Logger: log}
+	rc.Media = mediarelay.Config{IdleTimeout: c.MediaIdleTTL, Logger: log, Sides: mediaSides(in, pub, rc.PublicBind, rc.InsideNets)}
 	switch c.MediaMode {
 	case "fanin":
 		rc.Media.Mode = mediarelay.ModeFanIn
@@ -356,6 +357,28 @@ func (c config) relayConfig(ctx context.Context, log *slog.Logger) (relay.Config
 	}
 	rc.ClientTLS = client
 	return rc, nil
+}
+
+// mediaSides describes sipcar's two sides to the media relay, which probes the way each one's
+// media comes in: the inside from its networks (SIPCAR_INSIDE_NETS, or the upstream), the
+// public side from anywhere, at the local addresses its traffic arrives at.
+func mediaSides(in, pub pinhole.Addrs, bind map[netip.Addr]netip.Addr, insideNets []netip.Prefix) []mediarelay.Side {
+	inside := mediarelay.Side{Name: "inside", Peers: insideNets}
+	public := mediarelay.Side{Name: "public"}
+	for _, a := range []netip.Addr{in.IPv4, in.IPv6} {
+		if a.IsValid() {
+			inside.Addrs = append(inside.Addrs, a)
+		}
+	}
+	for _, a := range []netip.Addr{pub.IPv4, pub.IPv6} {
+		if b, ok := bind[a]; ok {
+			a = b
+		}
+		if a.IsValid() {
+			public.Addrs = append(public.Addrs, a)
+		}
+	}
+	return []mediarelay.Side{inside, public}
 }
 
 // addrs sorts up to one IPv4 and one IPv6 address into a side's addresses.
