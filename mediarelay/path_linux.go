@@ -89,21 +89,27 @@ func sideIngress(nl *rtnl, s Side) ([]linkInfo, string, error) {
 		how = "the route to " + p.String()
 	}
 	if len(s.Peers) == 0 {
-		for _, fam := range []netip.Addr{netip.IPv4Unspecified(), netip.IPv6Unspecified()} {
-			if !hasFamily(s.Addrs, fam.Is4()) {
+		for _, v4 := range []bool{true, false} {
+			if !hasFamily(s.Addrs, v4) {
 				continue
 			}
-			if i, err := nl.routeOIF(fam); err == nil {
-				add(i)
-				how = "the default route"
+			oifs, err := nl.defaultRouteOIFs(v4)
+			if err != nil {
+				continue // then the interfaces of its addresses
 			}
+			for _, i := range oifs {
+				add(i)
+			}
+			how = "the default route"
 		}
 	}
 	if len(idx) == 0 {
 		for _, a := range s.Addrs {
 			if i := nl.addrIndex(a); i != 0 {
 				add(i)
-				how = "the interface of " + a.String()
+				if how == "" {
+					how = "the interface of " + a.String()
+				}
 			}
 		}
 	}

@@ -57,6 +57,9 @@ func TestAutoModeProbesBridges(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			l := newLab(t)
 			l.bridgeInside(t)
+			// The public side is found by the default route here (towards the remote, which
+			// has no route on), by its address in TestAutoModeWithoutBridges.
+			run(t, "ip", "-n", l.sipcar, "route", "add", "default", "via", "198.51.100.2")
 			run(t, "ip", "netns", "exec", l.sipcar, "sysctl", "-qw",
 				"net.bridge.bridge-nf-call-iptables="+tc.brNetfilter, "net.bridge.bridge-nf-call-ip6tables="+tc.brNetfilter)
 			logs := &lockedBuffer{}
@@ -74,6 +77,9 @@ func TestAutoModeProbesBridges(t *testing.T) {
 				if g != want[i] {
 					t.Errorf("Paths()[%d] = %+v (%s); want %+v", i, g, got[i].Detail, want[i])
 				}
+			}
+			if !strings.Contains(got[1].Detail, "the default route") {
+				t.Errorf("the public side was not found by the default route: %s", got[1].Detail)
 			}
 			if n := strings.Count(logs.String(), "mediarelay: receive path"); n != 2 {
 				t.Errorf("%d receive path lines logged, want one per side:\n%s", n, logs)
@@ -138,6 +144,9 @@ func TestAutoModeWithoutBridges(t *testing.T) {
 	want := "inside in0 fan-in not-bridged, public out0 fan-in not-bridged"
 	if strings.Join(got, ", ") != want {
 		t.Errorf("Paths() = %q; want %q", strings.Join(got, ", "), want)
+	}
+	if p := r.Paths(); len(p) == 2 && !strings.Contains(p[1].Detail, "the interface of 198.51.100.1") {
+		t.Errorf("without a default route, the public side was not found by its address: %s", p[1].Detail)
 	}
 	spec := pairSpec(families[0])
 	phone := l.listen(t, l.phone, spec.A.Peer.String())

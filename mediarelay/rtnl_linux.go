@@ -166,6 +166,52 @@ func (n *rtnl) routeOIF(dst netip.Addr) (int, error) {
 	return 0, fmt.Errorf("route to %v: no outgoing interface", dst)
 }
 
+// defaultRouteOIFs returns the interfaces the main table's default route of a family leaves
+// by (every next hop of a multipath route). A lookup of the unspecified address would not
+// find it: the kernel answers that one locally.
+func (n *rtnl) defaultRouteOIFs(v4 bool) ([]int, error) {
+	rt := make([]byte, unix.SizeofRtMsg)
+	rt[0] = unix.AF_INET6
+	if v4 {
+		rt[0] = unix.AF_INET
+	}
+	answers, err := n.do(unix.RTM_GETROUTE, unix.NLM_F_DUMP, rt, unix.RTM_NEWROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("routes: %w", err)
+	}
+	var out []int
+	for _, a := range answers {
+		// rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags.
+		if len(a) < unix.SizeofRtMsg || a[1] != 0 || a[7] != unix.RTN_UNICAST {
+			continue
+		}
+		at := parseAttrs(a[unix.SizeofRtMsg:])
+		table := uint32(a[4])
+		if t, ok := at[unix.RTA_TABLE]; ok && len(t) == 4 {
+			table = binary.NativeEndian.Uint32(t)
+		}
+		if table != unix.RT_TABLE_MAIN {
+			continue
+		}
+		if oif, ok := at[unix.RTA_OIF]; ok && len(oif) == 4 {
+			out = append(out, int(binary.NativeEndian.Uint32(oif)))
+		}
+		// struct rtnexthop: len (2), flags, hops, ifindex (4), then its attributes.
+		for mp := at[unix.RTA_MULTIPATH]; len(mp) >= 8; {
+			l := int(binary.NativeEndian.Uint16(mp))
+			out = append(out, int(int32(binary.NativeEndian.Uint32(mp[4:]))))
+			if l < 8 || l > len(mp) {
+				break
+			}
+			mp = mp[nlAlign(l):]
+		}
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no default route")
+	}
+	return out, nil
+}
+
 // linkInfo is what the probe needs to know of an interface.
 type linkInfo struct {
 	index int
