@@ -52,7 +52,7 @@ type config struct {
 	PolicyDefault     string            `env:"POLICY_DEFAULT" help:"action when no rule matches: permit or deny (default: permit in upstream mode, deny in transparent mode)"`
 	UDPTCPFallback    bool              `env:"UDP_TCP_FALLBACK" envDefault:"false" help:"send requests larger than 1300 bytes after rewriting over TCP (RFC 3261 18.1.1) instead of fragmented UDP"`
 	MaxMessageRate    int               `env:"MAX_MESSAGE_RATE" envDefault:"200" help:"SIP messages per second one source may send (burst twice that); 0: no cap"`
-	MediaMode         string            `env:"MEDIA_MODE" envDefault:"auto" help:"auto, fanin (nftables TPROXY, needs CAP_NET_ADMIN) or fallback (a socket per port)"`
+	MediaMode         string            `env:"MEDIA_MODE" envDefault:"auto" help:"auto (fan-in where a start-up probe shows it reaches sipcar, per side; a socket per port elsewhere), fanin (nftables TPROXY everywhere, needs CAP_NET_ADMIN) or fallback (a socket per port)"`
 	AdminAddr         listenAddr        `env:"ADMIN_ADDR" envDefault:"127.0.0.1:9060" help:"admin HTTP endpoint (/healthz /readyz /metrics /servermap /sessions); empty disables"`
 	DrainTimeout      time.Duration     `env:"DRAIN_TIMEOUT" envDefault:"30s" help:"on SIGTERM, how long calls may go on before sipcar closes"`
 	LogLevel          string            `env:"LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`
