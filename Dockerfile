@@ -13,15 +13,27 @@
 # does not grant in full, while this way it starts with whatever subset it is given and raises
 # that itself (and passes NET_ADMIN on to nft as an ambient capability).
 
-# Classic builder syntax (no RUN --mount), which Debian's docker-compose 1.29 uses too.
-FROM golang:1.26-bookworm AS build
+# Classic builder syntax (no RUN --mount for a build cache), which Debian's docker-compose 1.29
+# uses too. Instead, layers keep what is slow to redo: the modules, and the packages of other
+# modules compiled, each rebuilt only when what it depends on changes.
+FROM golang:1.26-bookworm AS modules
 WORKDIR /src
-# The modules in a layer of their own: a change to the source alone does not download them.
+# No cgo: static, and sipcar can set its capabilities on every thread (AllThreadsSyscall).
+ENV CGO_ENABLED=0
 COPY go.mod go.sum ./
 RUN go mod download
+
+# The packages sipcar imports from other modules; the list changes when an import does.
+FROM modules AS deps
 COPY . .
-# No cgo: static, and sipcar can set its capabilities on every thread (AllThreadsSyscall).
-RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/sipcar ./cmd/sipcar
+RUN go list -deps -f '{{if not .Standard}}{{.ImportPath}}{{end}}' ./cmd/sipcar | grep -v '^github.com/sipcar/sipcar' >/deps.txt
+
+FROM modules AS build
+COPY --from=deps /deps.txt /deps.txt
+# Compiled into the Go build cache of this layer, with the flags of the build below.
+RUN go build -trimpath $(cat /deps.txt)
+COPY . .
+RUN go build -trimpath -ldflags="-s -w" -o /out/sipcar ./cmd/sipcar
 
 FROM debian:bookworm-slim
 RUN apt-get update \
