@@ -37,3 +37,17 @@ func TestDeploymentNamesEveryVariable(t *testing.T) {
 		}
 	}
 }
+
+// docker-compose 1.29 hands a variable the compose file passes on but nobody set to the
+// container as its bare name, without "=": sipcar takes it as unset, with its default (an empty
+// SIPCAR_LISTEN_UDP= would disable the UDP listener).
+func TestBareVariableIsUnset(t *testing.T) {
+	cfg, err := loadConfig([]string{"SIPCAR_PUBLIC_ADDR=203.0.113.1", "SIPCAR_UPSTREAM=sip:172.28.0.2:5060",
+		"SIPCAR_LISTEN_UDP", "SIPCAR_MODE", "SIPCAR_RTP_PORTS", "SIPCAR_ADMIN_ADDR"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.ListenUDP != defaultListen || cfg.Mode != "upstream" || cfg.RTPPorts.First != 20000 || cfg.AdminAddr.String() != "127.0.0.1:9060" {
+		t.Errorf("bare names: listen %v, mode %q, RTP ports %v, admin %v; want the defaults", cfg.ListenUDP, cfg.Mode, cfg.RTPPorts, cfg.AdminAddr)
+	}
+}
