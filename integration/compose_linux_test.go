@@ -344,13 +344,26 @@ func TestDockerCompose(t *testing.T) {
 	first := car.waitMap(t, 20*time.Second, "the second call's media both ways", composeMedia)
 	stopped := time.Now()
 	stop := l.compose("stop")
-	var stopOut bytes.Buffer
-	stop.Stdout, stop.Stderr = &stopOut, &stopOut
+	stopLog, err := os.Create(filepath.Join(l.workdir("compose"), "compose-stop.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stopLog.Close()
+	stop.Stdout, stop.Stderr = stopLog, stopLog
 	if err := stop.Start(); err != nil {
 		t.Fatal(err)
 	}
-	stopDone := make(chan error, 1)
-	go func() { stopDone <- stop.Wait() }()
+	var stopErr error // set before stopDone is closed
+	stopDone := make(chan struct{})
+	go func() {
+		stopErr = stop.Wait()
+		close(stopDone)
+	}()
+	// A test that fails before the stop ended does not leave it running.
+	t.Cleanup(func() {
+		_ = stop.Process.Kill()
+		<-stopDone
+	})
 	eventually(t, 20*time.Second, "/readyz answering 503 once the stop began", func() (bool, string) {
 		code, err := car.readyStatus()
 		if err != nil {
@@ -370,12 +383,12 @@ func TestDockerCompose(t *testing.T) {
 	bob.waitEvent(t, "CALL_CLOSED", 10*time.Second)
 	alice.succeeded(t, 15*time.Second, 1)
 	select {
-	case err := <-stopDone:
-		if err != nil {
-			t.Errorf("docker-compose stop: %v\n%s", err, stopOut.String())
+	case <-stopDone:
+		if stopErr != nil {
+			t.Errorf("docker-compose stop: %v (its output is printed below)", stopErr)
 		}
 	case <-time.After(90 * time.Second):
-		t.Fatalf("docker-compose stop still running 90 s after it began:\n%s", stopOut.String())
+		t.Fatalf("docker-compose stop still running 90 s after it began (its output is printed below)")
 	}
 	state := strings.Fields(l.engine.run(t, "inspect", "-f", "{{.State.Status}} {{.State.ExitCode}} {{.State.OOMKilled}}", sipcarID))
 	t.Logf("docker-compose stop took %v; sipcar's container: %v", time.Since(stopped).Round(100*time.Millisecond), state)
