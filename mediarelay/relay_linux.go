@@ -145,7 +145,15 @@ func (r *Relay) open() error {
 	r.portsRecv = true
 	ok := r.choosePaths()
 	if err := installNft(r.nftSpec(ok)); err != nil {
-		return err
+		// A kernel or nft without meta iifkind, say: the ports' own sockets then take all.
+		if rerr := removeNft(); rerr != nil {
+			return errors.Join(err, rerr)
+		}
+		r.nft, r.fanIn, r.paths = false, false, nil
+		r.closeFanIn()
+		r.setPaths(PathPerPort, "no-fanin", fmt.Sprintf("the fan-in table with its bridge rule was refused: %v", err))
+		r.log.Warn("mediarelay: no fan-in: falling back to a socket per relay port", "reason", err)
+		return nil
 	}
 	r.log.Info("mediarelay: fan-in receive through nftables TPROXY, except through bridges it does not reach", "ports", ports,
 		"workers", len(r.workers), "send", r.sendScheme(), "bridges_fanin", ok)
