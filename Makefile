@@ -35,8 +35,10 @@ lint:
 	$(GOBIN)/staticcheck ./...
 	@$(GO) mod tidy -diff || { echo "go mod tidy would change go.mod/go.sum (run go mod tidy)"; exit 1; }
 
+# The timeout covers a first run on a fresh machine, when the Docker Compose test builds its
+# images (go test's default of 10 minutes per package would not).
 unit:
-	$(GO) test -race -count=1 ./...
+	$(GO) test -race -count=1 -timeout 30m ./...
 
 # fuzz runs every fuzz target for FUZZTIME each (default 30s).
 FUZZTIME ?= 30s

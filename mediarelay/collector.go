@@ -6,8 +6,8 @@ import "github.com/prometheus/client_golang/prometheus"
 // read at scrape time: the packet path pays nothing for them. Per-stream figures (loss, jitter)
 // go to the session table, not to labels, so that metrics do not grow with calls.
 type Collector struct {
-	r                                 *Relay
-	forwarded, dropped, streams, lost *prometheus.Desc
+	r                                                     *Relay
+	forwarded, dropped, received, streams, lost, recvPath *prometheus.Desc
 }
 
 // NewCollector returns a Collector of r; register it with a prometheus.Registerer.
@@ -19,8 +19,11 @@ func NewCollector(r *Relay) *Collector {
 		r:         r,
 		forwarded: d("packets_forwarded_total", "RTP and RTCP packets relayed to the other leg."),
 		dropped:   d("packets_dropped_total", "Packets not relayed, by reason.", "reason"),
-		streams:   d("streams", "Media streams being relayed."),
-		lost:      d("rtp_packets_lost", "RTP packets lost on the way to sipcar (sequence gaps), summed over the streams being relayed."),
+		received:  d("packets_received_total", "Packets read, by the path they came by: fan-in (the nftables TPROXY rule) or per-port (each relay port's socket).", "path"),
+		recvPath: d("receive_path", "1 for the path the media of each side takes where it arrives (ingress interface), and why it was chosen (reason).",
+			"side", "ingress", "path", "reason"),
+		streams: d("streams", "Media streams being relayed."),
+		lost:    d("rtp_packets_lost", "RTP packets lost on the way to sipcar (sequence gaps), summed over the streams being relayed."),
 	}
 }
 
@@ -28,6 +31,8 @@ func NewCollector(r *Relay) *Collector {
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.forwarded
 	ch <- c.dropped
+	ch <- c.received
+	ch <- c.recvPath
 	ch <- c.streams
 	ch <- c.lost
 }
@@ -38,6 +43,12 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.forwarded, prometheus.CounterValue, float64(cs.Forwarded))
 	for reason, n := range cs.Dropped {
 		ch <- prometheus.MustNewConstMetric(c.dropped, prometheus.CounterValue, float64(n), reason)
+	}
+	for _, p := range []Path{PathFanIn, PathPerPort} {
+		ch <- prometheus.MustNewConstMetric(c.received, prometheus.CounterValue, float64(cs.Received[p]), p.String())
+	}
+	for _, p := range c.r.Paths() {
+		ch <- prometheus.MustNewConstMetric(c.recvPath, prometheus.GaugeValue, 1, p.Side, p.Ingress, p.Path.String(), p.Reason)
 	}
 	streams := c.r.Streams()
 	var lost int64

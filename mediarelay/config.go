@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"runtime"
 	"time"
 )
@@ -14,10 +15,15 @@ type Mode uint8
 const (
 	// ModeAuto uses fan-in when the process may install nftables rules and open transparent
 	// sockets (CAP_NET_ADMIN), and falls back to a socket per relay port otherwise, saying so
-	// once in the log.
+	// once in the log. With fan-in, it also reads every relay port's own socket, and decides
+	// per interface media arrives on whether the fan-in rule applies there: packets that
+	// reach the host through a bridge with br_netfilter on are steered by the rule but never
+	// reach the fan-in socket, so New probes each bridge a side's media arrives through (see
+	// [Side]) and leaves those where the probe does not arrive to the ports' own sockets.
 	ModeAuto Mode = iota
-	// ModeFanIn requires fan-in: an nftables TPROXY rule steers the whole port range to one
-	// transparent socket per worker. New fails when it cannot be set up.
+	// ModeFanIn requires fan-in: an nftables TPROXY rule steers the whole port range, from
+	// every interface, to one transparent socket per worker. New fails when it cannot be set
+	// up.
 	ModeFanIn
 	// ModeFallback reads every relay port from its own socket and needs no privilege.
 	ModeFallback
@@ -60,6 +66,47 @@ func (s SendScheme) String() string {
 	return fmt.Sprintf("SendScheme(%d)", uint8(s))
 }
 
+// Side is one side of the relay (sipcar's inside or public side), as ModeAuto needs it to
+// find the interfaces the side's media arrives on.
+type Side struct {
+	// Name names the side in logs and metrics ("inside", "public").
+	Name string
+	// Addrs are the relay's addresses on this side, where its media is addressed to; the
+	// start-up probe sends to one of them.
+	Addrs []netip.Addr
+	// Peers are the networks the side's media comes from. The interfaces the routes to them
+	// leave by are where it arrives. None: anywhere, that is the default route (or, without
+	// one, the interfaces that hold Addrs).
+	Peers []netip.Prefix
+}
+
+// Path is how packets reach the relay: through the fan-in sockets or each relay port's own.
+type Path uint8
+
+const (
+	PathFanIn   Path = iota // the nftables TPROXY rule steers them to the fan-in sockets
+	PathPerPort             // each relay port's own socket receives them
+)
+
+func (p Path) String() string {
+	if p == PathFanIn {
+		return "fan-in"
+	}
+	return "per-port"
+}
+
+// SidePath is the receive path of the media one side's interface delivers, and why.
+type SidePath struct {
+	Side    string // Side.Name
+	Ingress string // the interface the side's media arrives on ("" when none was found)
+	Path    Path
+	// Reason says why, in a word for the metric's label: not-bridged, probe-fanin,
+	// probe-bypassed, probe-lost, probe-failed, mode-fanin, mode-fallback, no-fanin.
+	Reason string
+	// Detail says it in a sentence, for the log.
+	Detail string
+}
+
 // Defaults for the zero values of [Config].
 const (
 	DefaultLatchWindow = 3 * time.Second
@@ -76,6 +123,10 @@ type Config struct {
 	// FanInSend chooses the send scheme of fan-in workers (default SendRaw). Without
 	// CAP_NET_RAW a fan-in relay uses SendPerPort.
 	FanInSend SendScheme
+
+	// Sides says where media comes from, for ModeAuto's choice of receive path per side;
+	// none: fan-in except from bridges, which nothing probed (see [Relay.Paths]).
+	Sides []Side
 
 	// Workers is the number of packet goroutines, one fan-in socket each (default
 	// GOMAXPROCS, which follows the CPU affinity of the process).

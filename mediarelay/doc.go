@@ -23,6 +23,15 @@
 // Close. Fallback (without the privilege, said once in the log): every reserved port's socket
 // is read by a worker's epoll set. Both modes share everything after the receive.
 //
+// A packet that reaches the host through a bridge with br_netfilter on (a container's, on a
+// Docker host) is steered by the rule but never reaches the fan-in socket. So the default
+// mode, ModeAuto, reads the ports' own sockets beside the fan-in ones, and decides per side
+// ([Side]: the inside, the public side) from a probe at start-up: for each bridge a side's
+// media arrives through, it sends a packet into the bridge through a temporary veth port and
+// sees which socket gets it. Bridges where it reaches fan-in keep it; the others are left out
+// of the rule, and their packets go to the ports' sockets. [Relay.Paths] and the metrics say
+// which path each side takes and why.
+//
 // # Sending
 //
 // Fan-in workers write the UDP header in the headroom in front of each received payload and

@@ -221,6 +221,8 @@ var relayModes = []relayMode{
 	{"fanin-raw", ModeFanIn, SendRaw},
 	{"fanin-perport", ModeFanIn, SendPerPort},
 	{"fallback", ModeFallback, SendRaw},
+	// The default: fan-in, and the ports' own sockets read too.
+	{"auto", ModeAuto, SendRaw},
 }
 
 // startRelay creates a relay in the sipcar namespace and runs it until the test ends.
@@ -255,7 +257,7 @@ func (l *lab) newRelay(t testing.TB, m relayMode, cfg Config) *Relay {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	if got, want := r.FanIn(), m.mode == ModeFanIn; got != want {
+	if got, want := r.FanIn(), m.mode != ModeFallback; got != want {
 		t.Fatalf("FanIn() = %v, want %v", got, want)
 	}
 	t.Cleanup(func() {

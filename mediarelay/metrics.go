@@ -17,6 +17,9 @@ const (
 type Counters struct {
 	Forwarded uint64            // packets sent to the other leg
 	Dropped   map[string]uint64 // packets not relayed, by reason (Drop*)
+	// Received counts the packets read, by the path they came by: PathFanIn (the fan-in
+	// sockets) and PathPerPort (the relay ports' own sockets).
+	Received [2]uint64
 }
 
 // Counters sums the workers' counters. Safe to call at any time.
@@ -28,6 +31,8 @@ func (r *Relay) Counters() Counters {
 			c.Dropped[dropReasons[i]] += w.drops[i].Load()
 		}
 		c.Forwarded -= w.drops[dropSend].Load()
+		c.Received[PathFanIn] += w.rxFanIn.Load()
+		c.Received[PathPerPort] += w.rxPort.Load()
 	}
 	return c
 }

@@ -3,27 +3,53 @@ package mediarelay
 import (
 	"bytes"
 	"fmt"
+	"os"
 	"os/exec"
+	"strconv"
 	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // nftTable is the table of sipcar's own that holds the fan-in rule. It is replaced whole at
 // start, so a table left behind by a crash goes away then, and deleted by Close.
 const nftTable = "sipcar"
 
-// nftRules returns the nft script that replaces the table atomically (one transaction): UDP
-// addressed to one of this host's addresses within the relay port range goes to the fan-in
-// sockets on port4 (IPv4) and port6 (IPv6); 0 leaves that family out.
-func nftRules(min, max, port4, port6 uint16) string {
+// nftSpec is what the table steers: UDP addressed to one of this host's addresses within the
+// port range min-max goes to the fan-in sockets on port4 (IPv4) and port6 (IPv6); 0 leaves
+// that family out. With skipBridges, packets that arrive through a bridge not named in
+// fanInBridges are left alone, for the relay ports' own sockets.
+type nftSpec struct {
+	min, max, port4, port6 uint16
+	skipBridges            bool
+	fanInBridges           []string
+}
+
+// nftRules returns the nft script that replaces the table atomically (one transaction).
+func nftRules(s nftSpec) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "table inet %s\ndelete table inet %s\n", nftTable, nftTable)
 	fmt.Fprintf(&b, "table inet %s {\n\tchain prerouting {\n", nftTable)
 	b.WriteString("\t\ttype filter hook prerouting priority mangle; policy accept;\n")
-	if port4 != 0 {
-		fmt.Fprintf(&b, "\t\tmeta nfproto ipv4 udp dport %d-%d fib daddr type local tproxy ip to :%d\n", min, max, port4)
+	if s.skipBridges {
+		// A packet coming through a bridge runs this hook with the bridge as its input
+		// interface, whether or not br_netfilter is on.
+		b.WriteString("\t\tmeta iifkind \"bridge\"")
+		if len(s.fanInBridges) > 0 {
+			quoted := make([]string, len(s.fanInBridges))
+			for i, n := range s.fanInBridges {
+				quoted[i] = strconv.Quote(n)
+			}
+			fmt.Fprintf(&b, " iifname != { %s }", strings.Join(quoted, ", "))
+		}
+		b.WriteString(" return\n")
 	}
-	if port6 != 0 {
-		fmt.Fprintf(&b, "\t\tmeta nfproto ipv6 udp dport %d-%d fib daddr type local tproxy ip6 to :%d\n", min, max, port6)
+	if s.port4 != 0 {
+		fmt.Fprintf(&b, "\t\tmeta nfproto ipv4 udp dport %d-%d fib daddr type local tproxy ip to :%d\n", s.min, s.max, s.port4)
+	}
+	if s.port6 != 0 {
+		fmt.Fprintf(&b, "\t\tmeta nfproto ipv6 udp dport %d-%d fib daddr type local tproxy ip6 to :%d\n", s.min, s.max, s.port6)
 	}
 	b.WriteString("\t}\n}\n")
 	return b.String()
@@ -34,14 +60,37 @@ func runNft(script string) error {
 	cmd.Stdin = strings.NewReader(script)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
+	if caps := nftAmbientCaps(); caps != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{AmbientCaps: caps}
+	}
 	if err := cmd.Run(); err != nil {
 		return fmt.Errorf("nft: %w: %s", err, strings.TrimSpace(out.String()))
 	}
 	return nil
 }
 
-func installNft(min, max, port4, port6 uint16) error {
-	if err := runNft(nftRules(min, max, port4, port6)); err != nil {
+// nftAmbientCaps returns the capabilities nft must inherit when sipcar runs as a user other
+// than root with CAP_NET_ADMIN in its permitted set (the container image gives the binary
+// file capabilities): an exec drops them otherwise, and nft would be refused. Root's
+// children get every capability of the bounding set anyway; a process without the
+// capability has none to pass on (nft then fails and says why).
+func nftAmbientCaps() []uintptr {
+	if os.Geteuid() == 0 {
+		return nil
+	}
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return nil
+	}
+	if data[unix.CAP_NET_ADMIN/32].Permitted&(1<<(unix.CAP_NET_ADMIN%32)) == 0 {
+		return nil
+	}
+	return []uintptr{unix.CAP_NET_ADMIN}
+}
+
+func installNft(s nftSpec) error {
+	if err := runNft(nftRules(s)); err != nil {
 		return fmt.Errorf("install nftables table inet %s: %w", nftTable, err)
 	}
 	return nil

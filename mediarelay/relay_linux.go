@@ -33,6 +33,11 @@ type Relay struct {
 	fanIn bool
 	raw   bool // fan-in workers send through raw sockets
 	nft   bool // the nftables table is installed
+	// portsRecv: every reserved port's socket is read too (fallback, and ModeAuto beside
+	// fan-in, for what reaches the ports through bridges).
+	portsRecv bool
+	fanInPort [2]uint16  // the fan-in sockets' port per family (0 IPv4, 1 IPv6)
+	paths     []SidePath // per side and interface, as open chose them
 
 	ports   []portSlot // indexed by port - cfg.PortMin
 	workers []*worker
@@ -61,7 +66,9 @@ type portSlot struct {
 }
 
 // New opens a relay for the port range of cfg in the calling thread's network namespace.
-// With ModeAuto it tries fan-in first and logs which mode it runs in. The caller must call
+// With ModeAuto it tries fan-in first, probes the bridges the sides' media arrives through
+// (which needs CAP_NET_ADMIN and CAP_NET_RAW; see [Relay.Paths]) and logs which path each
+// side's media takes. The caller must call
 // [Relay.Run] to forward, and [Relay.Close] (which Run does on return) to release it.
 func New(cfg Config) (*Relay, error) {
 	cfg, err := cfg.withDefaults()
@@ -102,38 +109,55 @@ func (r *Relay) open() error {
 		}
 		r.workers = append(r.workers, w)
 	}
-	if r.cfg.Mode == ModeAuto {
-		if why := bridgedNetfilter(); why != "" {
-			r.log.Warn("mediarelay: fan-in cannot receive through a bridge with br_netfilter: a socket per relay port instead",
-				"reason", why, "ports", fmt.Sprintf("%d-%d", r.cfg.PortMin, r.cfg.PortMax), "workers", len(r.workers))
-			if err := removeNft(); err != nil {
-				r.log.Debug("mediarelay: no stale nftables table removed", "reason", err)
-			}
-			return nil
+	ports := fmt.Sprintf("%d-%d", r.cfg.PortMin, r.cfg.PortMax)
+	if r.cfg.Mode == ModeFallback {
+		r.portsRecv = true
+		r.setPaths(PathPerPort, "mode-fallback", "SIPCAR_MEDIA_MODE=fallback")
+		r.log.Info("mediarelay: a socket per relay port (fallback mode)", "ports", ports, "workers", len(r.workers))
+		// A table left by a fan-in run that crashed would still steer the ports away from
+		// their sockets; without the privilege to remove it this fails, and the log says why.
+		if err := removeNft(); err != nil {
+			r.log.Debug("mediarelay: no stale nftables table removed", "reason", err)
 		}
+		return nil
 	}
-	if r.cfg.Mode != ModeFallback {
-		err := r.openFanIn()
-		if err == nil {
-			r.fanIn = true
-			r.log.Info("mediarelay: fan-in receive through nftables TPROXY", "ports",
-				fmt.Sprintf("%d-%d", r.cfg.PortMin, r.cfg.PortMax), "workers", len(r.workers), "send", r.sendScheme())
-			return nil
-		}
+	// First every interface is steered to the fan-in sockets, which is all ModeFanIn does
+	// and what ModeAuto's probes look through.
+	if err := r.openFanIn(); err != nil {
 		if r.cfg.Mode == ModeFanIn {
 			return fmt.Errorf("mediarelay fan-in: %w", err)
 		}
 		r.closeFanIn()
+		r.portsRecv = true
+		r.setPaths(PathPerPort, "no-fanin", fmt.Sprintf("no fan-in (needs CAP_NET_ADMIN and nft): %v", err))
 		r.log.Warn("mediarelay: no fan-in (needs CAP_NET_ADMIN and nft): falling back to a socket per relay port", "reason", err)
 		return nil
 	}
-	r.log.Info("mediarelay: a socket per relay port (fallback mode)", "ports",
-		fmt.Sprintf("%d-%d", r.cfg.PortMin, r.cfg.PortMax), "workers", len(r.workers))
-	// A table left by a fan-in run that crashed would still steer the ports away from their
-	// sockets; without the privilege to remove it this fails, and the log says why.
-	if err := removeNft(); err != nil {
-		r.log.Debug("mediarelay: no stale nftables table removed", "reason", err)
+	r.fanIn = true
+	if r.cfg.Mode == ModeFanIn {
+		r.setPaths(PathFanIn, "mode-fanin", "SIPCAR_MEDIA_MODE=fanin: every interface steered to the fan-in sockets")
+		r.log.Info("mediarelay: fan-in receive through nftables TPROXY", "ports", ports, "workers", len(r.workers), "send", r.sendScheme())
+		r.logPaths()
+		return nil
 	}
+	// ModeAuto: the ports' own sockets receive too, and bridges where the probe did not
+	// reach a fan-in socket are left to them (see choosePaths).
+	r.portsRecv = true
+	ok := r.choosePaths()
+	if err := installNft(r.nftSpec(ok)); err != nil {
+		// A kernel or nft without meta iifkind, say: the ports' own sockets then take all.
+		if rerr := removeNft(); rerr != nil {
+			return errors.Join(err, rerr)
+		}
+		r.nft, r.fanIn, r.paths = false, false, nil
+		r.closeFanIn()
+		r.setPaths(PathPerPort, "no-fanin", fmt.Sprintf("the fan-in table with its bridge rule was refused: %v", err))
+		r.log.Warn("mediarelay: no fan-in: falling back to a socket per relay port", "reason", err)
+		return nil
+	}
+	r.log.Info("mediarelay: fan-in receive through nftables TPROXY, except through bridges it does not reach", "ports", ports,
+		"workers", len(r.workers), "send", r.sendScheme(), "bridges_fanin", ok)
+	r.logPaths()
 	return nil
 }
 
@@ -173,11 +197,19 @@ func (r *Relay) openFanIn() error {
 			}
 		}
 	}
-	if err := installNft(r.cfg.PortMin, r.cfg.PortMax, port[0], port[1]); err != nil {
+	r.fanInPort = port
+	if err := installNft(r.nftSpec(nil)); err != nil {
 		return err
 	}
 	r.nft = true
 	return nil
+}
+
+// nftSpec is the table for the relay's fan-in sockets. In ModeAuto, packets that arrive
+// through a bridge other than those in fanInBridges are left to the ports' own sockets.
+func (r *Relay) nftSpec(fanInBridges []string) nftSpec {
+	return nftSpec{min: r.cfg.PortMin, max: r.cfg.PortMax, port4: r.fanInPort[0], port6: r.fanInPort[1],
+		skipBridges: r.cfg.Mode == ModeAuto && r.portsRecv, fanInBridges: fanInBridges}
 }
 
 func (r *Relay) closeFanIn() {
@@ -187,8 +219,8 @@ func (r *Relay) closeFanIn() {
 	r.raw = false
 }
 
-// FanIn reports whether the relay receives through the nftables fan-in rule (else through a
-// socket per port).
+// FanIn reports whether the relay receives through the nftables fan-in rule (else only through
+// a socket per port); in ModeAuto, which interfaces it serves is in [Relay.Paths].
 func (r *Relay) FanIn() bool { return r.fanIn }
 
 // Run forwards packets until ctx ends or Close is called, then closes the relay: it stops
@@ -280,7 +312,7 @@ type portSocket struct {
 	localSA   sockaddr
 	srcInfo   [rawudp.SourceSpace]byte // local's address as the source of a raw socket's datagram
 	srcLen    int
-	worker    *worker // whose epoll set holds it (fallback mode), else nil
+	worker    *worker // whose epoll set holds it (when the ports receive), else nil
 	refs      atomic.Int32
 	closeOnce sync.Once
 }
@@ -335,8 +367,9 @@ func (v reservation) Close() error {
 // returned Closer is closed; it has the shape of pinhole's port reservation hook. proto is
 // "udp" (or "udp4", "udp6"); addr is one of this host's addresses (not a wildcard: packets
 // leave from it) with a port in the relay range. In fallback mode the socket is what receives
-// the port's packets; in fan-in mode it keeps other programs off the port and, with
-// SendPerPort, sends. Release a port only after removing the stream that uses it: closing
+// the port's packets; in ModeAuto it receives what fan-in does not (packets through bridges
+// the probe did not see reach fan-in); in ModeFanIn it only keeps other programs off the port.
+// With SendPerPort, it sends. Release a port only after removing the stream that uses it: closing
 // the reservation stops forwarding through the port.
 func (r *Relay) Reserve(proto string, addr netip.AddrPort) (io.Closer, error) {
 	addr = unmapAddrPort(addr)
@@ -358,8 +391,8 @@ func (r *Relay) Reserve(proto string, addr netip.AddrPort) (io.Closer, error) {
 		return nil, fmt.Errorf("reserve %v: port already reserved", addr)
 	}
 	rcvBuf := portRcvBuf
-	if r.fanIn {
-		rcvBuf = 0 // TPROXY steers the port's packets to the fan-in sockets
+	if !r.portsRecv {
+		rcvBuf = 0 // TPROXY steers all the port's packets to the fan-in sockets
 	}
 	var fd int
 	err := r.ns.do(func() (err error) {
@@ -372,7 +405,7 @@ func (r *Relay) Reserve(proto string, addr netip.AddrPort) (io.Closer, error) {
 	s := &portSocket{fd: fd, idx: idx, local: addr}
 	s.localSA.set(addr)
 	s.srcLen = rawudp.Source(&s.srcInfo, addr.Addr().Unmap())
-	if !r.fanIn {
+	if r.portsRecv {
 		s.worker = r.workers[idx%len(r.workers)]
 		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(idx), Pad: evPort}
 		if err := unix.EpollCtl(s.worker.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {

@@ -277,7 +277,7 @@ func TestShutdownLeavesNothing(t *testing.T) {
 				t.Fatal(err)
 			}
 			tables := nftList(t, l)
-			if strings.Contains(tables, "stale") || (m.mode == ModeFanIn) != strings.Contains(tables, "tproxy") {
+			if strings.Contains(tables, "stale") || (m.mode != ModeFallback) != strings.Contains(tables, "tproxy") {
 				t.Fatalf("nft ruleset after New:\n%s\nwant the stale table gone (fan-in: replaced by the tproxy rule)", tables)
 			}
 			for _, a := range []string{"198.18.0.1:20000", "198.18.0.1:20001", "198.51.100.1:20002", "198.51.100.1:20003"} {

@@ -50,6 +50,8 @@ type worker struct {
 
 	queued atomic.Uint64 // packets handed to flush; those the kernel refused count in drops too
 	drops  [numDrops]atomic.Uint64
+	// Packets read from fan-in sockets and from the ports' own, whatever became of them.
+	rxFanIn, rxPort atomic.Uint64
 }
 
 // pending is a packet processed and waiting for the flush.
@@ -163,6 +165,7 @@ func (w *worker) readFanIn(fd int) {
 	if e != 0 {
 		return // EAGAIN: another event raced us; anything else shows up again
 	}
+	w.rxFanIn.Add(uint64(n))
 	for i := from; i < from+n; i++ {
 		h := &w.rx.msgs[i]
 		src := addrPortFromRaw(unsafe.Pointer(&w.rx.names[i]))
@@ -187,6 +190,7 @@ func (w *worker) readPort(idx int) {
 	if e != 0 {
 		return
 	}
+	w.rxPort.Add(uint64(n))
 	for i := from; i < from+n; i++ {
 		h := &w.rx.msgs[i]
 		w.handle(i, int(h.Len), h.Hdr.Flags, addrPortFromRaw(unsafe.Pointer(&w.rx.names[i])), s.local)

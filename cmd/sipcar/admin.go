@@ -1,12 +1,16 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -70,16 +74,12 @@ func show(args, environ []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: sipcar show servermap|sessions|policy")
 		return 2
 	}
-	cfg, _ := loadConfig(environ) // only the admin address matters here
-	addr := cfg.AdminAddr
-	if !addr.IsValid() {
-		fmt.Fprintln(stderr, "sipcar show: SIPCAR_ADMIN_ADDR is empty")
+	base, err := adminURL(environ)
+	if err != nil {
+		fmt.Fprintln(stderr, "sipcar show:", err)
 		return 2
 	}
-	if addr.Addr().IsUnspecified() {
-		addr.AddrPort = netipLoopback(addr)
-	}
-	resp, err := http.Get("http://" + addr.String() + "/" + args[0] + "?format=text")
+	resp, err := http.Get(base + "/" + args[0] + "?format=text")
 	if err != nil {
 		fmt.Fprintln(stderr, "sipcar show:", err)
 		return 1
@@ -95,4 +95,58 @@ func show(args, environ []string, stdout, stderr io.Writer) int {
 	}
 	_ = os.Stdout.Sync()
 	return 0
+}
+
+// healthTimeout bounds the health check's request: a container healthcheck that hangs counts
+// as failed only at Docker's own timeout.
+const healthTimeout = 3 * time.Second
+
+// healthcheck asks a running sipcar's admin endpoint (SIPCAR_ADMIN_ADDR) whether it is ready:
+// exit status 0 when /readyz answers 200, 1 when it answers anything else (starting, draining)
+// or nothing, 2 when there is no admin endpoint to ask. It is the container image's
+// healthcheck, which has no curl.
+func healthcheck(args, environ []string, stdout, stderr io.Writer) int {
+	if len(args) != 0 {
+		fmt.Fprintln(stderr, "usage: sipcar healthcheck")
+		return 2
+	}
+	base, err := adminURL(environ)
+	if err != nil {
+		fmt.Fprintln(stderr, "sipcar healthcheck:", err)
+		return 2
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), healthTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/readyz", nil)
+	if err != nil {
+		fmt.Fprintln(stderr, "sipcar healthcheck:", err)
+		return 2
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		fmt.Fprintln(stderr, "sipcar healthcheck: not ready:", err)
+		return 1
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintf(stderr, "sipcar healthcheck: not ready: %s: %s\n", resp.Status, strings.TrimSpace(string(body)))
+		return 1
+	}
+	fmt.Fprintln(stdout, strings.TrimSpace(string(body)))
+	return 0
+}
+
+// adminURL is the base URL of the admin endpoint of the sipcar configured by environ; a
+// wildcard listen address is reached on loopback.
+func adminURL(environ []string) (string, error) {
+	cfg, _ := loadConfig(environ) // only the admin address matters here
+	addr := cfg.AdminAddr
+	if !addr.IsValid() {
+		return "", errors.New("SIPCAR_ADMIN_ADDR is empty: no admin endpoint to ask")
+	}
+	if addr.Addr().IsUnspecified() {
+		addr.AddrPort = netipLoopback(addr)
+	}
+	return "http://" + addr.String(), nil
 }

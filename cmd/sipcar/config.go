@@ -65,7 +65,7 @@ type config struct {
 	TLSHandshakeTTL   time.Duration     `env:"TLS_HANDSHAKE_TIMEOUT" envDefault:"10s" help:"time a TLS handshake may take"`
 	MessageTimeout    time.Duration     `env:"MESSAGE_TIMEOUT" envDefault:"30s" help:"time from the first byte of a message on TCP/TLS to its last"`
 	TransactionTTL    time.Duration     `env:"TRANSACTION_TIMEOUT" envDefault:"32s" help:"time a request forwarded over UDP waits for a response before sipcar answers 503 (Timer B)"`
-	MediaMode         string            `env:"MEDIA_MODE" envDefault:"auto" help:"auto, fanin (nftables TPROXY, needs CAP_NET_ADMIN) or fallback (a socket per port)"`
+	MediaMode         string            `env:"MEDIA_MODE" envDefault:"auto" help:"auto (fan-in where a start-up probe shows it reaches sipcar, per side; a socket per port elsewhere), fanin (nftables TPROXY everywhere, needs CAP_NET_ADMIN) or fallback (a socket per port)"`
 	AdminAddr         listenAddr        `env:"ADMIN_ADDR" envDefault:"127.0.0.1:9060" help:"admin HTTP endpoint (/healthz /readyz /metrics /servermap /sessions); empty disables"`
 	Pprof             bool              `env:"PPROF" envDefault:"false" help:"serve Go's profiles at /debug/pprof/ on the admin endpoint"`
 	DrainTimeout      time.Duration     `env:"DRAIN_TIMEOUT" envDefault:"30s" help:"on SIGTERM, how long calls may go on before sipcar closes"`
@@ -309,7 +309,8 @@ func printHelp(w io.Writer) {
 		fmt.Fprintf(w, "  %s%-22s default %-16s %s\n", envPrefix, f.Tag.Get("env"), def, f.Tag.Get("help"))
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Commands: sipcar (run), sipcar show servermap|sessions (from a running instance's admin endpoint).")
+	fmt.Fprintln(w, "Commands: sipcar (run), sipcar show servermap|sessions|policy (from a running instance's admin endpoint),")
+	fmt.Fprintln(w, "sipcar healthcheck (exit status 0 when the running instance's /readyz says ready).")
 }
 
 // relayConfig turns the configuration into the relay's, resolving the upstream's name.
@@ -384,7 +385,7 @@ func (c config) relayConfig(ctx context.Context, log *slog.Logger) (relay.Config
 		MaxPortsPerSource:    noCap(c.MaxPortsPerSource),
 		MaxBindingsPerSource: noCap(c.MaxBindingsPerSrc),
 	}
-	rc.Media = mediarelay.Config{IdleTimeout: c.MediaIdleTTL, Logger: log}
+	rc.Media = mediarelay.Config{IdleTimeout: c.MediaIdleTTL, Logger: log, Sides: mediaSides(in, pub, rc.PublicBind, rc.InsideNets)}
 	switch c.MediaMode {
 	case "fanin":
 		rc.Media.Mode = mediarelay.ModeFanIn
@@ -421,6 +422,28 @@ func noCap(v int) int {
 		return -1
 	}
 	return v
+}
+
+// mediaSides describes sipcar's two sides to the media relay, which probes the way each one's
+// media comes in: the inside from its networks (SIPCAR_INSIDE_NETS, or the upstream), the
+// public side from anywhere, at the local addresses its traffic arrives at.
+func mediaSides(in, pub pinhole.Addrs, bind map[netip.Addr]netip.Addr, insideNets []netip.Prefix) []mediarelay.Side {
+	inside := mediarelay.Side{Name: "inside", Peers: insideNets}
+	public := mediarelay.Side{Name: "public"}
+	for _, a := range []netip.Addr{in.IPv4, in.IPv6} {
+		if a.IsValid() {
+			inside.Addrs = append(inside.Addrs, a)
+		}
+	}
+	for _, a := range []netip.Addr{pub.IPv4, pub.IPv6} {
+		if b, ok := bind[a]; ok {
+			a = b
+		}
+		if a.IsValid() {
+			public.Addrs = append(public.Addrs, a)
+		}
+	}
+	return []mediarelay.Side{inside, public}
 }
 
 // addrs sorts up to one IPv4 and one IPv6 address into a side's addresses.

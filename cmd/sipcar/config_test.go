@@ -1,6 +1,8 @@
 package main
 
 import (
+	"fmt"
+	"log/slog"
 	"strings"
 	"testing"
 )
@@ -69,5 +71,38 @@ func TestConfigErrors(t *testing.T) {
 	}
 	if a, _ := addrs(cfg.PublicAddr); a.IPv4.String() != "203.0.113.1" || a.IPv6.String() != "2001:db8:b::1" || cfg.Upstream.Host != "2001:db8:a::10" {
 		t.Errorf("dual stack parsed %+v, upstream %+v", a, cfg.Upstream)
+	}
+}
+
+// The media relay is told each side's addresses and where its media comes from: the inside
+// from the inside networks (by default the upstream), the public side from anywhere, at the
+// local address its traffic arrives at.
+func TestMediaSides(t *testing.T) {
+	for _, tc := range []struct {
+		env  []string
+		want string
+	}{
+		{[]string{"SIPCAR_UPSTREAM=sip:172.28.0.2:5060", "SIPCAR_INSIDE_ADDR=172.28.0.1",
+			"SIPCAR_PUBLIC_ADDR=203.0.113.1", "SIPCAR_PUBLIC_BIND_ADDR=198.51.100.1"},
+			"inside [172.28.0.1] from [172.28.0.2/32]; public [198.51.100.1] from []"},
+		{[]string{"SIPCAR_UPSTREAM=sip:172.28.0.2:5060", "SIPCAR_INSIDE_ADDR=172.28.0.1", "SIPCAR_INSIDE_NETS=172.28.0.0/24,10.1.0.0/16",
+			"SIPCAR_PUBLIC_ADDR=203.0.113.1,2001:db8:b::1", "SIPCAR_PUBLIC_BIND_ADDR=198.51.100.1,2001:db8:b::2"},
+			"inside [172.28.0.1] from [172.28.0.0/24 10.1.0.0/16]; public [198.51.100.1 2001:db8:b::2] from []"},
+	} {
+		cfg, err := loadConfig(tc.env)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc, err := cfg.relayConfig(t.Context(), slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, s := range rc.Media.Sides {
+			got = append(got, fmt.Sprintf("%s %v from %v", s.Name, s.Addrs, s.Peers))
+		}
+		if strings.Join(got, "; ") != tc.want {
+			t.Errorf("%v:\n got %s\nwant %s", tc.env, strings.Join(got, "; "), tc.want)
+		}
 	}
 }

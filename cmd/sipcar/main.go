@@ -33,6 +33,8 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 			return 0
 		case "show":
 			return show(args[1:], environ, stdout, stderr)
+		case "healthcheck":
+			return healthcheck(args[1:], environ, stdout, stderr)
 		default:
 			fmt.Fprintf(stderr, "sipcar: unknown argument %q (try sipcar -h)\n", args[0])
 			return 2
@@ -50,6 +52,12 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 		h = slog.NewJSONHandler(stderr, opts)
 	}
 	log := slog.New(h)
+	// The container image gives the binary its capabilities as permitted only (see
+	// Dockerfile): effective from here on, in every thread.
+	if err := raiseCapabilities(); err != nil {
+		log.Warn("capabilities not raised: fan-in, raw sends and low ports may be refused", "err", err)
+	}
+	log.Info("capabilities", capabilityAttrs()...)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
