@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"runtime"
+	"strings"
 	"time"
 )
 
@@ -39,6 +40,21 @@ func (m Mode) String() string {
 		return "fallback"
 	}
 	return fmt.Sprintf("Mode(%d)", uint8(m))
+}
+
+// UnmarshalText parses "auto", "fanin" (or "fan-in") or "fallback" (SIPCAR_MEDIA_MODE).
+func (m *Mode) UnmarshalText(text []byte) error {
+	switch strings.ToLower(strings.TrimSpace(string(text))) {
+	case "auto":
+		*m = ModeAuto
+	case "fanin", "fan-in":
+		*m = ModeFanIn
+	case "fallback":
+		*m = ModeFallback
+	default:
+		return fmt.Errorf("%q: want auto, fanin or fallback", text)
+	}
+	return nil
 }
 
 // SendScheme chooses how fan-in workers send. Both leave from the relay port of the other leg;

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -32,6 +33,19 @@ func (m Mode) String() string {
 		return "transparent"
 	}
 	return "upstream"
+}
+
+// UnmarshalText parses "upstream" or "transparent" (SIPCAR_MODE).
+func (m *Mode) UnmarshalText(text []byte) error {
+	switch strings.ToLower(strings.TrimSpace(string(text))) {
+	case "upstream":
+		*m = Upstream
+	case "transparent":
+		*m = Transparent
+	default:
+		return fmt.Errorf("%q: want upstream or transparent", text)
+	}
+	return nil
 }
 
 // Defaults of the caps in [Config] that protect sipcar and the inside from hostile traffic.

@@ -27,7 +27,7 @@ import (
 
 // config is sipcar's configuration: every field is one SIPCAR_ environment variable.
 type config struct {
-	Mode              string            `env:"MODE" envDefault:"upstream" help:"upstream (sidecar next to a PBX) or transparent (NAT gateway)"`
+	Mode              relay.Mode        `env:"MODE" envDefault:"upstream" help:"upstream (sidecar next to a PBX) or transparent (NAT gateway)"`
 	Upstream          sipURI            `env:"UPSTREAM" help:"the PBX, as a SIP URI: sip:pbx:5060;transport=udp (upstream mode)"`
 	PublicAddr        []netip.Addr      `env:"PUBLIC_ADDR" help:"the address the world reaches sipcar at, IPv4 and/or IPv6, comma-separated (required)"`
 	PublicBindAddr    []netip.Addr      `env:"PUBLIC_BIND_ADDR" help:"when PUBLIC_ADDR is not this host's (a cloud's 1:1 NAT): the local address(es) its traffic arrives at, one per family (default: PUBLIC_ADDR; required when that is not local)"`
@@ -47,9 +47,9 @@ type config struct {
 	MediaIdleTTL      time.Duration     `env:"MEDIA_IDLE_TTL" envDefault:"60s" help:"a media pair's lifetime after its last packet"`
 	MaxCalls          int               `env:"MAX_CALLS" envDefault:"0" help:"cap on calls with media (0: the port range is the cap)"`
 	MaxCallsPerSource int               `env:"MAX_CALLS_PER_SOURCE" envDefault:"100" help:"cap on calls with media per source address (-1: none)"`
-	Policy            string            `env:"POLICY" help:"screening rules, ';'-separated, first match wins (relay/policy/README.md), e.g. permit src=198.51.100.0/24 method=INVITE,REGISTER; deny src=any"`
+	Policy            policyRules       `env:"POLICY" help:"screening rules, ';'-separated, first match wins (relay/policy/README.md), e.g. permit src=198.51.100.0/24 method=INVITE,REGISTER; deny src=any"`
 	PolicyFile        string            `env:"POLICY_FILE" help:"a file of screening rules, one per line, reloaded on SIGHUP (instead of POLICY)"`
-	PolicyDefault     string            `env:"POLICY_DEFAULT" help:"action when no rule matches: permit or deny (default: permit in upstream mode, deny in transparent mode)"`
+	PolicyDefault     *policy.Action    `env:"POLICY_DEFAULT" help:"action when no rule matches: permit or deny (default: permit in upstream mode, deny in transparent mode)"`
 	UDPTCPFallback    bool              `env:"UDP_TCP_FALLBACK" envDefault:"false" help:"send requests larger than 1300 bytes after rewriting over TCP (RFC 3261 18.1.1) instead of fragmented UDP"`
 	MaxMessageRate    int               `env:"MAX_MESSAGE_RATE" envDefault:"200" help:"SIP messages per second one source may send (burst twice that); 0: no cap"`
 	MaxPrefixRate     int               `env:"MAX_PREFIX_RATE" envDefault:"0" help:"SIP messages per second all the addresses of one network may send (RATE_PREFIX_V4/_V6); 0: four times MAX_MESSAGE_RATE, -1: no cap"`
@@ -65,7 +65,7 @@ type config struct {
 	TLSHandshakeTTL   time.Duration     `env:"TLS_HANDSHAKE_TIMEOUT" envDefault:"10s" help:"time a TLS handshake may take"`
 	MessageTimeout    time.Duration     `env:"MESSAGE_TIMEOUT" envDefault:"30s" help:"time from the first byte of a message on TCP/TLS to its last"`
 	TransactionTTL    time.Duration     `env:"TRANSACTION_TIMEOUT" envDefault:"32s" help:"time a request forwarded over UDP waits for a response before sipcar answers 503 (Timer B)"`
-	MediaMode         string            `env:"MEDIA_MODE" envDefault:"auto" help:"auto (fan-in where a start-up probe shows it reaches sipcar, per side; a socket per port elsewhere), fanin (nftables TPROXY everywhere, needs CAP_NET_ADMIN) or fallback (a socket per port)"`
+	MediaMode         mediarelay.Mode   `env:"MEDIA_MODE" envDefault:"auto" help:"auto (fan-in where a start-up probe shows it reaches sipcar, per side; a socket per port elsewhere), fanin (nftables TPROXY everywhere, needs CAP_NET_ADMIN) or fallback (a socket per port)"`
 	AdminAddr         listenAddr        `env:"ADMIN_ADDR" envDefault:"127.0.0.1:9060" help:"admin HTTP endpoint (/healthz /readyz /metrics /servermap /sessions); empty disables"`
 	Pprof             bool              `env:"PPROF" envDefault:"false" help:"serve Go's profiles at /debug/pprof/ on the admin endpoint"`
 	DrainTimeout      time.Duration     `env:"DRAIN_TIMEOUT" envDefault:"30s" help:"on SIGTERM, how long calls may go on before sipcar closes"`
@@ -124,6 +124,23 @@ func (u *sipURI) UnmarshalText(b []byte) error {
 	return nil
 }
 
+// policyRules is SIPCAR_POLICY: screening rules, parsed when the configuration is read so that
+// a wrong rule stops start-up with the variable's name.
+type policyRules struct{ *policy.Rules }
+
+func (p *policyRules) UnmarshalText(b []byte) error {
+	if strings.TrimSpace(string(b)) == "" {
+		p.Rules = nil
+		return nil
+	}
+	r, err := policy.Parse(string(b))
+	if err != nil {
+		return errors.New(strings.ReplaceAll(err.Error(), "\n", "; "))
+	}
+	p.Rules = r
+	return nil
+}
+
 // listenAddr is host:port, :port (every address) or empty (disabled).
 type listenAddr struct{ netip.AddrPort }
 
@@ -179,16 +196,14 @@ func loadConfig(environ []string) (config, error) {
 		lines = append(lines, envPrefix+name+": "+msg)
 	}
 	switch cfg.Mode {
-	case "upstream":
+	case relay.Upstream:
 		if cfg.Upstream.Host == "" {
 			bad("UPSTREAM", "required in upstream mode: the PBX, e.g. sip:pbx:5060;transport=udp")
 		}
-	case "transparent":
+	case relay.Transparent:
 		if len(cfg.InsideNets) == 0 {
 			bad("INSIDE_NETS", "required in transparent mode: the CIDRs of the LAN behind the gateway")
 		}
-	default:
-		bad("MODE", fmt.Sprintf("%q: want upstream or transparent", cfg.Mode))
 	}
 	if len(cfg.PublicAddr) == 0 {
 		bad("PUBLIC_ADDR", "required: the address the world reaches sipcar at, e.g. 203.0.113.1")
@@ -207,25 +222,12 @@ func loadConfig(environ []string) (config, error) {
 	if cfg.RTPPorts.Len() < 2 {
 		bad("RTP_PORTS", "want a range of at least one even/odd pair, e.g. 20000-29999")
 	}
-	if cfg.MediaMode != "auto" && cfg.MediaMode != "fanin" && cfg.MediaMode != "fallback" {
-		bad("MEDIA_MODE", fmt.Sprintf("%q: want auto, fanin or fallback", cfg.MediaMode))
-	}
-	if cfg.Policy != "" && cfg.PolicyFile != "" {
+	if cfg.Policy.Rules != nil && cfg.PolicyFile != "" {
 		bad("POLICY_FILE", "set POLICY or POLICY_FILE, not both")
-	}
-	if cfg.Policy != "" {
-		if _, err := policy.Parse(cfg.Policy); err != nil {
-			bad("POLICY", strings.ReplaceAll(err.Error(), "\n", "; "))
-		}
 	}
 	if cfg.PolicyFile != "" {
 		if _, err := policy.Load(cfg.PolicyFile); err != nil {
 			bad("POLICY_FILE", strings.ReplaceAll(err.Error(), "\n", "; "))
-		}
-	}
-	if cfg.PolicyDefault != "" {
-		if _, err := policy.ParseAction(cfg.PolicyDefault); err != nil {
-			bad("POLICY_DEFAULT", fmt.Sprintf("%q: want permit or deny", cfg.PolicyDefault))
 		}
 	}
 	if _, err := parseLevel(cfg.LogLevel); err != nil {
@@ -336,9 +338,7 @@ func (c config) relayConfig(ctx context.Context, log *slog.Logger) (relay.Config
 		MessageTimeout:          c.MessageTimeout,
 		ResponseTimeout:         c.TransactionTTL,
 	}
-	if c.Mode == "transparent" {
-		rc.Mode = relay.Transparent
-	}
+	rc.Mode = c.Mode
 	if c.Upstream.Host != "" {
 		ip, err := resolve(ctx, c.Upstream.Host)
 		if err != nil {
@@ -385,13 +385,8 @@ func (c config) relayConfig(ctx context.Context, log *slog.Logger) (relay.Config
 		MaxPortsPerSource:    noCap(c.MaxPortsPerSource),
 		MaxBindingsPerSource: noCap(c.MaxBindingsPerSrc),
 	}
-	rc.Media = mediarelay.Config{IdleTimeout: c.MediaIdleTTL, Logger: log, Sides: mediaSides(in, pub, rc.PublicBind, rc.InsideNets)}
-	switch c.MediaMode {
-	case "fanin":
-		rc.Media.Mode = mediarelay.ModeFanIn
-	case "fallback":
-		rc.Media.Mode = mediarelay.ModeFallback
-	}
+	rc.Media = mediarelay.Config{Mode: c.MediaMode, IdleTimeout: c.MediaIdleTTL, Logger: log,
+		Sides: mediaSides(in, pub, rc.PublicBind, rc.InsideNets)}
 	if c.ListenTLS.IsValid() {
 		certs, err := newCertReloader(c.TLSCert, c.TLSKey, log)
 		if err != nil {
@@ -489,23 +484,19 @@ func netipLoopback(l listenAddr) netip.AddrPort {
 // default decides) and the default action of the mode unless POLICY_DEFAULT says otherwise.
 func (c config) policy(reg prometheus.Registerer) (*policy.Policy, error) {
 	def := policy.Permit
-	if c.Mode == "transparent" {
+	if c.Mode == relay.Transparent {
 		def = policy.Deny
 	}
-	if c.PolicyDefault != "" {
-		a, err := policy.ParseAction(c.PolicyDefault)
-		if err != nil {
-			return nil, fmt.Errorf("%sPOLICY_DEFAULT: %w", envPrefix, err)
-		}
-		def = a
+	if c.PolicyDefault != nil {
+		def = *c.PolicyDefault
 	}
-	var rules *policy.Rules
+	rules := c.Policy.Rules
 	var err error
 	switch {
 	case c.PolicyFile != "":
 		rules, err = policy.Load(c.PolicyFile)
-	default:
-		rules, err = policy.Parse(c.Policy)
+	case rules == nil:
+		rules, err = policy.Parse("")
 	}
 	if err != nil {
 		return nil, err

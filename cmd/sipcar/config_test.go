@@ -27,6 +27,8 @@ func TestConfigErrors(t *testing.T) {
 		{[]string{"SIPCAR_UPSTREAM=sip:pbx", "SIPCAR_PUBLIC_ADDR=0.0.0.0"}, []string{"SIPCAR_PUBLIC_ADDR: 0.0.0.0: want a unicast"}},
 		{[]string{"SIPCAR_UPSTREAM=sip:pbx", "SIPCAR_PUBLIC_ADDR=203.0.113.1", "SIPCAR_LOG_LEVEL=loud", "SIPCAR_MEDIA_MODE=x"},
 			[]string{"SIPCAR_LOG_LEVEL: ", "SIPCAR_MEDIA_MODE: "}},
+		{[]string{"SIPCAR_UPSTREAM=sip:pbx", "SIPCAR_PUBLIC_ADDR=203.0.113.1", "SIPCAR_POLICY=permit bogus=1", "SIPCAR_POLICY_DEFAULT=maybe"},
+			[]string{`SIPCAR_POLICY: policy rule 1 "permit bogus=1": bogus: unknown field`, `SIPCAR_POLICY_DEFAULT: "maybe" is not permit or deny`}},
 		{[]string{"SIPCAR_UPSTREAM=sip:pbx", "SIPCAR_PUBLIC_ADDR=203.0.113.1", "SIPCAR_MAX_CONTACTS=-3", "SIPCAR_RATE_PREFIX_V4=33",
 			"SIPCAR_MESSAGE_TIMEOUT=0s", "SIPCAR_MAX_CONNECTIONS_PER_SOURCE=many"},
 			[]string{"SIPCAR_MAX_CONTACTS: -3: want 0", "SIPCAR_RATE_PREFIX_V4: 33: want 1 to 32", "SIPCAR_MESSAGE_TIMEOUT: 0s: want a positive",

@@ -5,6 +5,8 @@ import (
 	"reflect"
 	"regexp"
 	"testing"
+
+	"github.com/sipcar/sipcar/relay"
 )
 
 // The deployment files name every variable sipcar reads: docker-compose.yml passes each one on
@@ -47,7 +49,7 @@ func TestBareVariableIsUnset(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.ListenUDP != defaultListen || cfg.Mode != "upstream" || cfg.RTPPorts.First != 20000 || cfg.AdminAddr.String() != "127.0.0.1:9060" {
+	if cfg.ListenUDP != defaultListen || cfg.Mode != relay.Upstream || cfg.RTPPorts.First != 20000 || cfg.AdminAddr.String() != "127.0.0.1:9060" {
 		t.Errorf("bare names: listen %v, mode %q, RTP ports %v, admin %v; want the defaults", cfg.ListenUDP, cfg.Mode, cfg.RTPPorts, cfg.AdminAddr)
 	}
 }
