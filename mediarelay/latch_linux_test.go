@@ -18,6 +18,7 @@ func TestLatchOnRealSourceBehindNAT(t *testing.T) {
 			f := families[0]
 			spec := pairSpec(f)
 			spec.B.Peer = ap("203.0.113.2:4000") // what the remote phone's SDP says: its home address
+			spec.B.Signal = netip.MustParseAddr("198.51.100.2") // its SIP came from its NAT's address
 			phone := l.listen(t, l.phone, spec.A.Peer.String())
 			remote := l.listen(t, l.remote, "203.0.113.2:4000")
 			intruder := l.listen(t, l.remote, "198.51.100.2:5555")
@@ -214,4 +215,66 @@ func equalStrings(a, b []string) bool {
 		}
 	}
 	return true
+}
+
+// While a leg learns its peer, a source that signalling does not name gets nothing through: an
+// attacker spraying the relay port before the peer's first packet is dropped, before and after
+// the peer latched.
+func TestLearningDropsUnsignalledSources(t *testing.T) {
+	for _, m := range relayModes {
+		t.Run(m.name, func(t *testing.T) {
+			l := newLab(t)
+			run(t, "ip", "-n", l.remote, "addr", "add", "198.51.100.3/24", "dev", "rm0")
+			r := l.startRelay(t, m, Config{})
+			spec := pairSpec(families[0])
+			spec.B.Signal = spec.B.Peer.Addr()
+			phone := l.listen(t, l.phone, spec.A.Peer.String())
+			remote := l.listen(t, l.remote, spec.B.Peer.String())
+			attacker := l.listen(t, l.remote, "198.51.100.3:6666")
+			s := addStream(t, r, spec)
+
+			for i := range 20 {
+				attacker.send(spec.B.RTP, rtpPacket(uint16(i), 0, 0xbad, 1))
+			}
+			p := rtpPacket(1, 0, 0xb, 2)
+			remote.send(spec.B.RTP, p)
+			phone.expect(p, spec.A.RTP)
+			for i := range 20 {
+				attacker.send(spec.B.RTP, rtpPacket(uint16(100+i), 0, 0xbad, 1))
+			}
+			q := rtpPacket(2, 160, 0xb, 3)
+			remote.send(spec.B.RTP, q)
+			phone.expect(q, spec.A.RTP) // the next thing the phone gets: nothing of the attacker's
+			st := s.Stats()
+			if st.B.Peer != spec.B.Peer || !st.B.Final || st.B.Bleed != 40 {
+				t.Errorf("leg B peer %v final %v bleed %d; want %v final, 40 dropped", st.B.Peer, st.B.Final, st.B.Bleed, spec.B.Peer)
+			}
+		})
+	}
+}
+
+// A peer whose media leaves from another address than its SDP and its signalling say still gets
+// audio: after the learning window its source is latched.
+func TestLearningAcceptsOtherSourceAfterWindow(t *testing.T) {
+	const window = time.Second
+	l := newLab(t)
+	run(t, "ip", "-n", l.remote, "addr", "add", "198.51.100.3/24", "dev", "rm0")
+	r := l.startRelay(t, relayModes[0], Config{LatchWindow: window})
+	spec := pairSpec(families[0])
+	spec.B.Signal = spec.B.Peer.Addr()
+	phone := l.listen(t, l.phone, spec.A.Peer.String())
+	media := l.listen(t, l.remote, "198.51.100.3:7000") // a media server beside the signalling one
+	s := addStream(t, r, spec)
+
+	media.send(spec.B.RTP, rtpPacket(1, 0, 0xb, 1)) // learning: held back
+	time.Sleep(window + window/2)
+	p := rtpPacket(2, 160, 0xb, 2)
+	media.send(spec.B.RTP, p)
+	phone.expect(p, spec.A.RTP) // the first packet the phone gets is the one after the window
+	back := rtpPacket(1, 0, 0xa, 3)
+	phone.send(spec.A.RTP, back)
+	media.expect(back, spec.B.RTP)
+	if st := s.Stats(); st.B.Peer != media.addr || st.B.Bleed != 1 {
+		t.Errorf("leg B peer %v bleed %d; want %v, 1 (the packet within the window)", st.B.Peer, st.B.Bleed, media.addr)
+	}
 }

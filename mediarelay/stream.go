@@ -26,10 +26,16 @@ func (l Leg) String() string {
 type LatchMode uint8
 
 const (
-	// LatchLearn (symmetric RTP): a packet from the SDP address latches the leg on it for good;
-	// otherwise the first packet's source is latched, and a packet from the SDP address may
-	// still take over during [Config.LatchWindow]. After the window the peer is final. Packets
-	// from any other source are dropped and counted (RTP bleed).
+	// LatchLearn (symmetric RTP, with rtpengine's heuristic learning as the anchor): a packet
+	// from the SDP address latches the leg on it for good. While the leg learns, sources that
+	// match what signalling says are preferred: a packet from the SDP's IP address or the
+	// signalling peer's ([LegSpec.Signal]) latches the leg tentatively (the SDP address may still
+	// take over during [Config.LatchWindow]); a packet from anywhere else is dropped until no
+	// preferred packet came for a LatchWindow since the first such packet, and only then
+	// latched (a phone whose media leaves from another address than its signalling still gets
+	// audio, after the window; an attacker spraying the port before the peer's first packet
+	// gets nothing through). A tentative latch becomes final after the window. Packets from any
+	// other source are dropped and counted (RTP bleed).
 	LatchLearn LatchMode = iota
 	// LatchStrict accepts packets only from the SDP address.
 	LatchStrict
@@ -50,6 +56,10 @@ type LegSpec struct {
 	Peer netip.AddrPort
 	// PeerRTCP is the peer's RTCP address (a=rtcp); zero means Peer's port + 1. Ignored when Mux.
 	PeerRTCP netip.AddrPort
+	// Signal is the peer's signalling address, whose packets are preferred while the leg learns
+	// its peer (a phone behind a NAT sends media from its signalling address, another port);
+	// zero when not known.
+	Signal netip.Addr
 	Latch    LatchMode
 	// Shared lets this leg's relay ports carry the same leg of other streams that also share
 	// them: the dialogs of a forked call, each answering the one offer whose pair this leg is.
@@ -115,8 +125,11 @@ type endpoint struct {
 	outRTP, outRTCP *endpoint
 
 	peer atomic.Pointer[peerState]
-	rx   rxStats
-	sent counter
+	// learnSince is the clock (ns) of the first packet from a source not preferred while the
+	// leg learns; 0 while none came. It restarts with every new latchNone peer state.
+	learnSince atomic.Int64
+	rx         rxStats
+	sent       counter
 }
 
 // latchState is how far an endpoint has learned its peer.
@@ -134,13 +147,14 @@ type peerState struct {
 	state  latchState
 	strict bool
 	sdp    netip.AddrPort // the SDP address; invalid when not known
+	signal netip.Addr     // the signalling peer's address; invalid when not known
 	addr   netip.AddrPort // the latched source; invalid when latchNone
 	// dst is where packets to the peer go (addr when latched, else sdp), encoded for sendmmsg.
 	dst sockaddr
 }
 
-func newPeerState(state latchState, strict bool, sdp, addr netip.AddrPort) *peerState {
-	p := &peerState{state: state, strict: strict, sdp: sdp, addr: addr}
+func newPeerState(state latchState, strict bool, sdp netip.AddrPort, signal netip.Addr, addr netip.AddrPort) *peerState {
+	p := &peerState{state: state, strict: strict, sdp: sdp, signal: signal, addr: addr}
 	if state == latchNone {
 		p.dst.set(sdp)
 	} else {
@@ -149,9 +163,25 @@ func newPeerState(state latchState, strict bool, sdp, addr netip.AddrPort) *peer
 	return p
 }
 
-// accept applies the latching rules to a packet from src and reports whether it is the peer's.
-// It allocates only when the peer changes, which happens at most a few times per stream.
-func (e *endpoint) accept(src netip.AddrPort) bool {
+// latched returns the state that latches p's peer on src.
+func (p *peerState) latched(state latchState, src netip.AddrPort) *peerState {
+	return newPeerState(state, p.strict, p.sdp, p.signal, src)
+}
+
+// preferred reports whether src is where signalling says the peer is: the SDP's IP address or
+// the signalling peer's, any port.
+func (p *peerState) preferred(src netip.AddrPort) bool {
+	a := src.Addr()
+	return (p.sdp.IsValid() && a == p.sdp.Addr()) || (p.signal.IsValid() && a == p.signal)
+}
+
+// knows reports whether signalling says anything of where the peer is.
+func (p *peerState) knows() bool { return p.sdp.IsValid() || p.signal.IsValid() }
+
+// accept applies the latching rules to a packet from src that arrived at now (ns) and reports
+// whether it is the peer's; window is the learning window (ns). It allocates only when the peer
+// changes, which happens at most a few times per stream.
+func (e *endpoint) accept(src netip.AddrPort, now, window int64) bool {
 	for {
 		p := e.peer.Load()
 		var next *peerState
@@ -161,11 +191,28 @@ func (e *endpoint) accept(src netip.AddrPort) bool {
 		case p.state == latchTentative && src == p.addr:
 			return true
 		case src == p.sdp:
-			next = newPeerState(latchFinal, p.strict, p.sdp, src)
-		case p.strict || p.state == latchTentative:
+			next = p.latched(latchFinal, src)
+		case p.strict:
 			return false
+		case p.state == latchTentative:
+			// A source signalling names takes over from one it does not.
+			if !p.preferred(src) || p.preferred(p.addr) {
+				return false
+			}
+			next = p.latched(latchTentative, src)
+		case p.preferred(src) || !p.knows():
+			next = p.latched(latchTentative, src)
 		default:
-			next = newPeerState(latchTentative, p.strict, p.sdp, src)
+			// Another source while the leg learns: not before a preferred one had its window.
+			since := e.learnSince.Load()
+			if since == 0 {
+				e.learnSince.CompareAndSwap(0, now)
+				return false
+			}
+			if now-since < window {
+				return false
+			}
+			next = p.latched(latchTentative, src)
 		}
 		if e.peer.CompareAndSwap(p, next) {
 			return true
@@ -201,7 +248,7 @@ func pickShared(eps []*endpoint, src netip.AddrPort) *endpoint {
 // finalize ends the learning window of a tentative latch.
 func (e *endpoint) finalize(p *peerState) {
 	if p.state == latchTentative {
-		e.peer.CompareAndSwap(p, newPeerState(latchFinal, p.strict, p.sdp, p.addr))
+		e.peer.CompareAndSwap(p, p.latched(latchFinal, p.addr))
 	}
 }
 

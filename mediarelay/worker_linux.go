@@ -223,7 +223,7 @@ func (w *worker) handle(i, n int, flags int32, src, dst netip.AddrPort) {
 	}
 	payload := w.rx.buf[i*slotSize+headroom : i*slotSize+headroom+n]
 	rtcp := e.rtcp || (e.mux && n >= 2 && payload[1] >= 200 && payload[1] <= 207)
-	if !e.accept(src) {
+	if !e.accept(src, w.nowNs, int64(r.cfg.LatchWindow)) {
 		e.rx.bleedPacket()
 		w.drops[dropBleed].Add(1)
 		return

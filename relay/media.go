@@ -110,10 +110,11 @@ func (ct *callTable) wire(st *relayedStream) {
 		}
 		// Only the offer is known: the answer's reserved pair, its peer learned from the first
 		// packet.
+		// The answerer is where the offer went: its packets are preferred while the leg learns.
 		if in == nil {
-			in = &mediaAlloc{pair: st.answer}
+			in = &mediaAlloc{pair: st.answer, src: out.next}
 		} else {
-			out = &mediaAlloc{pair: st.answer}
+			out = &mediaAlloc{pair: st.answer, src: in.next}
 		}
 	}
 	mux := in.mux && out.mux
@@ -121,9 +122,11 @@ func (ct *callTable) wire(st *relayedStream) {
 	spec := mediarelay.StreamSpec{
 		CallID: st.callID,
 		A: mediarelay.LegSpec{RTP: a, RTCP: netip.AddrPortFrom(a.Addr(), out.pair.RTCPPort),
-			Mux: mux, Peer: ct.peer(pinhole.Inside, in.rtp, in.src), PeerRTCP: ct.peer(pinhole.Inside, in.rtcp, in.src)},
+			Mux: mux, Peer: ct.peer(pinhole.Inside, in.rtp, in.src), PeerRTCP: ct.peer(pinhole.Inside, in.rtcp, in.src),
+			Signal: in.src.Addr()},
 		B: mediarelay.LegSpec{RTP: b, RTCP: netip.AddrPortFrom(b.Addr(), in.pair.RTCPPort),
-			Mux: mux, Peer: ct.peer(pinhole.Outside, out.rtp, out.src), PeerRTCP: ct.peer(pinhole.Outside, out.rtcp, out.src)},
+			Mux: mux, Peer: ct.peer(pinhole.Outside, out.rtp, out.src), PeerRTCP: ct.peer(pinhole.Outside, out.rtcp, out.src),
+			Signal: out.src.Addr()},
 		Hold: in.held || out.held,
 	}
 	// The offerer's pair is shared by the dialogs of a forked call.

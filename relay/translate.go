@@ -50,6 +50,7 @@ func (t *msgTranslator) rollback() {
 type mediaAlloc struct {
 	from        pinhole.Side
 	src         netip.AddrPort // where the message with the SDP came from
+	next        netip.AddrPort // where it went: an offer's answerer
 	fork        string
 	part, index int
 	pair        pinhole.Pair
@@ -175,7 +176,7 @@ func (t *msgTranslator) Media(from rewrite.Side, s *rewrite.Stream) (rewrite.Med
 	if err != nil {
 		return rewrite.MediaBinding{}, err
 	}
-	t.media = append(t.media, mediaAlloc{from: req.From, src: t.src, fork: t.fork, part: s.Part, index: s.Index, pair: p,
+	t.media = append(t.media, mediaAlloc{from: req.From, src: t.src, next: t.next, fork: t.fork, part: s.Part, index: s.Index, pair: p,
 		rtp: s.RTP, rtcp: s.RTCP, mux: s.Mux, held: req.Held})
 	return p, nil
 }
