@@ -17,7 +17,7 @@ func TestLatchOnRealSourceBehindNAT(t *testing.T) {
 			r := l.startRelay(t, m, Config{})
 			f := families[0]
 			spec := pairSpec(f)
-			spec.B.Peer = ap("203.0.113.2:4000") // what the remote phone's SDP says: its home address
+			spec.B.Peer = ap("203.0.113.2:4000")                // what the remote phone's SDP says: its home address
 			spec.B.Signal = netip.MustParseAddr("198.51.100.2") // its SIP came from its NAT's address
 			phone := l.listen(t, l.phone, spec.A.Peer.String())
 			remote := l.listen(t, l.remote, "203.0.113.2:4000")

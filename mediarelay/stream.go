@@ -60,7 +60,7 @@ type LegSpec struct {
 	// its peer (a phone behind a NAT sends media from its signalling address, another port);
 	// zero when not known.
 	Signal netip.Addr
-	Latch    LatchMode
+	Latch  LatchMode
 	// Shared lets this leg's relay ports carry the same leg of other streams that also share
 	// them: the dialogs of a forked call, each answering the one offer whose pair this leg is.
 	// A packet arriving on a shared port belongs to the stream whose peer it comes from (latched
