@@ -21,4 +21,8 @@ type Events interface {
 	// idle (at least [Config.IdleTimeout]). It is reported once per silence; the stream keeps
 	// forwarding until it is removed.
 	Idle(s *Stream, idle time.Duration)
+	// Traffic reports a stream's counters, at most once a sweep and only when a packet arrived
+	// on one of its ports since the last report: the control plane learns them without reading
+	// every stream.
+	Traffic(s *Stream, st StreamStats)
 }

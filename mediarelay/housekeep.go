@@ -10,6 +10,7 @@ import (
 // touches it.
 type streamHousekeeping struct {
 	activity     uint64    // packets accepted on any port, at the last sweep
+	reported     uint64    // activity at the last Traffic report
 	lastActive   time.Time // when housekeeping last saw activity grow (or the stream was new)
 	idleReported bool
 	eps          [4]endpointHousekeeping
@@ -40,11 +41,12 @@ func (r *Relay) housekeep(ctx context.Context) {
 }
 
 type event struct {
-	s    *Stream
-	leg  Leg
-	rtcp bool
-	peer netip.AddrPort
-	idle time.Duration // > 0: an idle report
+	s       *Stream
+	leg     Leg
+	rtcp    bool
+	peer    netip.AddrPort
+	idle    time.Duration // > 0: an idle report
+	traffic bool          // a Traffic report
 }
 
 // sweep looks at every stream once, then delivers the events it found; it returns its
@@ -80,6 +82,10 @@ func (r *Relay) sweep(now time.Time, streams []*Stream, events []event) ([]*Stre
 				events = append(events, event{s: s, leg: e.leg, rtcp: e.rtcp, peer: p.addr})
 			}
 		}
+		if activity != hk.reported {
+			hk.reported = activity
+			events = append(events, event{s: s, traffic: true})
+		}
 		switch {
 		case hk.lastActive.IsZero() || activity != hk.activity || s.hold.Load():
 			hk.activity, hk.lastActive, hk.idleReported = activity, now, false
@@ -93,9 +99,12 @@ func (r *Relay) sweep(now time.Time, streams []*Stream, events []event) ([]*Stre
 			if e.s.removed.Load() {
 				continue
 			}
-			if e.idle > 0 {
+			switch {
+			case e.traffic:
+				ev.Traffic(e.s, e.s.Stats())
+			case e.idle > 0:
 				ev.Idle(e.s, e.idle)
-			} else {
+			default:
 				ev.Latched(e.s, e.leg, e.rtcp, e.peer)
 			}
 		}

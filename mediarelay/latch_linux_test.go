@@ -84,6 +84,7 @@ type eventLog struct {
 	mu      sync.Mutex
 	latched []string
 	idle    []*Stream
+	traffic []StreamStats
 }
 
 func (e *eventLog) Latched(s *Stream, leg Leg, rtcp bool, peer netip.AddrPort) {
@@ -100,6 +101,18 @@ func (e *eventLog) Idle(s *Stream, idle time.Duration) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.idle = append(e.idle, s)
+}
+
+func (e *eventLog) Traffic(_ *Stream, st StreamStats) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.traffic = append(e.traffic, st)
+}
+
+func (e *eventLog) trafficReports() []StreamStats {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]StreamStats(nil), e.traffic...)
 }
 
 func (e *eventLog) snapshot() ([]string, []*Stream) {
@@ -277,4 +290,40 @@ func TestLearningAcceptsOtherSourceAfterWindow(t *testing.T) {
 	if st := s.Stats(); st.B.Peer != media.addr || st.B.Bleed != 1 {
 		t.Errorf("leg B peer %v bleed %d; want %v, 1 (the packet within the window)", st.B.Peer, st.B.Bleed, media.addr)
 	}
+}
+
+// The relay pushes a stream's counters after packets, once a sweep, and stays silent while
+// nothing arrives.
+func TestTrafficPushed(t *testing.T) {
+	events := &eventLog{}
+	l := newLab(t)
+	r := l.newRelay(t, relayModes[0], Config{Events: events})
+	spec := pairSpec(families[0])
+	phone := l.listen(t, l.phone, spec.A.Peer.String())
+	remote := l.listen(t, l.remote, spec.B.Peer.String())
+	addStream(t, r, spec)
+	inBubble(t, r, func(t *testing.T) {
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if n := len(events.trafficReports()); n != 0 {
+			t.Fatalf("%d traffic reports before any packet", n)
+		}
+		for i := range 3 {
+			p := rtpPacket(uint16(i), uint32(160*i), 0xb, byte(i))
+			remote.send(spec.B.RTP, p)
+			phone.expect(p, spec.A.RTP)
+		}
+		time.Sleep(time.Second)
+		synctest.Wait()
+		reports := events.trafficReports()
+		if len(reports) == 0 || reports[len(reports)-1].B.RTP.Packets != 3 {
+			t.Fatalf("traffic reports %+v; want the last one with 3 RTP packets on leg B", reports)
+		}
+		n := len(reports)
+		time.Sleep(3 * time.Second)
+		synctest.Wait()
+		if got := len(events.trafficReports()); got != n {
+			t.Errorf("%d more traffic reports while nothing arrived", got-n)
+		}
+	})
 }

@@ -75,6 +75,8 @@ type relayedStream struct {
 	answer pinhole.Pair
 	stream *mediarelay.Stream
 	spec   mediarelay.StreamSpec
+	// stats is what the media relay last reported of stream (see traffic).
+	stats mediarelay.StreamStats
 }
 
 // dialogTag returns the tag that names the dialog of m within call c: the one of From and To that

@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"context"
 	"net/netip"
 	"time"
 
@@ -197,6 +196,10 @@ func (e *mediaEvents) Latched(s *mediarelay.Stream, leg mediarelay.Leg, rtcp boo
 	}
 }
 
+func (e *mediaEvents) Traffic(s *mediarelay.Stream, st mediarelay.StreamStats) {
+	(*Relay)(e).calls.traffic(s, st)
+}
+
 func (e *mediaEvents) Idle(s *mediarelay.Stream, _ time.Duration) {
 	r := (*Relay)(e)
 	ringing := false
@@ -274,21 +277,6 @@ func (ct *callTable) bindingOf(s *mediarelay.Stream, leg mediarelay.Leg, rtcp bo
 // 16.6), with a margin.
 const maxRinging = 4 * time.Minute
 
-// syncTraffic copies the media relay's counters into the server map every second: the session
-// table shows them, and traffic keeps a stream's pairs from expiring.
-func (r *Relay) syncTraffic(ctx context.Context) {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		r.calls.observe()
-	}
-}
-
 // observed is what a binding carried, summed over the streams that use its port.
 type observed struct {
 	c       pinhole.Counters
@@ -297,22 +285,30 @@ type observed struct {
 	streams int
 }
 
-// observe puts the media relay's counters on the bindings: what a leg's peer sent arrived at
-// the leg's ports, what was sent to it left from them. The offer's pair of a forked call carries
-// the streams of every early dialog, so a binding gets the sum over its streams, plus what
-// streams removed from it carried; it shows its stream's latched peer once it has one stream.
-func (ct *callTable) observe() {
+// traffic is the media relay's report of a stream's counters (pushed, at most once a sweep and
+// only when packets came): they go on the bindings of the stream's call. What a leg's peer sent
+// arrived at the leg's ports, what was sent to it left from them. The offer's pair of a forked
+// call carries the streams of every early dialog, so a binding gets the sum over the streams of
+// its call that use it (as each last reported), plus what streams removed from it carried; it
+// shows its stream's latched peer once it has one stream.
+func (ct *callTable) traffic(s *mediarelay.Stream, stats mediarelay.StreamStats) {
 	type wired struct {
-		s    *mediarelay.Stream
-		spec mediarelay.StreamSpec
+		spec  mediarelay.StreamSpec
+		stats mediarelay.StreamStats
 	}
 	var ws []wired
 	ct.mu.Lock()
-	for _, c := range ct.calls {
-		for _, st := range c.streams {
-			if st.stream != nil {
-				ws = append(ws, wired{st.stream, st.spec})
-			}
+	c := ct.calls[s.CallID()]
+	if c == nil {
+		ct.mu.Unlock()
+		return
+	}
+	for _, st := range c.streams {
+		if st.stream == s {
+			st.stats = stats
+		}
+		if st.stream != nil {
+			ws = append(ws, wired{st.spec, st.stats})
 		}
 	}
 	ct.mu.Unlock()
@@ -331,9 +327,8 @@ func (ct *callTable) observe() {
 		o.streams++
 	}
 	for _, w := range ws {
-		st := w.s.Stats()
-		ct.legTraffic(w.spec.A, st.A, add)
-		ct.legTraffic(w.spec.B, st.B, add)
+		ct.legTraffic(w.spec.A, w.stats.A, add)
+		ct.legTraffic(w.spec.B, w.stats.B, add)
 	}
 	ct.mu.Lock()
 	for b, o := range acc {

@@ -132,11 +132,10 @@ func (r *Relay) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var bg sync.WaitGroup
-	bg.Add(4)
+	bg.Add(3)
 	go func() { defer bg.Done(); r.runTransactions(ctx) }()
 	go func() { defer bg.Done(); _ = r.m.Run(ctx) }()
 	go func() { defer bg.Done(); _ = r.media.Run(ctx) }()
-	go func() { defer bg.Done(); r.syncTraffic(ctx) }()
 	r.ready.Store(true)
 	r.log.Info("sipcar relaying", "mode", r.cfg.Mode.String(), "udp", r.cfg.ListenUDP, "tcp", r.cfg.ListenTCP,
 		"tls", r.cfg.ListenTLS, "media", mediaModeName(r.media))
