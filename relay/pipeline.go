@@ -118,6 +118,12 @@ func (r *Relay) admit(p *msgPass) bool {
 	case m.MaxForwards() == 0 && p.method != "ACK":
 		r.answer(p, 483, "Too Many Hops", "", 0)
 		return false
+	case rewrite.ViaNamesNoAddress(m.TopVia()):
+		// Where its responses must go is no address: nothing sipcar forwards could be answered.
+		r.metrics.malformed.WithLabelValues(in.transport).Inc()
+		r.refuse(p, &refusal{metric: "malformed", code: 400, reason: "Bad Request",
+			warning: "Via: the sent-by host is no IPv4 address"})
+		return false
 	case p.method == "REGISTER" && r.cfg.MaxContacts > 0 && !r.isUpstream(in.src):
 		if n := rewrite.ContactCount(m); n > r.cfg.MaxContacts {
 			r.refuse(p, &refusal{metric: "too-many-contacts", code: 403, reason: "Forbidden",

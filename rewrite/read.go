@@ -130,3 +130,19 @@ func URIHost(uri []byte) string {
 // hold together, as Parse counted them: a relay caps it before rewriting, which costs a binding
 // per address.
 func ContactCount(m *Message) int { return m.contacts }
+
+// ViaNamesNoAddress reports whether the sent-by of a Via value's first via-parm is an
+// IPv4address by RFC 3261's ABNF that names no address ("198.51.100.300", a masked
+// "00.000.00.0"): text sipcar leaves alone elsewhere, but where a request's responses must go it
+// is no address at all.
+func ViaNamesNoAddress(via []byte) bool {
+	masked, first := false, true
+	_ = eachVia(via, span{0, len(via)}, func(p viaParm) error {
+		if first {
+			masked = !p.sentBy.isIP() && looksNumeric(via[p.sentBy.host.start:p.sentBy.host.end])
+		}
+		first = false
+		return nil
+	})
+	return masked
+}
