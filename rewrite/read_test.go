@@ -118,11 +118,11 @@ func TestParseIPAgreesWithNetip(t *testing.T) {
 
 func TestViaNamesNoAddress(t *testing.T) {
 	for via, want := range map[string]bool{
-		"SIP/2.0/UDP 198.51.100.300:5070;branch=z9hG4bK1":    true,
-		"SIP/2.0/UDP 00.000.00.0;branch=z9hG4bK1":            true,
-		"SIP/2.0/UDP 198.51.100.3:5070;branch=z9hG4bK1":      false,
-		"SIP/2.0/UDP pc33.example.com;branch=z9hG4bK1":       false,
-		"SIP/2.0/UDP [2001:db8::1]:5060;branch=z9hG4bK1":     false,
+		"SIP/2.0/UDP 198.51.100.300:5070;branch=z9hG4bK1":   true,
+		"SIP/2.0/UDP 00.000.00.0;branch=z9hG4bK1":           true,
+		"SIP/2.0/UDP 198.51.100.3:5070;branch=z9hG4bK1":     false,
+		"SIP/2.0/UDP pc33.example.com;branch=z9hG4bK1":      false,
+		"SIP/2.0/UDP [2001:db8::1]:5060;branch=z9hG4bK1":    false,
 		"SIP/2.0/UDP 10.0.0.1, SIP/2.0/UDP 00.000.00.0;x=1": false,
 	} {
 		if got := ViaNamesNoAddress([]byte(via)); got != want {
