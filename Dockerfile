@@ -43,6 +43,6 @@ RUN apt-get update \
  && useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin sipcar
 COPY --from=build /out/sipcar /usr/local/bin/sipcar
 # Here, not in the build stage: the classic builder's COPY drops file capabilities.
-RUN setcap cap_net_admin,cap_net_raw,cap_net_bind_service=p /usr/local/bin/sipcar
+RUN setcap cap_net_admin,cap_net_raw,cap_net_bind_service,cap_bpf=p /usr/local/bin/sipcar
 USER sipcar
 ENTRYPOINT ["/usr/local/bin/sipcar"]

@@ -8,6 +8,8 @@ import "github.com/prometheus/client_golang/prometheus"
 type Collector struct {
 	r                                                     *Relay
 	forwarded, dropped, received, streams, lost, recvPath *prometheus.Desc
+
+	kern kernelDescs // the kernel fast path's (kernel_linux.go)
 }
 
 // NewCollector returns a Collector of r; register it with a prometheus.Registerer.
@@ -24,6 +26,8 @@ func NewCollector(r *Relay) *Collector {
 			"side", "ingress", "path", "reason"),
 		streams: d("streams", "Media streams being relayed."),
 		lost:    d("rtp_packets_lost", "RTP packets lost on the way to sipcar (sequence gaps), summed over the streams being relayed."),
+
+		kern: newKernelDescs(d),
 	}
 }
 
@@ -35,6 +39,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.recvPath
 	ch <- c.streams
 	ch <- c.lost
+	c.kern.describe(ch)
 }
 
 // Collect implements prometheus.Collector.
@@ -58,4 +63,5 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(c.streams, prometheus.GaugeValue, float64(len(streams)))
 	ch <- prometheus.MustNewConstMetric(c.lost, prometheus.GaugeValue, float64(lost))
+	c.kern.collect(ch, c.r, streams, cs)
 }

@@ -140,6 +140,9 @@ type Config struct {
 	// CAP_NET_RAW a fan-in relay uses SendPerPort.
 	FanInSend SendScheme
 
+	// Kernel chooses whether latched legs are forwarded by the kernel (default KernelOff).
+	Kernel KernelMode
+
 	// Sides says where media comes from, for ModeAuto's choice of receive path per side;
 	// none: fan-in except from bridges, which nothing probed (see [Relay.Paths]).
 	Sides []Side
@@ -171,6 +174,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Mode > ModeFallback {
 		errs = append(errs, fmt.Errorf("mode %d: unknown", c.Mode))
+	}
+	if c.Kernel > KernelOn {
+		errs = append(errs, fmt.Errorf("kernel mode %d: unknown", c.Kernel))
 	}
 	if c.FanInSend > SendPerPort {
 		errs = append(errs, fmt.Errorf("fan-in send scheme %d: unknown", c.FanInSend))

@@ -57,6 +57,7 @@ func (r *Relay) sweep(now time.Time, streams []*Stream, events []event) ([]*Stre
 		streams = append(streams, s)
 	}
 	r.mu.Unlock()
+	r.kernelSweep(now)
 	for _, s := range streams {
 		hk := &s.hk
 		var activity uint64
@@ -64,7 +65,7 @@ func (r *Relay) sweep(now time.Time, streams []*Stream, events []event) ([]*Stre
 			if e == nil {
 				continue
 			}
-			activity += e.rx.activity()
+			activity += e.rx.activity() + e.kernelActivity()
 			eh := &hk.eps[i]
 			p := e.peer.Load()
 			if p.state == latchTentative {
@@ -82,6 +83,7 @@ func (r *Relay) sweep(now time.Time, streams []*Stream, events []event) ([]*Stre
 				events = append(events, event{s: s, leg: e.leg, rtcp: e.rtcp, peer: p.addr})
 			}
 		}
+		r.kernelSync(s, now) // hand what latched to the kernel
 		if activity != hk.reported {
 			hk.reported = activity
 			events = append(events, event{s: s, traffic: true})

@@ -20,6 +20,9 @@ type Counters struct {
 	// Received counts the packets read, by the path they came by: PathFanIn (the fan-in
 	// sockets) and PathPerPort (the relay ports' own sockets).
 	Received [2]uint64
+	// Kernel counts the packets the kernel fast path forwarded (part of Forwarded; they are
+	// not in Received).
+	Kernel uint64
 }
 
 // Counters sums the workers' counters. Safe to call at any time.
@@ -34,5 +37,7 @@ func (r *Relay) Counters() Counters {
 		c.Received[PathFanIn] += w.rxFanIn.Load()
 		c.Received[PathPerPort] += w.rxPort.Load()
 	}
+	c.Kernel = r.kernelForwarded()
+	c.Forwarded += c.Kernel
 	return c
 }

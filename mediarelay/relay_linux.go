@@ -39,6 +39,9 @@ type Relay struct {
 	fanInPort [2]uint16  // the fan-in sockets' port per family (0 IPv4, 1 IPv6)
 	paths     []SidePath // per side and interface, as open chose them
 
+	kern    *kernelPath // the kernel fast path (kernel_linux.go); nil when off or unavailable
+	kernWhy string      // why it is (not) in use
+
 	ports   []portSlot // indexed by port - cfg.PortMin
 	workers []*worker
 	wake    int // eventfd in every worker's epoll set; readable once Close begins
@@ -90,6 +93,10 @@ func New(cfg Config) (*Relay, error) {
 		sockets: map[*portSocket]struct{}{},
 	}
 	if err := r.open(); err != nil {
+		r.Close()
+		return nil, err
+	}
+	if err := r.openKernel(); err != nil {
 		r.Close()
 		return nil, err
 	}
@@ -290,6 +297,9 @@ func (r *Relay) Close() error {
 		}
 		if r.wake >= 0 {
 			unix.Close(r.wake)
+		}
+		if err := r.closeKernel(); err != nil {
+			errs = append(errs, err)
 		}
 		if r.nft {
 			if err := r.ns.do(removeNft); err != nil {

@@ -31,6 +31,11 @@ type LegStats struct {
 	Bleed uint64
 	// LastPacket is when the last packet from the peer arrived; zero before the first.
 	LastPacket time.Time
+	// Kernel says the peer's RTP is forwarded by the kernel now (see [KernelMode]): RTP packet
+	// and byte counts (and Sent on the other leg) include what it forwarded, but Lost, Jitter
+	// and SSRC only describe the packets that came through userspace, before the hand-over.
+	// RTCP always comes through userspace.
+	Kernel bool
 }
 
 // Counts counts packets and their UDP payload bytes.

@@ -130,6 +130,7 @@ type endpoint struct {
 	learnSince atomic.Int64
 	rx         rxStats
 	sent       counter
+	kern       kernelLeg // the kernel fast path's (kernel_linux.go)
 }
 
 // latchState is how far an endpoint has learned its peer.

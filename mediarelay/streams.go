@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"time"
 )
 
 const defaultClockRate = 8000
@@ -188,6 +189,7 @@ func (r *Relay) UpdateStream(s *Stream, spec StreamSpec) error {
 	}
 	s.hold.Store(spec.Hold)
 	s.clockRate.Store(spec.ClockRate)
+	r.kernelSync(s, time.Now()) // a relearning leg or hold takes the kernel's rules away now
 	return nil
 }
 
@@ -205,6 +207,7 @@ func (r *Relay) RemoveStream(s *Stream) {
 		}
 	}
 	delete(r.streams, s)
+	r.kernelSync(s, time.Now())
 }
 
 // Streams returns the streams being forwarded, in no particular order.
@@ -249,6 +252,7 @@ func (s *Stream) Stats() StreamStats {
 			}
 		}
 	}
+	s.addKernelStats(&st)
 	return st
 }
 

@@ -48,5 +48,6 @@ func capabilityAttrs() []any {
 		"net_admin", has(unix.CAP_NET_ADMIN), // nftables fan-in table, TPROXY, the bridge probe's veth
 		"net_raw", has(unix.CAP_NET_RAW), // raw sends, the bridge probe's packet socket
 		"net_bind_service", has(unix.CAP_NET_BIND_SERVICE), // listeners below port 1024
+		"bpf", has(unix.CAP_BPF), // the kernel fast path's program and maps (SIPCAR_MEDIA_KERNEL)
 	}
 }

@@ -71,6 +71,8 @@ type config struct {
 	DrainTimeout      time.Duration     `env:"DRAIN_TIMEOUT" envDefault:"30s" help:"on SIGTERM, how long calls may go on before sipcar closes"`
 	LogLevel          string            `env:"LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`
 	LogFormat         string            `env:"LOG_FORMAT" envDefault:"text" help:"text or json"`
+
+	MediaKernel mediarelay.KernelMode `env:"MEDIA_KERNEL" envDefault:"auto" help:"auto (hand latched RTP legs to an eBPF program on tc ingress where the kernel and capabilities allow: CAP_BPF, CAP_NET_ADMIN, Linux 6.6; says at start-up why not), on (required) or off (userspace only)"`
 }
 
 const envPrefix = "SIPCAR_"
@@ -385,7 +387,7 @@ func (c config) relayConfig(ctx context.Context, log *slog.Logger) (relay.Config
 		MaxPortsPerSource:    noCap(c.MaxPortsPerSource),
 		MaxBindingsPerSource: noCap(c.MaxBindingsPerSrc),
 	}
-	rc.Media = mediarelay.Config{Mode: c.MediaMode, IdleTimeout: c.MediaIdleTTL, Logger: log,
+	rc.Media = mediarelay.Config{Mode: c.MediaMode, Kernel: c.MediaKernel, IdleTimeout: c.MediaIdleTTL, Logger: log,
 		Sides: mediaSides(in, pub, rc.PublicBind, rc.InsideNets)}
 	if c.ListenTLS.IsValid() {
 		certs, err := newCertReloader(c.TLSCert, c.TLSKey, log)

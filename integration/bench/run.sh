@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Media relay benchmark: sipcar's mediarelay (fan-in and fallback), rtpengine in userspace
-# mode, and a minimal C recvmmsg/sendmmsg forwarder, measured in one run on this machine with
-# cmd/rtpload. Prints one table.
+# Media relay benchmark: sipcar's mediarelay (fan-in and fallback, and with the kernel fast
+# path), rtpengine in userspace mode, a minimal C recvmmsg/sendmmsg forwarder and the kernel's
+# own NAT (nftables DNAT+SNAT with conntrack, the limit), measured in one run on this machine
+# with cmd/rtpload. Prints one table.
 #
 # Topology: two network namespaces made here and removed on exit.
 #   gen   198.18.0.2 (ga0) == in0  198.18.0.1   relay
@@ -15,7 +16,8 @@
 # Usage (root): integration/bench/run.sh [-q]   (-q: short runs, for a smoke test)
 # Environment: CALLS="500 1000 2000" (load points, 50 packets/s per direction per call),
 # SECONDS_PER_RUN=10, SAT_CALLS=500, SAT_SECONDS=3, SAT_RATES="80000 ... max", SAMPLE=4,
-# RELAYS="sipcar-fanin sipcar-fanin-perport sipcar-fallback rtpengine cfwd", REPEAT=2,
+# RELAYS="sipcar-fanin sipcar-kernel kernel-nat sipcar-fanin-perport sipcar-fallback rtpengine
+# cfwd", REPEAT=2,
 # VERBOSE=1, RELAYD_ARGS (more flags for sipcar's relayd, e.g. "-cpuprofile /tmp/relayd.prof"),
 # STEERING=napi|rps.
 set -euo pipefail
@@ -27,12 +29,12 @@ run_secs=${SECONDS_PER_RUN:-10}
 sat_calls=${SAT_CALLS:-500}
 sat_secs=${SAT_SECONDS:-3}
 sample=${SAMPLE:-4} # time every 4th stream; nftables counts the others' arrivals
-relays=${RELAYS:-"sipcar-fanin sipcar-fanin-perport sipcar-fallback rtpengine cfwd"}
+relays=${RELAYS:-"sipcar-fanin sipcar-kernel kernel-nat sipcar-fanin-perport sipcar-fallback rtpengine cfwd"}
 steering=${STEERING:-napi}
 # Saturation: offered rates stepped up (packets/s, both directions together, over SAT_CALLS
 # calls), each on a freshly started relay, timed like the load points; "max" is as fast as
-# the generator can send.
-sat_rates=${SAT_RATES:-"80000 110000 140000 160000 180000 max"}
+# the generator can send. The rates above 200k are for the kernel paths.
+sat_rates=${SAT_RATES:-"80000 110000 140000 160000 180000 250000 350000 max"}
 if [ "${1:-}" = "-q" ]; then
   calls_list=${CALLS:-"500"}; run_secs=${SECONDS_PER_RUN:-2}; sat_secs=2; sat_rates=${SAT_RATES:-"100000 max"}
 fi
@@ -40,10 +42,10 @@ max_calls=0
 for c in $calls_list $sat_calls; do [ "$c" -gt "$max_calls" ] && max_calls=$c; done
 
 [ "$(id -u)" = 0 ] || { echo "run as root (namespaces, nftables, raw sockets)" >&2; exit 1; }
-if ! command -v rtpengine >/dev/null || ! command -v gcc >/dev/null || ! command -v ethtool >/dev/null; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rtpengine-daemon gcc libc6-dev ethtool >&2
+if ! command -v rtpengine >/dev/null || ! command -v gcc >/dev/null || ! command -v ethtool >/dev/null || ! command -v conntrack >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rtpengine-daemon gcc libc6-dev ethtool conntrack >&2
 fi
-for tool in ip nft taskset gcc go ethtool; do
+for tool in ip nft taskset gcc go ethtool conntrack; do
   command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
 done
 
@@ -122,6 +124,30 @@ for ((i = 0; i < max_calls; i++)); do
   echo "198.18.0.2:$((30000 + 2 * i)) 198.18.0.1:$((20000 + 4 * i)) 198.51.100.2:$((40000 + 2 * i)) 198.51.100.1:$((20002 + 4 * i))"
 done >"$static_pairs"
 
+# The kernel's own NAT as a relay: each relay port DNATs to the far peer, and SNAT makes the
+# packet leave from the far leg's relay port (the first packet of a flow; conntrack does the
+# rest, replies included), with forwarding on in the relay namespace only while it runs.
+nat_rules="$work/nat.nft"
+{
+  echo "table ip benchnat {"
+  echo "  map dst { type ipv4_addr . inet_service : ipv4_addr . inet_service; elements = {"
+  awk '{ split($1, a, ":"); split($2, ra, ":"); split($3, b, ":"); split($4, rb, ":")
+         printf "    %s . %s : %s . %s,\n    %s . %s : %s . %s,\n", ra[1], ra[2], b[1], b[2], rb[1], rb[2], a[1], a[2] }' "$static_pairs"
+  echo "  } }"
+  echo "  map src { type ipv4_addr . inet_service : ipv4_addr . inet_service; elements = {"
+  awk '{ split($1, a, ":"); split($2, ra, ":"); split($3, b, ":"); split($4, rb, ":")
+         printf "    %s . %s : %s . %s,\n    %s . %s : %s . %s,\n", b[1], b[2], rb[1], rb[2], a[1], a[2], ra[1], ra[2] }' "$static_pairs"
+  echo "  } }"
+  echo "  chain pre { type nat hook prerouting priority dstnat; policy accept; meta l4proto udp dnat ip to ip daddr . udp dport map @dst; }"
+  echo "  chain post { type nat hook postrouting priority srcnat; policy accept; meta l4proto udp snat ip to ip daddr . udp dport map @src; }"
+  echo "}"
+} >"$nat_rules"
+nat_off() {
+  ip netns exec "$relay" nft delete table ip benchnat 2>/dev/null || true
+  ip netns exec "$relay" sysctl -qw net.ipv4.ip_forward=0
+  ip netns exec "$relay" conntrack -F 2>/dev/null || true # its NAT bindings would outlive the table
+}
+
 # --- measuring ----------------------------------------------------------------------------
 clk_tck=$(getconf CLK_TCK)
 # busy jiffies of CPU 0 (user nice system irq softirq steal): the relay's core, including the
@@ -137,6 +163,13 @@ start_relay() { # name -> sets relay_pid, pairs
     sipcar-fanin) ip netns exec "$relay" nice -n -15 taskset -c 0 "$work/relayd" -pairs "$pairs" -mode fanin ${RELAYD_ARGS:-} 2>"$log" & ;;
     sipcar-fanin-perport) ip netns exec "$relay" nice -n -15 taskset -c 0 "$work/relayd" -pairs "$pairs" -mode fanin-perport ${RELAYD_ARGS:-} 2>"$log" & ;;
     sipcar-fallback) ip netns exec "$relay" nice -n -15 taskset -c 0 "$work/relayd" -pairs "$pairs" -mode fallback ${RELAYD_ARGS:-} 2>"$log" & ;;
+    sipcar-kernel) ip netns exec "$relay" nice -n -15 taskset -c 0 "$work/relayd" -pairs "$pairs" -mode kernel ${RELAYD_ARGS:-} 2>"$log" & ;;
+    kernel-nat)
+      nat_off
+      ip netns exec "$relay" nft -f "$nat_rules"
+      ip netns exec "$relay" sysctl -qw net.ipv4.ip_forward=1
+      # No process forwards: a placeholder stands in for the relay's (its CPU time is nil).
+      ip netns exec "$relay" taskset -c 0 sleep 100000 2>"$log" & ;;
     cfwd) ip netns exec "$relay" nice -n -15 taskset -c 0 "$work/cfwd" "$pairs" 2>"$log" & ;;
     rtpengine)
       ip netns exec "$relay" nice -n -15 taskset -c 0 rtpengine --config-file=none --foreground --log-stderr --log-level=3 \
@@ -147,6 +180,7 @@ start_relay() { # name -> sets relay_pid, pairs
   relay_pid=$!
   local ready="calls"
   [ "$name" = rtpengine ] && ready="" # ngctl's ping waits for it
+  [ "$name" = kernel-nat ] && ready=""
   for _ in $(seq 100); do
     if [ -z "$ready" ] || grep -qs "$ready" "$log"; then break; fi
     kill -0 "$relay_pid" 2>/dev/null || { cat "$log" >&2; exit 1; }
@@ -166,6 +200,7 @@ stop_relay() {
   kill "$relay_pid" 2>/dev/null || true
   wait "$relay_pid" 2>/dev/null || true
   relay_pid=""
+  nat_off
 }
 
 # wait_idle waits until CPU 0 is nearly idle: a relay drains what an overload left queued.

@@ -22,7 +22,7 @@ import (
 
 func main() {
 	pairs := flag.String("pairs", "", "rtpload pairs file (required)")
-	mode := flag.String("mode", "fanin", "fanin, fanin-perport or fallback")
+	mode := flag.String("mode", "fanin", "fanin, fanin-perport, fallback or kernel (fanin, latched legs handed to the kernel)")
 	portMin := flag.Uint("port-min", 20000, "relay port range start")
 	portMax := flag.Uint("port-max", 29999, "relay port range end")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the run to this file")
@@ -56,8 +56,10 @@ func run(pairs, mode string, portMin, portMax uint16) error {
 		cfg.Mode, cfg.FanInSend = mediarelay.ModeFanIn, mediarelay.SendPerPort
 	case "fallback":
 		cfg.Mode = mediarelay.ModeFallback
+	case "kernel":
+		cfg.Mode, cfg.FanInSend, cfg.Kernel = mediarelay.ModeFanIn, mediarelay.SendRaw, mediarelay.KernelOn
 	default:
-		return fmt.Errorf("-mode %q: want fanin, fanin-perport or fallback", mode)
+		return fmt.Errorf("-mode %q: want fanin, fanin-perport, fallback or kernel", mode)
 	}
 	if pairs == "" {
 		return errors.New("-pairs is required")
@@ -108,6 +110,6 @@ func run(pairs, mode string, portMin, portMax uint16) error {
 	defer stop()
 	err = r.Run(ctx)
 	c := r.Counters()
-	fmt.Fprintf(os.Stderr, "relayd: forwarded %d, dropped %v\n", c.Forwarded, c.Dropped)
+	fmt.Fprintf(os.Stderr, "relayd: forwarded %d (kernel %d), dropped %v\n", c.Forwarded, c.Kernel, c.Dropped)
 	return err
 }

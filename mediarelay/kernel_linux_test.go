@@ -1,0 +1,329 @@
+package mediarelay
+
+import (
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/sipcar/sipcar/mediarelay/kernel"
+)
+
+// The kernel path's tests run the relay with KernelOn, a latch window short enough that
+// housekeeping sweeps (and hands legs over) every 50 ms, and check where packets went by the
+// relay's own counters: what userspace read (Counters().Received) and what the kernel forwarded
+// (Counters().Kernel).
+
+var kernelModes = []relayMode{
+	{"fanin-raw", ModeFanIn, SendRaw},
+	{"fallback", ModeFallback, SendRaw},
+}
+
+const kernelLatchWindow = 200 * time.Millisecond
+
+func startKernelRelay(t *testing.T, l *lab, m relayMode, cfg Config) *Relay {
+	t.Helper()
+	cfg.Kernel = KernelOn
+	if cfg.LatchWindow == 0 {
+		cfg.LatchWindow = kernelLatchWindow
+	}
+	r := l.startRelay(t, m, cfg)
+	if on, why := r.KernelPath(); !on {
+		t.Fatalf("kernel path off: %s", why)
+	}
+	return r
+}
+
+// waitRules waits until the kernel holds exactly the rules want names (relay port <- peer), and
+// returns them.
+func waitRules(t *testing.T, r *Relay, want ...[2]netip.AddrPort) map[kernel.Key]kernel.Rule {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		rules, err := r.KernelRules()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got, exp [][2]netip.AddrPort
+		for k := range rules {
+			got = append(got, [2]netip.AddrPort{k.Relay(), k.Peer()})
+		}
+		exp = append(exp, want...)
+		less := func(a, b [2]netip.AddrPort) int {
+			if c := a[0].Compare(b[0]); c != 0 {
+				return c
+			}
+			return a[1].Compare(b[1])
+		}
+		slices.SortFunc(got, less)
+		slices.SortFunc(exp, less)
+		if slices.Equal(got, exp) {
+			return rules
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("kernel rules %v, want %v", got, exp)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func received(r *Relay) uint64 {
+	c := r.Counters()
+	return c.Received[PathFanIn] + c.Received[PathPerPort]
+}
+
+// exchange sends n RTP packets each way and checks each arrives from the relay port of its
+// leg.
+func exchange(t *testing.T, spec StreamSpec, phone, remote *peer, seq0, n int) {
+	t.Helper()
+	for i := range n {
+		out := rtpPacket(uint16(seq0+i), uint32(160*(seq0+i)), 0xa, byte(i))
+		phone.send(spec.A.RTP, out)
+		remote.expect(out, spec.B.RTP)
+		back := rtpPacket(uint16(seq0+i), uint32(160*(seq0+i)), 0xb, byte(i))
+		remote.send(spec.B.RTP, back)
+		phone.expect(back, spec.A.RTP)
+	}
+}
+
+func TestKernelForwardsLatchedLegs(t *testing.T) {
+	for _, m := range kernelModes {
+		for _, f := range families {
+			t.Run(m.name+"/"+f.name, func(t *testing.T) {
+				l := newLab(t)
+				r := startKernelRelay(t, l, m, Config{})
+				spec := pairSpec(f)
+				phone, remote := l.listen(t, l.phone, spec.A.Peer.String()), l.listen(t, l.remote, spec.B.Peer.String())
+				phoneRTCP, remoteRTCP := l.listen(t, l.phone, f.at(f.phone, 30001).String()), l.listen(t, l.remote, f.at(f.remote, 40001).String())
+				s := addStream(t, r, spec)
+
+				// Latching happens in userspace; the next sweep hands both legs over.
+				exchange(t, spec, phone, remote, 0, 2)
+				waitRules(t, r, [2]netip.AddrPort{spec.A.RTP, spec.A.Peer}, [2]netip.AddrPort{spec.B.RTP, spec.B.Peer})
+				before, kernelBefore := received(r), r.Counters().Kernel
+				exchange(t, spec, phone, remote, 2, 50)
+				if got := received(r) - before; got != 0 {
+					t.Errorf("userspace read %d packets after the hand-over, want 0", got)
+				}
+				if got := r.Counters().Kernel - kernelBefore; got != 100 {
+					t.Errorf("the kernel forwarded %d packets, want 100", got)
+				}
+
+				// Counters stay exact across the hand-over: 52 packets of 172 bytes each way.
+				st := s.Stats()
+				for _, c := range []struct {
+					name string
+					got  Counts
+				}{{"A received", st.A.RTP.Counts}, {"B received", st.B.RTP.Counts}, {"A sent", st.A.Sent}, {"B sent", st.B.Sent}} {
+					if c.got != (Counts{Packets: 52, Bytes: 52 * 172}) {
+						t.Errorf("%s %+v, want 52 packets, %d bytes", c.name, c.got, 52*172)
+					}
+				}
+				if !st.A.Kernel || !st.B.Kernel {
+					t.Errorf("Kernel A %v B %v, want both", st.A.Kernel, st.B.Kernel)
+				}
+				if time.Since(st.A.LastPacket) > 5*time.Second || time.Since(st.B.LastPacket) > 5*time.Second {
+					t.Errorf("last packets %v, %v: not from the kernel's counters", st.A.LastPacket, st.B.LastPacket)
+				}
+
+				// RTCP stays in userspace.
+				rr := rtcpPacket(0xa, 1)
+				phoneRTCP.send(spec.A.RTCP, rr)
+				remoteRTCP.expect(rr, spec.B.RTCP)
+				if got := received(r) - before; got != 1 {
+					t.Errorf("userspace read %d packets for one RTCP report, want 1", got)
+				}
+
+				// Anyone else spraying the relay port gets nothing through, and is counted.
+				attacker := l.listen(t, l.phone, f.at(f.phone, 30099).String())
+				for i := range 20 {
+					attacker.send(spec.A.RTP, rtpPacket(uint16(i), 0, 0xbad, 0))
+				}
+				exchange(t, spec, phone, remote, 52, 1) // what arrives next is the phone's
+				// Userspace reads the attacker's packets, and may come to them after the
+				// kernel forwarded the phone's.
+				for deadline := time.Now().Add(5 * time.Second); s.Stats().A.Bleed < 20 && time.Now().Before(deadline); {
+					time.Sleep(10 * time.Millisecond)
+				}
+				if st := s.Stats(); st.A.Bleed != 20 {
+					t.Errorf("bleed %d, want the attacker's 20 packets", st.A.Bleed)
+				}
+
+				// Hold takes the rules away at once; userspace forwards meanwhile.
+				held := spec
+				held.Hold = true
+				if err := r.UpdateStream(s, held); err != nil {
+					t.Fatal(err)
+				}
+				if rules, _ := r.KernelRules(); len(rules) != 0 {
+					t.Fatalf("%d kernel rules right after hold, want none", len(rules))
+				}
+				before = received(r)
+				exchange(t, spec, phone, remote, 53, 2)
+				if got := received(r) - before; got != 4 {
+					t.Errorf("userspace read %d packets on hold, want 4", got)
+				}
+				if err := r.UpdateStream(s, spec); err != nil {
+					t.Fatal(err)
+				}
+				waitRules(t, r, [2]netip.AddrPort{spec.A.RTP, spec.A.Peer}, [2]netip.AddrPort{spec.B.RTP, spec.B.Peer})
+
+				// The end of the stream takes its rules away at once, and counts survive it.
+				r.RemoveStream(s)
+				if rules, _ := r.KernelRules(); len(rules) != 0 {
+					t.Fatalf("%d kernel rules after RemoveStream, want none", len(rules))
+				}
+				if st := s.Stats(); st.A.RTP.Packets != 55 || st.B.Sent.Packets-st.B.SentRTCP.Packets != 55 {
+					t.Errorf("after removal: A received %d, B sent %d RTP; want 55", st.A.RTP.Packets, st.B.Sent.Packets-st.B.SentRTCP.Packets)
+				}
+				time.Sleep(2 * slotGrace)
+				if st := s.Stats(); st.A.RTP.Packets != 55 || st.B.Sent.Packets-st.B.SentRTCP.Packets != 55 {
+					t.Errorf("after the slot was freed: A received %d, B sent %d RTP; want 55", st.A.RTP.Packets, st.B.Sent.Packets-st.B.SentRTCP.Packets)
+				}
+			})
+		}
+	}
+}
+
+// A re-INVITE that moves the phone's media to another port takes the old rule away at once;
+// the new port, once it latched, gets one, and the remote's rule sends there.
+func TestKernelReinviteMovesRule(t *testing.T) {
+	f := families[0]
+	l := newLab(t)
+	r := startKernelRelay(t, l, kernelModes[0], Config{})
+	spec := pairSpec(f)
+	phone, remote := l.listen(t, l.phone, spec.A.Peer.String()), l.listen(t, l.remote, spec.B.Peer.String())
+	s := addStream(t, r, spec)
+	exchange(t, spec, phone, remote, 0, 2)
+	waitRules(t, r, [2]netip.AddrPort{spec.A.RTP, spec.A.Peer}, [2]netip.AddrPort{spec.B.RTP, spec.B.Peer})
+
+	moved := spec
+	moved.A.Peer = f.at(f.phone, 30020)
+	phone2 := l.listen(t, l.phone, moved.A.Peer.String())
+	if err := r.UpdateStream(s, moved); err != nil {
+		t.Fatal(err)
+	}
+	rules, err := r.KernelRules()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, rule := range rules {
+		if k.Peer() == spec.A.Peer {
+			t.Errorf("the old port's rule survived the re-INVITE")
+		}
+		if _, to := rule.Endpoints(k); to == spec.A.Peer {
+			t.Errorf("a rule still sends to the old port")
+		}
+	}
+	exchange(t, moved, phone2, remote, 2, 2)
+	rules = waitRules(t, r, [2]netip.AddrPort{spec.A.RTP, moved.A.Peer}, [2]netip.AddrPort{spec.B.RTP, spec.B.Peer})
+	for k, rule := range rules {
+		if k.Peer() == spec.B.Peer {
+			if _, to := rule.Endpoints(k); to != moved.A.Peer {
+				t.Errorf("the remote's rule sends to %v, want the new port %v", to, moved.A.Peer)
+			}
+		}
+	}
+	before := received(r)
+	exchange(t, moved, phone2, remote, 4, 10)
+	if got := received(r) - before; got != 0 {
+		t.Errorf("userspace read %d packets after the move was handed over, want 0", got)
+	}
+}
+
+// Packets the kernel forwards keep a stream from going idle; once they stop, it does.
+func TestKernelTrafficKeepsStreamAlive(t *testing.T) {
+	const idle = 600 * time.Millisecond
+	f := families[0]
+	l := newLab(t)
+	events := &eventLog{}
+	r := startKernelRelay(t, l, kernelModes[0], Config{IdleTimeout: idle, Events: events})
+	spec := pairSpec(f)
+	phone, remote := l.listen(t, l.phone, spec.A.Peer.String()), l.listen(t, l.remote, spec.B.Peer.String())
+	s := addStream(t, r, spec)
+	exchange(t, spec, phone, remote, 0, 1)
+	waitRules(t, r, [2]netip.AddrPort{spec.A.RTP, spec.A.Peer}, [2]netip.AddrPort{spec.B.RTP, spec.B.Peer})
+	before := received(r)
+	for i := range 30 { // 1.5 s of kernel-only traffic, 2.5 idle timeouts
+		exchange(t, spec, phone, remote, 1+i, 1)
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := received(r) - before; got != 0 {
+		t.Fatalf("userspace read %d packets, want 0 (the test is about the kernel's)", got)
+	}
+	if _, idled := events.snapshot(); len(idled) != 0 {
+		t.Fatalf("idle reported while the kernel forwarded its packets")
+	}
+	deadline := time.Now().Add(5 * idle)
+	for {
+		if _, idled := events.snapshot(); len(idled) == 1 && idled[0] == s {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no idle report after the traffic stopped")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if reports := events.trafficReports(); len(reports) == 0 || reports[len(reports)-1].A.RTP.Packets != 31 {
+		t.Errorf("the last traffic report does not count the kernel's packets: %+v", reports[len(reports)-1].A.RTP)
+	}
+}
+
+// On a muxed leg, the kernel forwards RTP and leaves RTCP to userspace.
+func TestKernelMuxLeavesRTCP(t *testing.T) {
+	f := families[0]
+	l := newLab(t)
+	r := startKernelRelay(t, l, kernelModes[0], Config{})
+	spec := pairSpec(f)
+	spec.A.Mux, spec.B.Mux = true, true
+	phone, remote := l.listen(t, l.phone, spec.A.Peer.String()), l.listen(t, l.remote, spec.B.Peer.String())
+	s := addStream(t, r, spec)
+	exchange(t, spec, phone, remote, 0, 1)
+	waitRules(t, r, [2]netip.AddrPort{spec.A.RTP, spec.A.Peer}, [2]netip.AddrPort{spec.B.RTP, spec.B.Peer})
+	before := received(r)
+	exchange(t, spec, phone, remote, 1, 5)
+	rr := rtcpPacket(0xa, 1)
+	phone.send(spec.A.RTP, rr)
+	remote.expect(rr, spec.B.RTP)
+	if got := received(r) - before; got != 1 {
+		t.Errorf("userspace read %d packets, want the one RTCP report", got)
+	}
+	if st := s.Stats(); st.A.RTCP.Packets != 1 || st.A.RTP.Packets != 6 {
+		t.Errorf("A: %d RTCP, %d RTP; want 1, 6", st.A.RTCP.Packets, st.A.RTP.Packets)
+	}
+}
+
+// Close detaches the program: nothing of sipcar is left on the namespace's interfaces.
+func TestKernelCloseLeavesNothing(t *testing.T) {
+	l := newLab(t)
+	m := kernelModes[0]
+	r := l.newRelay(t, m, Config{Kernel: KernelOn, LatchWindow: kernelLatchWindow})
+	spec := pairSpec(families[0])
+	phone, remote := l.listen(t, l.phone, spec.A.Peer.String()), l.listen(t, l.remote, spec.B.Peer.String())
+	addStream(t, r, spec)
+	go r.Run(t.Context())
+	exchange(t, spec, phone, remote, 0, 1)
+	waitRules(t, r, [2]netip.AddrPort{spec.A.RTP, spec.A.Peer}, [2]netip.AddrPort{spec.B.RTP, spec.B.Peer})
+	attached := func() []string {
+		var names []string
+		var err error
+		in(t, l.sipcar, func() { names, err = kernel.Attachments() })
+		if err != nil {
+			t.Fatal(err)
+		}
+		slices.Sort(names)
+		return names
+	}
+	if got := attached(); !slices.Equal(got, []string{"in0", "out0"}) {
+		t.Fatalf("program attached to %v, want in0 and out0", got)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := attached(); len(got) != 0 {
+		t.Fatalf("program still attached to %v after Close", got)
+	}
+	// The media goes back to userspace's way: no socket now, so nothing arrives, and nothing
+	// is forwarded in the kernel either.
+	phone.send(spec.A.RTP, rtpPacket(9, 0, 0xa, 0))
+}
