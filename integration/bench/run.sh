@@ -102,7 +102,10 @@ napi_thread() { # ns dev cpu
   [ "$(wc -w <<<"$thread")" = 1 ] || { echo "threaded NAPI for $2: no single new napi/ thread ($thread)" >&2; exit 1; }
   taskset -pc "$3" "$thread" >/dev/null
   renice -n -15 -p "$thread" >/dev/null
+  [ "$1" = "$relay" ] && relay_napi+=("$thread")
+  return 0
 }
+relay_napi=() # the NAPI threads of the relay's veths: its receive path, and the kernel relays' all
 case $steering in
   napi)
     napi_thread "$relay" in0 0; napi_thread "$relay" out0 0
@@ -130,16 +133,16 @@ done >"$static_pairs"
 nat_rules="$work/nat.nft"
 {
   echo "table ip benchnat {"
-  echo "  map dst { type ipv4_addr . inet_service : ipv4_addr . inet_service; elements = {"
+  echo "  map peerof { type ipv4_addr . inet_service : ipv4_addr . inet_service; elements = {"
   awk '{ split($1, a, ":"); split($2, ra, ":"); split($3, b, ":"); split($4, rb, ":")
          printf "    %s . %s : %s . %s,\n    %s . %s : %s . %s,\n", ra[1], ra[2], b[1], b[2], rb[1], rb[2], a[1], a[2] }' "$static_pairs"
   echo "  } }"
-  echo "  map src { type ipv4_addr . inet_service : ipv4_addr . inet_service; elements = {"
+  echo "  map portof { type ipv4_addr . inet_service : ipv4_addr . inet_service; elements = {"
   awk '{ split($1, a, ":"); split($2, ra, ":"); split($3, b, ":"); split($4, rb, ":")
          printf "    %s . %s : %s . %s,\n    %s . %s : %s . %s,\n", b[1], b[2], rb[1], rb[2], a[1], a[2], ra[1], ra[2] }' "$static_pairs"
   echo "  } }"
-  echo "  chain pre { type nat hook prerouting priority dstnat; policy accept; meta l4proto udp dnat ip to ip daddr . udp dport map @dst; }"
-  echo "  chain post { type nat hook postrouting priority srcnat; policy accept; meta l4proto udp snat ip to ip daddr . udp dport map @src; }"
+  echo "  chain pre { type nat hook prerouting priority dstnat; policy accept; meta l4proto udp dnat ip to ip daddr . udp dport map @peerof; }"
+  echo "  chain post { type nat hook postrouting priority srcnat; policy accept; meta l4proto udp snat ip to ip daddr . udp dport map @portof; }"
   echo "}"
 } >"$nat_rules"
 nat_off() {
@@ -154,6 +157,15 @@ clk_tck=$(getconf CLK_TCK)
 # kernel's work for its packets (softirq of the veth it sends into).
 cpu0_busy() { awk '$1 == "cpu0" { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
 proc_jiffies() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# relay_ns: nanoseconds on a CPU (schedstat) of the relay process's threads and of the relay
+# side's NAPI threads: everything the relay costs, whatever else runs on its core. For the
+# kernel relays (sipcar-kernel once legs are handed over, kernel-nat) the NAPI threads are
+# where the forwarding happens.
+relay_ns() {
+  local f
+  for f in /proc/"$relay_pid"/task/*/schedstat; do cat "$f" 2>/dev/null; done | awk '{ s += $1 } END { printf "%.0f\n", s }' >"$work/relay_ns"
+  for f in "${relay_napi[@]}"; do cat "/proc/$f/schedstat"; done | awk -v s="$(cat "$work/relay_ns")" '{ s += $1 } END { printf "%.0f\n", s }'
+}
 json_field() { sed -n "s/.*\"$2\":\([-0-9.e+]*\).*/\1/p" <<<"$1"; }
 
 start_relay() { # name -> sets relay_pid, pairs
@@ -229,19 +241,19 @@ load() {
   ip netns exec "$gen" nice -n -15 taskset -c 1 "$work/rtpload" "${args[@]}" >"$work/out.json" 2>"$work/rtpload.log" &
   local lp=$!
   sleep 1.1 # the warm-up
-  local c0 p0 c1 p1
-  c0=$(cpu0_busy); p0=$(proc_jiffies "$relay_pid")
+  local c0 p0 c1 p1 n0 n1
+  c0=$(cpu0_busy); p0=$(proc_jiffies "$relay_pid"); n0=$(relay_ns)
   sleep "$secs"
-  c1=$(cpu0_busy); p1=$(proc_jiffies "$relay_pid")
+  c1=$(cpu0_busy); p1=$(proc_jiffies "$relay_pid"); n1=$(relay_ns)
   wait "$lp" || { cat "$work/rtpload.log" >&2; exit 1; }
   local j
   j=$(cat "$work/out.json")
-  [ -n "${VERBOSE:-}" ] && echo "$name $calls rate=$rate: $j cpu0 $((c1 - c0)) relay $((p1 - p0)) jiffies" >&2
-  awk -v s="$secs" -v c="$((c1 - c0))" -v p="$((p1 - p0))" -v hz="$clk_tck" \
+  [ -n "${VERBOSE:-}" ] && echo "$name $calls rate=$rate: $j cpu0 $((c1 - c0)) relay $((p1 - p0)) jiffies, with NAPI $(((n1 - n0) / 1000000)) ms" >&2
+  awk -v s="$secs" -v c="$((c1 - c0))" -v p="$((p1 - p0))" -v hz="$clk_tck" -v n="$((n1 - n0))" \
     -v pps="$(json_field "$j" received_pps)" -v loss="$(json_field "$j" late_or_lost_percent)" \
     -v p50="$(json_field "$j" p50_us)" -v p99="$(json_field "$j" p99_us)" -v p999="$(json_field "$j" p999_us)" \
     -v sent="$(json_field "$j" sent_pps)" \
-    'BEGIN { r = pps * s; r = r > 0 ? r : 1; printf "%.0f %.3f %.0f %.0f %.0f %.0f %.0f %.0f\n", pps, loss, p50, p99, p999, c / hz * 1e9 / r, p / hz * 1e9 / r, sent }'
+    'BEGIN { r = pps * s; r = r > 0 ? r : 1; printf "%.0f %.3f %.0f %.0f %.0f %.0f %.0f %.0f %.0f\n", pps, loss, p50, p99, p999, c / hz * 1e9 / r, p / hz * 1e9 / r, sent, n / r }'
 }
 
 # better A B KIND: prints the better of two results of load. Saturation ("sat"): the higher
@@ -295,30 +307,31 @@ done
 ontime() { awk -v s="$1" -v l="$2" 'BEGIN { printf "%.0f", s * (100 - l) / 100 }'; } # sent/s loss%
 printf '\nrelay on CPU 0, rtpload on CPU 1 (receive processing: %s); 172-byte RTP, 50 packets/s per direction per call, %ss per point;\n' "$steering" "$run_secs"
 printf 'saturation: %s calls, offered rates stepped up, %ss each; latency and loss from every %sth stream\n' "$sat_calls" "$sat_secs" "$sample"
-printf '%-20s | %10s %9s %9s %7s |' relay "peak pkt/s" "on time" "<=1% loss" "proc ns"
-for c in $calls_list; do printf ' %-58s |' "$c calls: sent/s loss on-time/s p50/p99/p99.9us ns/pkt cpu0/proc"; done
+printf '%-20s | %10s %9s %9s %8s |' relay "peak pkt/s" "on time" "<=1% loss" "relay ns"
+for c in $calls_list; do printf ' %-65s |' "$c calls: sent/s loss on-time/s p50/p99/p99.9us ns/pkt cpu0/proc/relay"; done
 printf '\n'
 for name in $relays; do
   read -r pps _ <<<"${res[$name,sat]}"
-  read -r _ loss _ _ _ _ proc sent <<<"${res[$name,ontime]}"
+  read -r _ loss _ _ _ _ _ sent own <<<"${res[$name,ontime]}"
   ot=$(ontime "$sent" "$loss")
   ot1=0
   if [ -n "${res[$name,sat1]:-}" ]; then
     read -r _ loss _ _ _ _ _ sent <<<"${res[$name,sat1]}"
     ot1=$(ontime "$sent" "$loss")
   fi
-  printf '%-20s | %10s %9s %9s %7s |' "$name" "$pps" "$ot" "$ot1" "$proc"
+  printf '%-20s | %10s %9s %9s %8s |' "$name" "$pps" "$ot" "$ot1" "$own"
   for c in $calls_list; do
-    read -r _ loss p50 p99 p999 cpu0 proc sent <<<"${res[$name,$c]}"
-    printf ' %6s %7s%% %6s %5s/%6s/%6s %6s/%6s |' "$sent" "$loss" "$(ontime "$sent" "$loss")" "$p50" "$p99" "$p999" "$cpu0" "$proc"
+    read -r _ loss p50 p99 p999 cpu0 proc sent own <<<"${res[$name,$c]}"
+    printf ' %6s %7s%% %6s %5s/%6s/%6s %6s/%5s/%5s |' "$sent" "$loss" "$(ontime "$sent" "$loss")" "$p50" "$p99" "$p999" "$cpu0" "$proc" "$own"
   done
   printf '\n'
 done
 printf '\nLoss: of the timed streams, packets lost or later than 200 ms (a jitter buffer drops them).\n'
 printf 'peak pkt/s: the highest rate delivered over the offered rates (%s), however late;\n' "$sat_rates"
 printf 'on time: the most packets/s delivered on time (sent/s less the loss); <=1%% loss: the same among the\n'
-printf 'rates with at most 1%% loss; proc ns: the relay process'"'"'s own CPU time (user+system) per packet\n'
-printf 'delivered, at the on-time peak. Load points: packets/s the generator managed to send (offered:\n'
-printf '100 per call), loss, packets/s on time, latency percentiles (us; 200000 = 200 ms or more),\n'
-printf 'ns/pkt = busy time of CPU 0 (every process on it) / the relay'"'"'s own, per packet delivered.\n'
+printf 'rates with at most 1%% loss; relay ns: the relay'"'"'s CPU time per packet delivered (its process'"'"'s\n'
+printf 'threads and its veths'"'"' NAPI threads, where the kernel relays forward), at the on-time peak. Load\n'
+printf 'points: packets/s the generator managed to send (offered: 100 per call), loss, packets/s on time,\n'
+printf 'latency percentiles (us; 200000 = 200 ms or more), ns/pkt = busy time of CPU 0 (every process on\n'
+printf 'it) / the relay process'"'"'s own (user+system) / the relay'"'"'s (as relay ns), per packet delivered.\n'
 printf 'Best of %s runs per point, relays taking turns.\n' "$repeat"
