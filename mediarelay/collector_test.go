@@ -43,6 +43,10 @@ func TestCollector(t *testing.T) {
 		"sipcar_media_packets_dropped_total/bleed":   3,
 		"sipcar_media_packets_dropped_total/no_peer": 0,
 		"sipcar_media_streams":                       0,
+		// The kernel path is off (KernelOff): nothing goes there.
+		"sipcar_media_kernel_path/off":                0,
+		"sipcar_media_path_streams/kernel":            0,
+		"sipcar_media_kernel_packets_forwarded_total": 0,
 	}
 	for k, v := range want {
 		if g, ok := got[k]; !ok || g != v {

@@ -327,3 +327,39 @@ func TestKernelCloseLeavesNothing(t *testing.T) {
 	// is forwarded in the kernel either.
 	phone.send(spec.A.RTP, rtpPacket(9, 0, 0xa, 0))
 }
+
+// Behind a bridge with br_netfilter on (a Docker host's containers), where fan-in's TPROXY
+// does not reach (the ports' own sockets take the packets in ModeAuto), the kernel path takes
+// the latched legs all the same: the program sits on the bridge's ingress, which packets
+// delivered to the host pass, and sends out of the bridge.
+func TestKernelThroughBridge(t *testing.T) {
+	l := newLab(t)
+	l.bridgeInside(t)
+	run(t, "ip", "-n", l.sipcar, "route", "add", "default", "via", "198.51.100.2")
+	run(t, "ip", "netns", "exec", l.sipcar, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1")
+	r := startKernelRelay(t, l, relayMode{"auto", ModeAuto, SendRaw}, Config{Sides: labSides()})
+	f := families[0]
+	spec := pairSpec(f)
+	phone, remote := l.listen(t, l.phone, spec.A.Peer.String()), l.listen(t, l.remote, spec.B.Peer.String())
+	s := addStream(t, r, spec)
+	exchange(t, spec, phone, remote, 0, 2)
+	waitRules(t, r, [2]netip.AddrPort{spec.A.RTP, spec.A.Peer}, [2]netip.AddrPort{spec.B.RTP, spec.B.Peer})
+	var names []string
+	var err error
+	in(t, l.sipcar, func() { names, err = kernel.Attachments() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(names)
+	if !slices.Equal(names, []string{"br0", "out0"}) {
+		t.Errorf("program attached to %v, want br0 and out0", names)
+	}
+	before := received(r)
+	exchange(t, spec, phone, remote, 2, 20)
+	if got := received(r) - before; got != 0 {
+		t.Errorf("userspace read %d packets after the hand-over, want 0", got)
+	}
+	if st := s.Stats(); st.A.RTP.Packets != 22 || st.B.RTP.Packets != 22 {
+		t.Errorf("received A %d B %d, want 22 each", st.A.RTP.Packets, st.B.RTP.Packets)
+	}
+}

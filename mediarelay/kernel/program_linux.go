@@ -10,7 +10,9 @@ import (
 // packet arriving on an interface it is attached to (tc ingress, before netfilter and routing):
 //
 //  1. Untagged Ethernet, IPv4 without options and not a fragment, or IPv6 whose next header is
-//     UDP, not aggregated by GRO: else the packet goes on as if the program were not there.
+//     UDP, not aggregated by GRO, the UDP length agreeing with the IP length and the packet:
+//     else the packet goes on as if the program were not there (the stack drops what is
+//     malformed, as it would without the program).
 //  2. Look its (destination, source) address and port pair up in the rules map: no rule, go on.
 //     The key holds the source, so a packet from anyone but the latched peer never matches:
 //     userspace gets it, and drops and counts it as RTP bleed.
@@ -24,6 +26,7 @@ import (
 
 // Offsets in struct __sk_buff (include/uapi/linux/bpf.h).
 const (
+	skbLen         = 0
 	skbProtocol    = 16
 	skbVlanPresent = 20
 	skbData        = 76
@@ -53,6 +56,7 @@ const (
 	stPayload = -56 // u64: UDP payload length
 	stSlot    = -64 // u32: the rule's counter slot, the counts map's key
 	stIfindex = -72 // u64: the rule's interface
+	stL3Len   = -80 // u64: what the IP header says follows it
 )
 
 // Offsets in Rule and Counts.
@@ -154,6 +158,10 @@ func instructions(rules, counts *ebpf.Map) asm.Instructions {
 		asm.StoreImm(fp, stKey+36, 4, asm.Byte),
 		asm.Mov.Imm(asm.R3, l4Off4),
 		asm.StoreMem(fp, stL4Off, asm.R3, asm.DWord),
+		asm.LoadMem(asm.R3, data, ethLen+2, asm.Half), // total length
+		asm.HostTo(asm.BE, asm.R3, asm.Half),
+		asm.Sub.Imm(asm.R3, ip4Len),
+		asm.StoreMem(fp, stL3Len, asm.R3, asm.DWord),
 		asm.LoadMem(asm.R2, data, l4Off4+4, asm.Half),
 		asm.Ja.Label("udp"),
 	)
@@ -176,13 +184,23 @@ func instructions(rules, counts *ebpf.Map) asm.Instructions {
 		asm.StoreImm(fp, stKey+36, 6, asm.Byte),
 		asm.Mov.Imm(asm.R3, l4Off6),
 		asm.StoreMem(fp, stL4Off, asm.R3, asm.DWord),
+		asm.LoadMem(asm.R3, data, ethLen+4, asm.Half), // payload length
+		asm.HostTo(asm.BE, asm.R3, asm.Half),
+		asm.StoreMem(fp, stL3Len, asm.R3, asm.DWord),
 		asm.LoadMem(asm.R2, data, l4Off6+4, asm.Half),
 	)
 
-	// R2: the UDP length field. The payload length is what userspace counts.
+	// R2: the UDP length field. It must be what the IP header leaves for UDP, and the packet
+	// must hold it. The payload length is what userspace counts.
 	add(
 		asm.HostTo(asm.BE, asm.R2, asm.Half).WithSymbol("udp"),
 		asm.JLT.Imm(asm.R2, udpLen, "pass"),
+		asm.LoadMem(asm.R3, fp, stL3Len, asm.DWord),
+		asm.JNE.Reg(asm.R2, asm.R3, "pass"),
+		asm.LoadMem(asm.R3, fp, stL4Off, asm.DWord),
+		asm.Add.Reg(asm.R3, asm.R2),
+		asm.LoadMem(asm.R4, ctx, skbLen, asm.Word),
+		asm.JGT.Reg(asm.R3, asm.R4, "pass"),
 		asm.Sub.Imm(asm.R2, udpLen),
 		asm.StoreMem(fp, stPayload, asm.R2, asm.DWord),
 

@@ -229,6 +229,9 @@ func TestProgramLeavesOtherPackets(t *testing.T) {
 		"arp":           mutate(func(p []byte) { p[12], p[13] = 0x08, 0x06 }),
 		"truncated":     good[:14+20+4],
 		"short udp len": mutate(func(p []byte) { p[14+20+4], p[14+20+5] = 0, 7 }),
+		"udp len < ip":  mutate(func(p []byte) { p[14+20+5]-- }),
+		"udp len > ip":  mutate(func(p []byte) { p[14+20+5]++ }),
+		"ip len > pkt":  mutate(func(p []byte) { p[14+3]++; p[14+20+5]++ }),
 	} {
 		if ret, out := run(t, f, pkt); ret != passed || !bytes.Equal(out, pkt) {
 			t.Errorf("%s: returned %d, changed %v; want it passed on unchanged", name, int32(ret), !bytes.Equal(out, pkt))
