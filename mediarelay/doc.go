@@ -41,6 +41,12 @@
 // packets from each relay port's own socket.
 // The benchmark (integration/bench) chose the default.
 //
+// # Kernel fast path
+//
+// With [Config.Kernel], legs latched for good are handed to the kernel (package
+// mediarelay/kernel): an eBPF program on tc ingress forwards their RTP from the latched source
+// and counts it, and everything else still comes here. See [KernelMode].
+//
 // # Latching
 //
 // Each relay port learns its peer (see [LatchLearn], [LatchStrict]); packets to a leg go to

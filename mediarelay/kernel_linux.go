@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -93,9 +94,10 @@ type kernelPath struct {
 	closed    bool
 }
 
-// kernelLeg is the kernel path's state of an endpoint. kernelPath.mu guards it.
+// kernelLeg is the kernel path's state of an endpoint. kernelPath.mu guards it, except kp,
+// which Stats and the idle timer load without the lock to find the lock.
 type kernelLeg struct {
-	kp      *kernelPath // set with the first slot
+	kp      atomic.Pointer[kernelPath] // set with the first slot; nil: never in the kernel
 	slot    uint32
 	hasSlot bool
 	on      bool // a rule is installed: key -> rule
@@ -294,7 +296,8 @@ func (kp *kernelPath) wantLocked(s *Stream, e *endpoint, removed bool) (kernel.K
 		if !ok {
 			return fail(errors.New("no counter slot left"))
 		}
-		k.kp, k.slot, k.hasSlot = kp, slot, true
+		k.kp.Store(kp)
+		k.slot, k.hasSlot = slot, true
 		kp.slotted[e] = struct{}{}
 	}
 	k.failed = ""
@@ -344,7 +347,7 @@ func (kp *kernelPath) freeSlotLocked(e *endpoint, free bool) {
 // installed for it now.
 func (e *endpoint) kernelCounts() (kernel.Counts, bool) {
 	k := &e.kern
-	kp := k.kp
+	kp := k.kp.Load()
 	if kp == nil {
 		return kernel.Counts{}, false
 	}
@@ -400,7 +403,7 @@ func monoToWall(ns uint64) time.Time {
 // kernelActivity returns the packets the kernel forwarded for e: housekeeping's idle timer
 // counts them as activity.
 func (e *endpoint) kernelActivity() uint64 {
-	if e.kern.kp == nil {
+	if e.kern.kp.Load() == nil {
 		return 0
 	}
 	c, _ := e.kernelCounts()
