@@ -127,6 +127,12 @@ type Config struct {
 	// no response at all releases the call's media then.
 	ResponseTimeout time.Duration
 
+	// Capture receives a copy of every SIP message sipcar receives and sends (a HEP exporter);
+	// nil captures nothing. Trace selects the calls whose rewriting is audited at info level and
+	// captured as log records (nil: none; every message is audited at debug level).
+	Capture Capturer
+	Trace   *TraceFilter
+
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 }

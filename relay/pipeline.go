@@ -1,9 +1,7 @@
 package relay
 
 import (
-	"context"
 	"fmt"
-	"log/slog"
 	"net/netip"
 	"strconv"
 	"time"
@@ -90,6 +88,7 @@ func (r *Relay) admit(p *msgPass) bool {
 	}
 	m := &p.m
 	p.callID, p.method, p.isReq = string(m.CallID()), string(m.Method()), m.IsRequest()
+	r.captureSIP(in.src, in.local, in.transport, p.callID, p.raw)
 	p.initial = p.isReq && p.method == "INVITE" && len(m.ToTag()) == 0
 	if p.isReq && p.method != "ACK" && in.conn == nil {
 		p.skey = serverKeyOf(m, in.src)
@@ -98,7 +97,9 @@ func (r *Relay) admit(p *msgPass) bool {
 				// Answered already: the answer again, nothing else.
 				r.metrics.dropped.WithLabelValues("retransmission").Inc()
 				if r.replies.allow(in.src.Addr(), now) || r.isUpstream(in.src) {
-					_ = r.tp.sendUDP(from, in.src, answer)
+					if r.tp.sendUDP(from, in.src, answer) == nil {
+						r.captureSIP(from, in.src, "udp", p.callID, answer)
+					}
 				}
 				return false
 			}
@@ -317,10 +318,8 @@ func (r *Relay) deliver(p *msgPass) {
 		p.sb.SetPeer(p.next)
 		p.sb.Sent(len(p.res.Out), r.m.Now())
 	}
-	if r.log.Enabled(context.Background(), slog.LevelDebug) {
-		r.log.Debug("relayed", "method", p.method, "status", p.m.StatusCode(), "call", p.callID, "src", p.in.src,
-			"at", p.in.local, "from", p.local, "to", p.next, "transport", p.out)
-	}
+	r.captureSIP(p.local, p.next, p.out, p.callID, p.res.Out)
+	r.audit(p)
 }
 
 // sendFailure is what the relay needs to undo a message that could not be sent: the transaction

@@ -201,10 +201,14 @@ func (r *Relay) answerTo(in inbound, req []byte, code int, reason, warning strin
 	}
 	r.metrics.answered.WithLabelValues(strconv.Itoa(code)).Inc()
 	if in.conn != nil {
-		_ = in.conn.enqueue(out, nil)
+		if in.conn.enqueue(out, nil) == nil {
+			r.captureAnswer(in.local, in.src, in.transport, out)
+		}
 		return out
 	}
-	_ = r.tp.sendUDP(in.local, in.src, out)
+	if r.tp.sendUDP(in.local, in.src, out) == nil {
+		r.captureAnswer(in.local, in.src, in.transport, out)
+	}
 	return out
 }
 

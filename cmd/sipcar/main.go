@@ -9,9 +9,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -75,6 +77,14 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	rc.Policy = pol
+	exporter, err := cfg.hepExporter(ctx, log, reg)
+	if err != nil {
+		fmt.Fprintln(stderr, "sipcar:", err)
+		return 2
+	}
+	if exporter != nil {
+		rc.Capture = exporter
+	}
 	r, err := relay.New(rc)
 	if err != nil {
 		fmt.Fprintln(stderr, "sipcar:", err)
@@ -83,6 +93,14 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 
 	relayCtx, stopRelay := context.WithCancel(context.Background())
 	defer stopRelay()
+	if exporter != nil {
+		// The exporter outlives the relay's last message: it stops with the relay's context,
+		// after Run has returned (see below), dropping what is still queued.
+		exportDone := make(chan struct{})
+		defer func() { stopRelay(); <-exportDone }()
+		go func() { defer close(exportDone); _ = exporter.Run(relayCtx) }()
+		log.Info("HEP export", "collector", cfg.HEPAddr.Network+"://"+net.JoinHostPort(cfg.HEPAddr.Host, strconv.Itoa(int(cfg.HEPAddr.Port))), "agent_id", cfg.HEPID)
+	}
 	done := make(chan error, 1)
 	go func() { done <- r.Run(relayCtx) }()
 
