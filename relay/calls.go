@@ -34,6 +34,9 @@ type callTable struct {
 	hairpinOf map[string]hairpinKey
 	// retired is, per media binding, what streams removed from it carried (see observe).
 	retired map[*pinhole.Binding]pinhole.Counters
+	// diag is the doctor's call log: it keeps the last counters of removed streams and when
+	// calls end.
+	diag *callLog
 }
 
 func newCallTable(m *pinhole.Map, media *mediarelay.Relay, log *slog.Logger, hairpin bool,
@@ -68,6 +71,7 @@ type streamKey struct {
 // both sides have spoken. The dialogs of a forked call each have one, sharing the offerer's leg.
 type relayedStream struct {
 	callID  string
+	index   int            // the m= line's position in its SDP
 	offerer pinhole.Side   // the caller's side, whose pair the forks share; 0 when not known
 	legs    [3]*mediaAlloc // by pinhole.Side
 	// answer is the pair reserved with the offer for its answer, while only the offer is known:
@@ -178,6 +182,27 @@ func (ct *callTable) with(callID string, f func(*callState)) {
 	}
 }
 
+// liveStreams returns the spec and current counters of a call's streams that the media relay
+// forwards.
+func (ct *callTable) liveStreams(callID string) []streamNote {
+	ct.mu.Lock()
+	var streams []*relayedStream
+	if c := ct.calls[callID]; c != nil {
+		for _, st := range c.streams {
+			if st.stream != nil {
+				streams = append(streams, st)
+			}
+		}
+	}
+	out := make([]streamNote, len(streams))
+	for i, st := range streams {
+		out[i] = streamNote{index: st.index, spec: st.spec, stats: st.stream.Stats()}
+	}
+	ct.mu.Unlock()
+	sortStreams(out)
+	return out
+}
+
 // count returns how many calls hold media.
 func (ct *callTable) count() int {
 	ct.mu.Lock()
@@ -187,6 +212,7 @@ func (ct *callTable) count() int {
 
 // end releases every pair of a call; the media relay's streams go with them (released).
 func (ct *callTable) end(callID string, reason pinhole.Reason) {
+	ct.diag.callEnded(callID, reason, time.Now())
 	ct.m.ReleaseCall(callID, reason)
 	ct.mu.Lock()
 	c := ct.calls[callID]
@@ -216,7 +242,7 @@ func (ct *callTable) released(b *pinhole.Binding, reason pinhole.Reason) {
 				if l != nil && (l.pair.RTP.Port() == port || l.pair.RTCPPort == port) && l.pair.RTP.Addr() == b.Address().Addr() {
 					if st.stream != nil {
 						gone = append(gone, st.stream)
-						ct.retireLocked(st.stream, st.spec)
+						ct.retireLocked(st.stream, st.spec, st.index)
 					}
 					delete(c.streams, k)
 					break
@@ -226,6 +252,7 @@ func (ct *callTable) released(b *pinhole.Binding, reason pinhole.Reason) {
 		if len(c.streams) == 0 && reason != pinhole.ReasonRenegotiated && reason != pinhole.ReasonForkEnded {
 			delete(ct.calls, b.CallID())
 			ct.forgetPassLocked(b.CallID())
+			ct.diag.callEnded(b.CallID(), reason, time.Now())
 		}
 	}
 	ct.mu.Unlock()

@@ -84,7 +84,7 @@ func (c *callState) streamsFor(callID string, a *mediaAlloc) []*relayedStream {
 	if st != nil {
 		delete(c.streams, streamKey{"", a.part, a.index})
 	} else {
-		st = &relayedStream{callID: callID, offerer: c.caller}
+		st = &relayedStream{callID: callID, offerer: c.caller, index: a.index}
 		for k, o := range c.streams {
 			if k.part == a.part && k.index == a.index && c.caller != 0 {
 				st.legs[c.caller] = o.legs[c.caller] // the offer every fork answers
@@ -144,7 +144,7 @@ func (ct *callTable) wire(st *relayedStream) {
 	if cur != nil && !sameRelayPorts(old, spec) {
 		// The answer took rtcp-mux the offer's early stream could not assume: a new stream.
 		ct.mu.Lock()
-		ct.retireLocked(cur, old)
+		ct.retireLocked(cur, old, st.index)
 		ct.mu.Unlock()
 		ct.media.RemoveStream(cur)
 		cur = nil
@@ -175,8 +175,9 @@ func sameRelayPorts(a, b mediarelay.StreamSpec) bool {
 // retireLocked keeps what a stream that goes carried on those of its bindings that live on (the
 // offer's pair of a forked call when another dialog's stream stays, a pair whose other side was
 // renegotiated), so that their counters keep counting it.
-func (ct *callTable) retireLocked(s *mediarelay.Stream, spec mediarelay.StreamSpec) {
+func (ct *callTable) retireLocked(s *mediarelay.Stream, spec mediarelay.StreamSpec, index int) {
 	stats := s.Stats()
+	ct.diag.streamEnded(s.CallID(), streamNote{index: index, spec: spec, stats: stats})
 	keep := func(b *pinhole.Binding, c pinhole.Counters, _ time.Time, _ netip.AddrPort) {
 		if b.Live() {
 			ct.retired[b] = sumCounters(ct.retired[b], c)

@@ -319,6 +319,7 @@ func (r *Relay) deliver(p *msgPass) {
 		p.sb.Sent(len(p.res.Out), r.m.Now())
 	}
 	r.captureSIP(p.local, p.next, p.out, p.callID, p.res.Out)
+	r.diag.message(p, time.Now())
 	r.audit(p)
 }
 

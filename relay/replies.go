@@ -144,6 +144,7 @@ func (r *Relay) refuse(p *msgPass, err error) {
 		ref = &refusal{metric: "error", code: 500, reason: "Server Internal Error", warning: "sipcar could not forward the request"}
 	}
 	r.metrics.dropped.WithLabelValues(ref.metric).Inc()
+	r.diag.refused(p, ref, time.Now())
 	if ref.metric != "error" && ref.metric != "no-descriptors" {
 		r.logOnce(p.in.src, "message refused", "src", p.in.src, "reason", ref.metric, "err", err)
 	}

@@ -321,6 +321,7 @@ func (r *Relay) runTransactions(ctx context.Context) {
 			return
 		case now := <-t.C:
 			r.absorb.prune(now)
+			r.diag.sweep(now)
 			for _, tx := range r.txs.expired(now) {
 				if tx.initial {
 					r.calls.end(tx.call, pinhole.ReasonRejected)

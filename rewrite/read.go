@@ -71,6 +71,20 @@ func RouteTarget(route []byte) (a netip.AddrPort, lr bool, ok bool) {
 	return a, lr, ok
 }
 
+// ContactAddr returns the address of the first URI of a Contact value, when its host is an IP
+// literal.
+func ContactAddr(contact []byte) (a netip.AddrPort, ok bool) {
+	first := true
+	_ = eachNameAddr(contact, span{0, len(contact)}, hContact, func(na nameAddr) error {
+		if first {
+			a, ok = URIAddr(contact[na.uri.start:na.uri.end])
+		}
+		first = false
+		return nil
+	})
+	return a, ok
+}
+
 // URIAddr returns the host and port of a sip: or sips: URI whose host is an IP literal (the
 // transport's default port when it names none).
 func URIAddr(uri []byte) (netip.AddrPort, bool) {

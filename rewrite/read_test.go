@@ -33,6 +33,12 @@ func TestReaders(t *testing.T) {
 	if _, lr, ok := RouteTarget([]byte("<sip:203.0.113.5:5080;transport=tcp>")); !ok || lr {
 		t.Errorf("strict route read as loose")
 	}
+	if a, ok := ContactAddr([]byte(`"Bob" <sip:bob@10.0.0.5:5070;transport=udp>;expires=60, <sip:bob@203.0.113.9>`)); !ok || a != ap("10.0.0.5:5070") {
+		t.Errorf("ContactAddr = %v %v", a, ok)
+	}
+	if _, ok := ContactAddr([]byte("<sip:bob@phone.example.com>")); ok {
+		t.Errorf("ContactAddr read a host name as an address")
+	}
 	if a, ok := URIAddr([]byte("sips:bob@[2001:db8:c::5]")); !ok || a != ap("[2001:db8:c::5]:5061") {
 		t.Errorf("URIAddr = %v %v", a, ok)
 	}

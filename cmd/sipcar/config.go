@@ -358,7 +358,8 @@ func printHelp(w io.Writer) {
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Commands: sipcar (run), sipcar show servermap|sessions|policy (from a running instance's admin endpoint),")
-	fmt.Fprintln(w, "sipcar healthcheck (exit status 0 when the running instance's /readyz says ready).")
+	fmt.Fprintln(w, "sipcar healthcheck (exit status 0 when the running instance's /readyz says ready),")
+	fmt.Fprintln(w, "sipcar doctor [Call-ID] (why a call in progress or ended in the last hour has no or one-way audio, per leg).")
 }
 
 // relayConfig turns the configuration into the relay's, resolving the upstream's name.

@@ -37,6 +37,8 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 			return show(args[1:], environ, stdout, stderr)
 		case "healthcheck":
 			return healthcheck(args[1:], environ, stdout, stderr)
+		case "doctor":
+			return doctor(args[1:], environ, stdout, stderr)
 		default:
 			fmt.Fprintf(stderr, "sipcar: unknown argument %q (try sipcar -h)\n", args[0])
 			return 2

@@ -1,0 +1,215 @@
+package relay
+
+import (
+	"bytes"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+
+	"github.com/sipcar/sipcar/mediarelay"
+	"github.com/sipcar/sipcar/pinhole"
+	"github.com/sipcar/sipcar/rewrite"
+)
+
+// A call through the loopback relay where only the phone sends media: the doctor names the
+// PBX's leg silent since the answer and the phone's ok, in progress and after the BYE; an INVITE
+// refused for want of ports is diagnosed as such.
+func TestDoctorOneWayAudio(t *testing.T) {
+	b := newLoopbed(t, nil)
+	phone := addrOf(b.phone)
+	phoneRTP := listenRTP(t, "127.0.0.3")
+	pbxRTP := listenRTP(t, "127.0.0.2")
+	b.send(b.phone, b.sip, withBody(fmt.Sprintf("INVITE sip:100@127.0.0.1:%d SIP/2.0\nVia: SIP/2.0/UDP %s;branch=z9hG4bKd1\n"+
+		"From: <sip:200@127.0.0.1>;tag=p1\nTo: <sip:100@127.0.0.1>\nCall-ID: doc1\nCSeq: 1 INVITE\nMax-Forwards: 70\n"+
+		"Contact: <sip:200@%s>\n", b.sip.Port(), phone, phone), sdp("127.0.0.3", int(addrOf(phoneRTP).Port()))))
+	m, src := b.recv(b.pbx)
+	via := m.(*sip.Request).Via().Value()
+	b.send(b.pbx, src, withBody(fmt.Sprintf("SIP/2.0 200 OK\nVia: %s\nFrom: <sip:200@127.0.0.1>;tag=p1\nTo: <sip:100@127.0.0.1>;tag=x1\n"+
+		"Call-ID: doc1\nCSeq: 1 INVITE\nContact: <sip:100@%s>\n", via, addrOf(b.pbx)), sdp("127.0.0.2", int(addrOf(pbxRTP).Port()))))
+	ok, _ := b.recv(b.phone)
+	phoneSideRTP := sdpAddr(t, string(ok.Body()))
+	pkt := append([]byte{0x80, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 7}, bytes.Repeat([]byte{1}, 160)...)
+	for i := range 5 {
+		pkt[3] = byte(i + 1)
+		if _, err := phoneRTP.WriteToUDPAddrPort(pkt, phoneSideRTP); err != nil {
+			t.Fatal(err)
+		}
+	}
+	buf := make([]byte, 2048)
+	for i := range 5 {
+		_ = pbxRTP.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if _, _, err := pbxRTP.ReadFromUDPAddrPort(buf); err != nil {
+			t.Fatalf("the phone's RTP packet %d did not reach the PBX: %v", i+1, err)
+		}
+	}
+	legs := func(d Diagnosis) map[string]LegDiagnosis {
+		m := map[string]LegDiagnosis{}
+		for _, l := range d.Legs {
+			m[l.Side] = l
+		}
+		return m
+	}
+	// The call log notes a message once it is sent: the phone may read the answer first.
+	var ds []Diagnosis
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if ds = b.r.Diagnose("doc1"); len(ds) == 1 && ds[0].State == "in progress" {
+			break
+		}
+	}
+	if len(ds) != 1 || ds[0].State != "in progress" {
+		t.Fatalf("diagnoses %+v", ds)
+	}
+	l := legs(ds[0])
+	if l["inside"].Cause != CauseNoMedia || !strings.Contains(l["inside"].Line, "no RTP from this party") {
+		t.Errorf("inside leg: %+v, want no-media", l["inside"])
+	}
+	if l["outside"].Cause != CauseOK || l["outside"].Party != phone.String() {
+		t.Errorf("outside leg: %+v, want ok from %v", l["outside"], phone)
+	}
+
+	b.send(b.phone, b.sip, fmt.Sprintf("BYE sip:100@127.0.0.1:%d SIP/2.0\nVia: SIP/2.0/UDP %s;branch=z9hG4bKd2\nFrom: <sip:200@127.0.0.1>;tag=p1\n"+
+		"To: <sip:100@127.0.0.1>;tag=x1\nCall-ID: doc1\nCSeq: 2 BYE\nMax-Forwards: 70\nContent-Length: 0\n\n", b.sip.Port(), phone))
+	m, src = b.recv(b.pbx)
+	b.send(b.pbx, src, fmt.Sprintf("SIP/2.0 200 OK\nVia: %s\nFrom: <sip:200@127.0.0.1>;tag=p1\nTo: <sip:100@127.0.0.1>;tag=x1\n"+
+		"Call-ID: doc1\nCSeq: 2 BYE\nContent-Length: 0\n\n", m.(*sip.Request).Via().Value()))
+	b.recv(b.phone)
+	ds = b.r.Diagnose("doc1")
+	if len(ds) != 1 || !strings.HasPrefix(ds[0].State, "ended") || ds[0].Ended == nil {
+		t.Fatalf("after BYE: %+v", ds)
+	}
+	l = legs(ds[0])
+	if l["inside"].Cause != CauseNoMedia || l["outside"].Cause != CauseOK || !strings.Contains(l["outside"].Line, "5 RTP packets") {
+		t.Errorf("ended call: %+v", ds[0].Legs)
+	}
+	var text bytes.Buffer
+	if err := ds[0].WriteText(&text); err != nil || strings.Count(text.String(), "\n") < 3 {
+		t.Errorf("text: %q %v", text.String(), err)
+	}
+}
+
+// Each cause the doctor names, from the evidence that shows it.
+func TestDoctorCauses(t *testing.T) {
+	r := &Relay{cfg: Config{InsideNets: []netip.Prefix{netip.MustParsePrefix("198.18.0.0/24")}}}
+	ap := netip.MustParseAddrPort
+	t0 := time.Date(2026, 12, 5, 10, 0, 0, 0, time.UTC)
+	phone, pbx := ap("203.0.113.7:5060"), ap("198.18.0.10:5060")
+	stream := func(rtp string, dir rewrite.Direction, disp rewrite.Disposition) rewrite.Stream {
+		return rewrite.Stream{Media: "audio", Proto: "RTP/AVP", RTP: ap(rtp), Direction: dir, Disposition: disp}
+	}
+	offer := func(body string, st rewrite.Stream) messageNote {
+		return messageNote{at: t0, from: pinhole.Outside, what: "INVITE", src: phone, via: ap("10.0.0.5:5060"),
+			contact: ap("10.0.0.5:5060"), sdp: []byte(body), streams: []rewrite.Stream{st}}
+	}
+	answer := func(body string, st rewrite.Stream) messageNote {
+		return messageNote{at: t0.Add(time.Second), from: pinhole.Inside, what: "200 INVITE", src: pbx, via: pbx,
+			sdp: []byte(body), streams: []rewrite.Stream{st}}
+	}
+	body := func(addr, proto, fmts string, extra ...string) string {
+		return "v=0\r\no=- 1 1 IN IP4 " + addr + "\r\ns=-\r\nc=IN IP4 " + addr + "\r\nt=0 0\r\nm=audio 4000 " + proto + " " + fmts + "\r\n" +
+			strings.Join(extra, "")
+	}
+	plainOffer := offer(body("10.0.0.5", "RTP/AVP", "0 8 101"), stream("10.0.0.5:4000", rewrite.SendRecv, rewrite.Relayed))
+	plainAnswer := answer(body("198.18.0.10", "RTP/AVP", "0 101"), stream("198.18.0.10:6000", rewrite.SendRecv, rewrite.Relayed))
+	media := func(insidePkts, outsidePkts uint64, outsidePeer string) []streamNote {
+		s := streamNote{spec: mediarelay.StreamSpec{A: mediarelay.LegSpec{RTP: ap("198.18.0.1:20000"), Peer: ap("198.18.0.10:6000")},
+			B: mediarelay.LegSpec{RTP: ap("198.51.100.1:20002"), Peer: ap("10.0.0.5:4000")}}}
+		s.stats.A.RTP.Packets, s.stats.B.RTP.Packets = insidePkts, outsidePkts
+		s.stats.A.LastPacket, s.stats.B.LastPacket = t0.Add(59*time.Second), t0.Add(59*time.Second)
+		if insidePkts > 0 {
+			s.stats.A.Peer = ap("198.18.0.10:6000")
+		}
+		if outsidePeer != "" {
+			s.stats.B.Peer = ap(outsidePeer)
+		}
+		return []streamNote{s}
+	}
+	ended := t0.Add(time.Minute)
+	cases := []struct {
+		name          string
+		rec           callRecord
+		inside, outer string // the cause each leg's line names
+		want          string // text the line names
+	}{
+		{"ok", callRecord{notes: []messageNote{plainOffer, plainAnswer}, streams: media(3000, 3000, "10.0.0.5:4000")},
+			CauseOK, CauseOK, "3000 RTP packets"},
+		{"no media from the phone behind NAT", callRecord{notes: []messageNote{plainOffer, plainAnswer}, streams: media(3000, 0, "")},
+			CauseOK, CauseNoMedia, "through a NAT (Via 10.0.0.5:5060, packets from 203.0.113.7:5060)"},
+		{"media from another address", callRecord{notes: []messageNote{plainOffer, plainAnswer}, streams: media(3000, 3000, "203.0.113.7:31000")},
+			CauseOK, CauseMediaOtherSource, "media comes from 203.0.113.7:31000, not the 10.0.0.5:4000"},
+		{"ports exhausted", callRecord{refusals: []refusalNote{{at: t0, code: 503, metric: "no-ports", warning: "no free relay port"}}},
+			CausePortsExhausted, CausePortsExhausted, "503"},
+		{"codec mismatch", callRecord{notes: []messageNote{plainOffer,
+			answer(body("198.18.0.10", "RTP/AVP", "18"), stream("198.18.0.10:6000", rewrite.SendRecv, rewrite.Relayed))}, streams: media(3000, 3000, "10.0.0.5:4000")},
+			CauseCodecMismatch, CauseCodecMismatch, "payload types 18"},
+		{"SRTP one leg", callRecord{notes: []messageNote{
+			offer(body("10.0.0.5", "RTP/SAVP", "0", "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n"),
+				stream("10.0.0.5:4000", rewrite.SendRecv, rewrite.Relayed)), plainAnswer}, streams: media(3000, 3000, "10.0.0.5:4000")},
+			CauseSRTPOneLeg, CauseSRTPOneLeg, "RTP/SAVP with a=crypto"},
+		{"hold", callRecord{notes: []messageNote{plainOffer,
+			answer(body("198.18.0.10", "RTP/AVP", "0", "a=sendonly\r\n"), stream("198.18.0.10:6000", rewrite.SendOnly, rewrite.Relayed))}, streams: media(3000, 0, "")},
+			CauseHold, CauseHold, "a=sendonly"},
+		{"ALG", callRecord{notes: []messageNote{{at: t0, from: pinhole.Outside, what: "INVITE", src: phone, via: phone, contact: phone,
+			sdp: []byte(body("10.0.0.5", "RTP/AVP", "0 8 101")), streams: []rewrite.Stream{stream("10.0.0.5:4000", rewrite.SendRecv, rewrite.Relayed)}}, plainAnswer},
+			streams: media(3000, 0, "")}, CauseOK, CauseALG, "rewrote the Via of its INVITE to 203.0.113.7:5060"},
+		{"PBX with a wrong external address", callRecord{notes: []messageNote{plainOffer,
+			answer(body("203.0.113.50", "RTP/AVP", "0"), stream("203.0.113.50:6000", rewrite.SendRecv, rewrite.Relayed))}, streams: media(3000, 3000, "10.0.0.5:4000")},
+			CauseWrongSDPAddress, CauseOK, "names media address 203.0.113.50:6000"},
+		{"unanchored private address", callRecord{notes: []messageNote{
+			offer(body("10.0.0.5", "TCP/MSRP", "*"), rewrite.Stream{Media: "message", Proto: "TCP/MSRP", RTP: ap("10.0.0.5:4000"), Disposition: rewrite.NotRelayed}),
+			answer(body("198.18.0.10", "TCP/MSRP", "*"), rewrite.Stream{Media: "message", Proto: "TCP/MSRP", RTP: ap("198.18.0.10:6000"), Disposition: rewrite.NotRelayed})}},
+			CauseOK, CauseUnanchored, "private address 10.0.0.5"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.rec.callID, tc.rec.started, tc.rec.answered, tc.rec.ended, tc.rec.endReason = "c", t0, t0.Add(time.Second), ended, "call ended"
+			if len(tc.rec.refusals) > 0 {
+				tc.rec.answered = time.Time{}
+			}
+			d := r.diagnose(tc.rec, ended)
+			var in, out LegDiagnosis
+			for _, l := range d.Legs {
+				if l.Side == "inside" {
+					in = l
+				} else {
+					out = l
+				}
+			}
+			if in.Cause != tc.inside || out.Cause != tc.outer {
+				t.Fatalf("causes inside %q, outside %q; want %q, %q\n%+v\n%+v", in.Cause, out.Cause, tc.inside, tc.outer, in, out)
+			}
+			if !strings.Contains(in.Line+out.Line, tc.want) {
+				t.Errorf("lines do not say %q:\n%s\n%s", tc.want, in.Line, out.Line)
+			}
+		})
+	}
+}
+
+// The call log forgets ended calls after an hour and beyond its cap, and keeps the rest.
+func TestCallLogForgets(t *testing.T) {
+	l := newCallLog()
+	t0 := time.Now()
+	for i := range callLogEnded + 5 {
+		key := fmt.Sprint("c", i)
+		l.calls[key] = &callRecord{key: key, callID: key, started: t0}
+		l.callEnded(key, pinhole.ReasonCallEnded, t0)
+	}
+	if n := len(l.calls); n != callLogEnded {
+		t.Errorf("%d ended calls kept, want the cap %d", n, callLogEnded)
+	}
+	if len(l.find("c0")) != 0 || len(l.find(fmt.Sprint("c", callLogEnded+4))) != 1 {
+		t.Error("the oldest was kept or the newest forgotten")
+	}
+	l.calls["live"] = &callRecord{key: "live", callID: "live", started: t0}
+	l.sweep(t0.Add(callLogKeep / 2))
+	if n := len(l.calls); n != callLogEnded+1 {
+		t.Errorf("after half an hour: %d calls, want every one", n)
+	}
+	l.sweep(t0.Add(callLogKeep + time.Minute))
+	if n := len(l.calls); n != 0 {
+		t.Errorf("%d calls kept after an hour of nothing", n)
+	}
+}
