@@ -94,9 +94,10 @@ func (r *Relay) admit(p *msgPass) bool {
 		p.skey = serverKeyOf(m, in.src)
 		if answer, from, seen := r.txs.retransmission(p.skey); seen {
 			if answer != nil {
-				// Answered already: the answer again, nothing else.
+				// Answered already: the answer again (within the cap on sipcar's own answers),
+				// nothing else.
 				r.metrics.dropped.WithLabelValues("retransmission").Inc()
-				if r.replies.allow(in.src.Addr(), now) || r.isUpstream(in.src) {
+				if len(answer) > 0 && (r.replies.allow(in.src.Addr(), now) || r.isUpstream(in.src)) {
 					if r.tp.sendUDP(from, in.src, answer) == nil {
 						r.captureSIP(from, in.src, "udp", p.callID, answer)
 					}

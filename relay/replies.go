@@ -177,25 +177,28 @@ func warningText(text string) string {
 }
 
 // answerTo sends sipcar's own response to a request (responses and ACKs get none) with a Warning
-// header's whole value, and returns what it sent (nil: nothing). To a UDP source sipcar knows nothing of, replies are capped per source
-// and in total and never larger than the request (see replyGate).
+// header's whole value, and returns the answer the request has (nil: none), sent or not: to a
+// UDP source sipcar knows nothing of, answers are capped per source and in total and never
+// larger than the request (see replyGate), but a request refused without an answer keeps its
+// answer for its retransmissions all the same, which then get it within the cap and are never
+// screened again. An answer that cannot be smaller than its request is an empty, non-nil slice.
 func (r *Relay) answerTo(in inbound, req []byte, code int, reason, warning string, retryAfter int, to answerTo) []byte {
 	known := to == answerKnownSource || in.conn != nil || r.isUpstream(in.src)
 	now := time.Now()
-	if !known && !r.replies.allow(in.src.Addr(), now) {
-		r.metrics.dropped.WithLabelValues("reply-limit").Inc()
-		return nil
-	}
 	out, ends := r.rep.reply(req, in.src, code, reason, warning, retryAfter, replyFull)
 	for trim := replyNoServer; out != nil && !known && len(out) > len(req); trim++ {
 		if trim > replyBare {
 			r.metrics.dropped.WithLabelValues("reply-size").Inc()
-			return nil
+			return []byte{}
 		}
 		out, ends = r.rep.reply(req, in.src, code, reason, warning, retryAfter, trim)
 	}
 	if out == nil {
 		return nil
+	}
+	if !known && !r.replies.allow(in.src.Addr(), now) {
+		r.metrics.dropped.WithLabelValues("reply-limit").Inc()
+		return out
 	}
 	if ends != nil {
 		r.absorb.add(*ends, now)

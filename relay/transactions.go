@@ -178,15 +178,17 @@ func (ts *transactions) removeLocked(t *clientTx) {
 }
 
 // refused remembers sipcar's own answer to a request that came over UDP, for its
-// retransmissions: they get the same answer, and are neither screened nor counted again.
+// retransmissions: they get the same answer, and are neither screened nor counted again. An empty
+// answer (none can be sent) is remembered too: its retransmissions are absorbed.
 func (ts *transactions) refused(k serverKey, answer []byte, from netip.AddrPort, now time.Time) {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
+	last := append(make([]byte, 0, len(answer)), answer...) // never nil: the request was answered
 	if old := ts.byServer[k]; old != nil {
-		old.last, old.lastFrom = append([]byte(nil), answer...), from
+		old.last, old.lastFrom = last, from
 		return
 	}
-	ts.addLocked(&clientTx{server: k, last: append([]byte(nil), answer...), lastFrom: from, answered: true,
+	ts.addLocked(&clientTx{server: k, last: last, lastFrom: from, answered: true,
 		final: true, deadline: now.Add(txAfterFinal)})
 }
 
