@@ -28,6 +28,10 @@ func TestPolicy(t *testing.T) {
 		t.Parallel()
 		testPolicyRateLimit(t)
 	})
+	t.Run("rate-limit-retransmissions", func(t *testing.T) {
+		t.Parallel()
+		testPolicyRateLimitRetransmit(t)
+	})
 	t.Run("sighup-reload", func(t *testing.T) {
 		t.Parallel()
 		testPolicyReload(t)
