@@ -32,6 +32,10 @@ func TestPolicy(t *testing.T) {
 		t.Parallel()
 		testPolicyRateLimitRetransmit(t)
 	})
+	t.Run("rate-limit-unanswered-retransmissions", func(t *testing.T) {
+		t.Parallel()
+		testPolicyRateLimitUnanswered(t)
+	})
 	t.Run("sighup-reload", func(t *testing.T) {
 		t.Parallel()
 		testPolicyReload(t)

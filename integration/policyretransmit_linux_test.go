@@ -143,3 +143,70 @@ func inviteCopies(pkts []packet) map[string]int {
 func callIDOf(b []byte) string {
 	return strings.TrimSpace(parseLoose(b).value("Call-ID"))
 }
+
+// testPolicyRateLimitUnanswered: a flood of refused INVITEs larger than sipcar's cap on its own
+// answers to one source (SIPCAR_MAX_ERROR_REPLY_RATE, 10/s with a burst of 20 by default), so
+// that some refusals go unanswered, and the phone (a Go peer) then sends each unanswered INVITE
+// again, byte for byte, as a UAC retransmits. A retransmission is no new request: it is not
+// screened a second time, so the refusals sipcar counts stay the distinct INVITEs.
+func testPolicyRateLimitUnanswered(t *testing.T) {
+	const invites = 60
+	rule := "permit src=198.51.100.20/32 method=INVITE rate=1/h burst=1"
+	l := newAttackLab(t, nil, "SIPCAR_POLICY="+rule, "SIPCAR_POLICY_DEFAULT=deny")
+	ep, err := openUDPEndpoint(t, l.phone, netip.AddrPortFrom(phoneAddr, 5072))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs := make(map[string][]byte)
+	for i := range invites {
+		id := fmt.Sprintf("unanswered-%02d", i)
+		msgs[id] = invite(ep, id, 1)
+		if err := ep.send(sipcarListen, msgs[id]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	answered := make(map[string]int)
+	collect := func(quiet time.Duration) {
+		for {
+			m, err := ep.next(quiet, func(m *sipMsg) bool { return m.status() >= 200 && m.cseqMethod() == "INVITE" })
+			if err != nil {
+				return
+			}
+			answered[m.header("Call-ID")] = m.status()
+			if m.status() >= 300 {
+				ackFinal(ep, m)
+			}
+		}
+	}
+	collect(2 * time.Second)
+	var unanswered []string
+	for id := range msgs {
+		if _, ok := answered[id]; !ok {
+			unanswered = append(unanswered, id)
+		}
+	}
+	before := l.sipcar.metrics(t)
+	for _, id := range unanswered {
+		if err := ep.send(sipcarListen, msgs[id]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	collect(2 * time.Second)
+	ms := l.sipcar.metrics(t)
+	p := l.sipcar.policy(t)
+	t.Logf("figure unanswered refusals: %d INVITEs, %d answered at first, %d sent again; dropped{policy} %.0f (%.0f before the retransmissions), "+
+		"{reply-limit} %.0f, {retransmission} %.0f; rule 1: %d hits, %d rate-limited",
+		invites, invites-len(unanswered), len(unanswered), dropped(ms, "policy"), dropped(before, "policy"),
+		dropped(ms, "reply-limit"), dropped(ms, "retransmission"), p.Rules[0].Hits, rateLimited(p.Rules[0]))
+	if len(unanswered) == 0 {
+		t.Fatalf("every one of %d refusals was answered: the flood did not reach sipcar's cap on its answers", invites)
+	}
+	if n := dropped(ms, "policy"); n != invites-1 {
+		t.Errorf(`sipcar_sip_messages_dropped_total{reason="policy"} %.0f after %d INVITEs were sent again; want %d, the distinct INVITEs refused`,
+			n, len(unanswered), invites-1)
+	}
+	if r := p.Rules[0]; r.Hits != invites || rateLimited(r) != invites-1 {
+		t.Errorf("/policy rule 1: %d hits, %d rate-limited; want each INVITE screened once: %d hits, %d rate-limited",
+			r.Hits, rateLimited(r), invites, invites-1)
+	}
+}
