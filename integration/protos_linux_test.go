@@ -59,11 +59,14 @@ func protosCases(t *testing.T) ([]protosCase, string) {
 // per-source caps on bindings, calls and ports, so that each case meets sipcar's handling of its
 // anomaly rather than a cap (every TCP case comes from a port of its own, a binding each); short
 // transaction and signalling lifetimes, so that what a case leaves goes soon; profiles on, for a
-// garbage collection before each measure of the heap; info logs (a case can be 128 KiB).
+// garbage collection before each measure of the heap; info logs (a case can be 128 KiB); a
+// doctor's history (a bounded cache of ended calls) that the first pass fills, so that the
+// second measures leaks rather than the cache filling up.
 var protosEnv = []string{
 	"SIPCAR_MAX_MESSAGE_RATE=0", "SIPCAR_MAX_PREFIX_RATE=-1", "SIPCAR_MAX_ERROR_REPLY_RATE=0",
 	"SIPCAR_MAX_BINDINGS_PER_SOURCE=0", "SIPCAR_MAX_CALLS_PER_SOURCE=-1", "SIPCAR_MAX_PORTS_PER_SOURCE=0",
 	"SIPCAR_TRANSACTION_TIMEOUT=2s", "SIPCAR_SIGNALING_TTL=5s", "SIPCAR_PPROF=true", "SIPCAR_LOG_LEVEL=info",
+	"SIPCAR_CALL_HISTORY=500",
 }
 
 // protosRingFor is how long the PBX lets an INVITE ring that no CANCEL ends.

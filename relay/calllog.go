@@ -18,26 +18,33 @@ import (
 // the media relay's counters of calls in progress when asked.
 
 const (
-	// callLogKeep is how long an ended call stays diagnosable; callLogEnded caps how many do,
-	// callLogLive the calls in progress (and INVITEs not yet answered) it follows.
-	callLogKeep  = time.Hour
-	callLogEnded = 10000
-	callLogLive  = 100000
+	// callLogKeep is how long an ended call stays diagnosable; DefaultCallHistory caps how many
+	// do (Config.CallHistory), callLogLive the calls in progress (and INVITEs not yet answered)
+	// the log follows, callLogBytes the SDP it keeps in all.
+	callLogKeep        = time.Hour
+	DefaultCallHistory = 10000
+	callLogLive        = 100000
+	callLogBytes       = 32 << 20
 	// callNotes caps the messages kept per call: a long call's re-INVITEs keep the latest.
-	callNotes = 24
+	callNotes = 12
 	// maxNoteBody caps the SDP kept of one message.
 	maxNoteBody = 8192
 )
 
 // callLog is the doctor's memory of calls.
 type callLog struct {
+	maxEnded int // ended calls kept; 0 keeps none, and no record is made at all
+
 	mu    sync.Mutex
 	calls map[string]*callRecord // by call key
 	ended []string               // keys of ended calls, oldest first
+	bytes int                    // SDP kept, in all
 	swept time.Time
 }
 
-func newCallLog() *callLog { return &callLog{calls: make(map[string]*callRecord)} }
+func newCallLog(maxEnded int) *callLog {
+	return &callLog{maxEnded: maxEnded, calls: make(map[string]*callRecord)}
+}
 
 // callRecord is what the doctor knows of one call.
 type callRecord struct {
@@ -88,14 +95,20 @@ func (l *callLog) message(p *msgPass, now time.Time) {
 	default:
 		return
 	}
+	if l.maxEnded == 0 {
+		return
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	c := l.calls[p.key]
 	if c == nil || (!c.ended.IsZero() && p.initial) {
-		if !p.initial || len(l.calls) >= callLogLive+callLogEnded {
+		if !p.initial || len(l.calls) >= callLogLive+l.maxEnded {
 			return
 		}
-		c = &callRecord{key: p.key, callID: p.callID, started: now} // replaces an ended call of the key
+		if c != nil {
+			l.bytes -= c.size() // an ended call of the same key, replaced
+		}
+		c = &callRecord{key: p.key, callID: p.callID, started: now}
 		l.calls[p.key] = c
 	}
 	if !p.isReq && string(cseqMethod) == "INVITE" && p.m.StatusCode()/100 == 2 && c.answered.IsZero() {
@@ -117,13 +130,15 @@ func (l *callLog) message(p *msgPass, now time.Time) {
 	}
 	if len(p.res.Streams) > 0 {
 		n.streams = append([]rewrite.Stream(nil), p.res.Streams...)
-		if body := p.m.Body(); len(body) <= maxNoteBody {
+		if body := p.m.Body(); len(body) <= maxNoteBody && l.bytes+len(body) <= callLogBytes {
 			n.sdp = append([]byte(nil), body...)
+			l.bytes += len(n.sdp)
 		}
 		n.sdpParts = p.res.Streams[len(p.res.Streams)-1].Part > 0
 	}
 	if len(c.notes) == callNotes {
 		// Keep the first two (the offer and its answer) and the latest.
+		l.bytes -= len(c.notes[2].sdp)
 		copy(c.notes[2:], c.notes[3:])
 		c.notes = c.notes[:callNotes-1]
 	}
@@ -133,7 +148,7 @@ func (l *callLog) message(p *msgPass, now time.Time) {
 // refused notes sipcar's own answer to a request of a call (an INVITE), making a record for an
 // initial INVITE refused before anything was forwarded.
 func (l *callLog) refused(p *msgPass, ref *refusal, now time.Time) {
-	if !p.isReq || p.method != "INVITE" || p.key == "" && p.callID == "" {
+	if !p.isReq || p.method != "INVITE" || p.key == "" && p.callID == "" || l.maxEnded == 0 {
 		return
 	}
 	key := p.key
@@ -144,7 +159,7 @@ func (l *callLog) refused(p *msgPass, ref *refusal, now time.Time) {
 	defer l.mu.Unlock()
 	c := l.calls[key]
 	if c == nil {
-		if !p.initial || len(l.calls) >= callLogLive+callLogEnded {
+		if !p.initial || len(l.calls) >= callLogLive+l.maxEnded {
 			return
 		}
 		c = &callRecord{key: key, callID: p.callID, started: now}
@@ -188,9 +203,8 @@ func (l *callLog) endLocked(c *callRecord, now time.Time, reason string) {
 	l.pruneLocked(now)
 }
 
-// pruneLocked forgets ended calls older than callLogKeep or beyond callLogEnded, and calls that
-// never ended but saw nothing for callLogKeep (an INVITE that got no final answer through
-// sipcar).
+// pruneLocked forgets ended calls older than callLogKeep, beyond maxEnded or, oldest first,
+// while the SDP kept is over callLogBytes.
 func (l *callLog) pruneLocked(now time.Time) {
 	drop := 0
 	for ; drop < len(l.ended); drop++ {
@@ -199,16 +213,18 @@ func (l *callLog) pruneLocked(now time.Time) {
 		if c == nil || c.ended.IsZero() {
 			continue // replaced by a new call of the same key
 		}
-		if now.Sub(c.ended) < callLogKeep && len(l.ended)-drop <= callLogEnded {
+		if now.Sub(c.ended) < callLogKeep && len(l.ended)-drop <= l.maxEnded && l.bytes <= callLogBytes {
 			break
 		}
+		l.bytes -= c.size()
 		delete(l.calls, key)
 	}
 	l.ended = append(l.ended[:0], l.ended[drop:]...)
 }
 
 // sweep forgets what callLogKeep has passed for; the relay calls it from its housekeeping, and
-// it looks at every call once a minute.
+// once a minute it looks at every call, forgetting those that never ended but saw nothing for
+// callLogKeep (an INVITE that got no final answer through sipcar).
 func (l *callLog) sweep(now time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -219,9 +235,19 @@ func (l *callLog) sweep(now time.Time) {
 	l.swept = now
 	for k, c := range l.calls {
 		if c.ended.IsZero() && now.Sub(c.lastActivity()) > callLogKeep {
+			l.bytes -= c.size()
 			delete(l.calls, k)
 		}
 	}
+}
+
+// size is the SDP the record keeps.
+func (c *callRecord) size() int {
+	n := 0
+	for _, m := range c.notes {
+		n += len(m.sdp)
+	}
+	return n
 }
 
 func (c *callRecord) lastActivity() time.Time {

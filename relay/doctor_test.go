@@ -190,22 +190,22 @@ func TestDoctorCauses(t *testing.T) {
 
 // The call log forgets ended calls after an hour and beyond its cap, and keeps the rest.
 func TestCallLogForgets(t *testing.T) {
-	l := newCallLog()
+	l := newCallLog(DefaultCallHistory)
 	t0 := time.Now()
-	for i := range callLogEnded + 5 {
+	for i := range DefaultCallHistory + 5 {
 		key := fmt.Sprint("c", i)
 		l.calls[key] = &callRecord{key: key, callID: key, started: t0}
 		l.callEnded(key, pinhole.ReasonCallEnded, t0)
 	}
-	if n := len(l.calls); n != callLogEnded {
-		t.Errorf("%d ended calls kept, want the cap %d", n, callLogEnded)
+	if n := len(l.calls); n != DefaultCallHistory {
+		t.Errorf("%d ended calls kept, want the cap %d", n, DefaultCallHistory)
 	}
-	if len(l.find("c0")) != 0 || len(l.find(fmt.Sprint("c", callLogEnded+4))) != 1 {
+	if len(l.find("c0")) != 0 || len(l.find(fmt.Sprint("c", DefaultCallHistory+4))) != 1 {
 		t.Error("the oldest was kept or the newest forgotten")
 	}
 	l.calls["live"] = &callRecord{key: "live", callID: "live", started: t0}
 	l.sweep(t0.Add(callLogKeep / 2))
-	if n := len(l.calls); n != callLogEnded+1 {
+	if n := len(l.calls); n != DefaultCallHistory+1 {
 		t.Errorf("after half an hour: %d calls, want every one", n)
 	}
 	l.sweep(t0.Add(callLogKeep + time.Minute))

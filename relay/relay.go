@@ -54,7 +54,7 @@ func New(cfg Config) (*Relay, error) {
 		return nil, fmt.Errorf("relay config: %w", err)
 	}
 	r := &Relay{cfg: cfg, log: cfg.Logger, nat: newNATState(), txs: newTransactions(cfg.ResponseTimeout),
-		absorb: newOwnAnswers(), replies: newReplyGate(cfg.MaxErrorReplyRate), diag: newCallLog()}
+		absorb: newOwnAnswers(), replies: newReplyGate(cfg.MaxErrorReplyRate), diag: newCallLog(cfg.CallHistory)}
 	r.flood = &floodGate{perAddr: newThrottle(cfg.MaxMessageRate, 2*cfg.MaxMessageRate),
 		perPrefix: newThrottle(cfg.MaxPrefixRate, 2*cfg.MaxPrefixRate), bits4: cfg.RatePrefixV4, bits6: cfg.RatePrefixV6}
 	if cfg.Mode == Upstream {

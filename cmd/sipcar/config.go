@@ -73,6 +73,7 @@ type config struct {
 	HEPAddr           hepCollector      `env:"HEP_ADDR" help:"HEP collector (Homer, heplify-server, Kamailio sipcapture) that gets every SIP message on both sides, RTCP and quality reports: host:port (UDP), udp://host:port or tcp://host:port; empty: no export"`
 	HEPID             uint32            `env:"HEP_ID" envDefault:"2002" help:"the capture agent ID sipcar gives the HEP collector"`
 	HEPPassword       string            `env:"HEP_PASSWORD" help:"the HEP collector's password (capture password), sent in every HEP packet"`
+	CallHistory       int               `env:"CALL_HISTORY" envDefault:"10000" help:"ended calls the doctor keeps (for an hour at most) to say why they had no audio; 0: none"`
 	Trace             traceFilter       `env:"TRACE" help:"calls whose rewriting is audited (each message before and after, every change and why) at info level and to HEP: callid:<Call-ID>|src:<address or CIDR>, '|'-separated"`
 	LogLevel          string            `env:"LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`
 	LogFormat         string            `env:"LOG_FORMAT" envDefault:"text" help:"text or json"`
@@ -387,6 +388,7 @@ func (c config) relayConfig(ctx context.Context, log *slog.Logger) (relay.Config
 	}
 	rc.Mode = c.Mode
 	rc.Trace = c.Trace.TraceFilter
+	rc.CallHistory = noCap(c.CallHistory)
 	if c.Upstream.Host != "" {
 		ip, err := resolve(ctx, c.Upstream.Host)
 		if err != nil {
