@@ -182,6 +182,23 @@ func (ct *callTable) with(callID string, f func(*callState)) {
 	}
 }
 
+// offeredAddr returns the address side's SDP named for a call's stream (part, index), when
+// known: what an answer's pair toward that side takes the family of.
+func (ct *callTable) offeredAddr(callID string, side pinhole.Side, part, index int) netip.Addr {
+	ct.mu.Lock()
+	defer ct.mu.Unlock()
+	c := ct.calls[callID]
+	if c == nil {
+		return netip.Addr{}
+	}
+	for k, st := range c.streams {
+		if k.part == part && k.index == index && st.legs[side] != nil {
+			return st.legs[side].rtp.Addr()
+		}
+	}
+	return netip.Addr{}
+}
+
 // liveStreams returns the spec and current counters of a call's streams that the media relay
 // forwards.
 func (ct *callTable) liveStreams(callID string) []streamNote {

@@ -167,3 +167,45 @@ func TestTraceFilter(t *testing.T) {
 		t.Error("nil filter traced")
 	}
 }
+
+// A phone behind a NAT (its Via and Contact name 10.0.0.5, its packets come from 127.0.0.3)
+// gets its REGISTER's answer with its Via as it wrote it plus received and rport's value, and
+// its Contact as it wrote it (no default port added), so that it recognises both.
+func TestAnswerGivesBackWhatThePhoneWrote(t *testing.T) {
+	b := newLoopbed(t, nil)
+	phone := addrOf(b.phone)
+	b.send(b.phone, b.sip, fmt.Sprintf("REGISTER sip:127.0.0.1:%d SIP/2.0\nVia: SIP/2.0/UDP 10.0.0.5;branch=z9hG4bKnat1;rport\n"+
+		"Via: SIP/2.0/TCP [2001:db8:b::9:255];branch=z9hG4bKlower;received=203.0.113.200\n"+
+		"From: <sip:200@127.0.0.1>;tag=r1\nTo: <sip:200@127.0.0.1>\nCall-ID: natreg\nCSeq: 1 REGISTER\nMax-Forwards: 70\n"+
+		"Contact: <sip:200@10.0.0.5>\nExpires: 60\nContent-Length: 0\n\n", b.sip.Port()))
+	m, src := b.recv(b.pbx)
+	req := m.(*sip.Request)
+	if strings.Contains(req.String(), "10.0.0.5") || strings.Contains(req.String(), "2001:db8") {
+		t.Fatalf("the PBX sees the phone's addresses:\n%s", req)
+	}
+	vias := req.GetHeaders("Via")
+	var viaLines []string
+	for _, v := range vias {
+		viaLines = append(viaLines, "Via: "+v.Value())
+	}
+	b.send(b.pbx, src, fmt.Sprintf("SIP/2.0 200 OK\n%s\nFrom: <sip:200@127.0.0.1>;tag=r1\nTo: <sip:200@127.0.0.1>;tag=x\n"+
+		"Call-ID: natreg\nCSeq: 1 REGISTER\nContact: %s;expires=60\nContent-Length: 0\n\n",
+		strings.Join(viaLines, "\n"), req.Contact().Value()))
+	buf := make([]byte, 4096)
+	_ = b.phone.SetReadDeadline(time.Now().Add(2 * time.Second))
+	n, _, err := b.phone.ReadFromUDPAddrPort(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := string(buf[:n])
+	wantVia := fmt.Sprintf("Via: SIP/2.0/UDP 10.0.0.5;branch=z9hG4bKnat1;rport=%d;received=%s\r\n", phone.Port(), phone.Addr())
+	if !strings.Contains(got, wantVia) {
+		t.Errorf("the phone's Via is not given back as it wrote it, with received and rport:\n%s\nwant %q", got, wantVia)
+	}
+	if !strings.Contains(got, "Via: SIP/2.0/TCP [2001:db8:b::9:255];branch=z9hG4bKlower;received=203.0.113.200\r\n") {
+		t.Errorf("a lower Via is not given back as written:\n%s", got)
+	}
+	if !strings.Contains(got, "Contact: <sip:200@10.0.0.5>;expires=60\r\n") {
+		t.Errorf("the registrar's Contact is not the phone's own:\n%s", got)
+	}
+}

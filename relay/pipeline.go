@@ -230,6 +230,11 @@ func (r *Relay) translate(p *msgPass) bool {
 func (r *Relay) rewriteFor(p *msgPass, out string) error {
 	t := &msgTranslator{r: r, transport: p.in.transport, src: p.in.src, source: r.callSource(p.in.src),
 		callID: p.key, next: p.next, out: out, fork: r.calls.forkOf(p.key, p.from, &p.m)}
+	if !p.isReq {
+		t.requestVias, t.requestSrc = p.tx.vias, p.tx.back
+	}
+	t.register = p.isReq && p.method == "REGISTER"
+	t.registerAnswer = !p.isReq && p.method == "REGISTER"
 	if p.isReq {
 		if via, ok := topViaSentBy(&p.m); ok {
 			t.senderVia = via
@@ -295,13 +300,16 @@ func (r *Relay) deliver(p *msgPass) {
 		answerable: p.isReq && p.method != "ACK"}
 	if f.answerable {
 		tx := clientTx{key: requestKey(&p.m, p.t.viaOut), server: p.skey, back: p.in.src, backTransport: p.in.transport,
-			next: p.next, nextTransport: p.out, call: p.key, initial: p.initial}
+			vias: viaCopies(&p.m), next: p.next, nextTransport: p.out, call: p.key, initial: p.initial}
 		if p.out == "udp" {
 			// Over UDP the next hop may stay silent: the request is kept for sipcar's own 503.
 			tx.in, tx.raw = p.in, p.raw
 		}
 		f.tx, f.fresh = r.txs.record(tx, time.Now())
 	}
+	// The doctor notes the message before it leaves: its answer may come back before send
+	// returns.
+	r.diag.message(p, time.Now())
 	var later func(error)
 	if p.out != "udp" {
 		later = r.failLater(f)
@@ -320,8 +328,22 @@ func (r *Relay) deliver(p *msgPass) {
 		p.sb.Sent(len(p.res.Out), r.m.Now())
 	}
 	r.captureSIP(p.local, p.next, p.out, p.callID, p.res.Out)
-	r.diag.message(p, time.Now())
 	r.audit(p)
+}
+
+// viaCopies copies the via-parms of a request, for its responses (see RestoreVia).
+func viaCopies(m *rewrite.Message) [][]byte {
+	vias := m.ViaParms(make([][]byte, 0, 4))
+	n := 0
+	for _, v := range vias {
+		n += len(v)
+	}
+	buf := make([]byte, 0, n)
+	for i, v := range vias {
+		buf = append(buf, v...)
+		vias[i] = buf[len(buf)-len(v) : len(buf) : len(buf)]
+	}
+	return vias
 }
 
 // sendFailure is what the relay needs to undo a message that could not be sent: the transaction
