@@ -6,6 +6,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/sipcar/sipcar/mediarelay"
 	"github.com/sipcar/sipcar/pinhole"
 	"github.com/sipcar/sipcar/rewrite"
@@ -37,6 +39,8 @@ type callTable struct {
 	// diag is the doctor's call log: it keeps the last counters of removed streams and when
 	// calls end.
 	diag *callLog
+	// calls counts calls by the families of their parties (sipcar_calls_total).
+	callsByFamily *prometheus.CounterVec
 }
 
 func newCallTable(m *pinhole.Map, media *mediarelay.Relay, log *slog.Logger, hairpin bool,
@@ -51,6 +55,7 @@ func newCallTable(m *pinhole.Map, media *mediarelay.Relay, log *slog.Logger, hai
 type callState struct {
 	established bool // a 2xx answered the initial INVITE
 	cancelled   bool // a CANCEL passed
+	counted     bool // in sipcar_calls_total
 	started     time.Time
 	// caller is the side the initial INVITE came from, and callerTag its From tag: the other tag
 	// of a message names the dialog it belongs to, which tells the forks of a call apart.

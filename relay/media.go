@@ -162,7 +162,22 @@ func (ct *callTable) wire(st *relayedStream) {
 	}
 	ct.mu.Lock()
 	st.stream = s
+	count := false
+	if c := ct.calls[st.callID]; c != nil && !c.counted {
+		c.counted, count = true, true
+	}
 	ct.mu.Unlock()
+	if count && ct.callsByFamily != nil {
+		ct.callsByFamily.WithLabelValues(familyName(spec.B.RTP.Addr()), familyName(spec.A.RTP.Addr())).Inc()
+	}
+}
+
+// familyName names an address's IP family as the metrics do.
+func familyName(a netip.Addr) string {
+	if a.Unmap().Is4() {
+		return "ipv4"
+	}
+	return "ipv6"
 }
 
 // sameRelayPorts reports whether two specs use the same relay ports and rtcp-mux, which

@@ -72,7 +72,7 @@ func New(cfg Config) (*Relay, error) {
 		return nil, err
 	}
 	r.calls = newCallTable(r.m, r.media, r.log, r.cfg.Mode == Upstream, r.bindAddr, r.mediaPeer)
-	r.calls.diag = r.diag
+	r.calls.diag, r.calls.callsByFamily = r.diag, r.metrics.calls
 	return r, nil
 }
 
