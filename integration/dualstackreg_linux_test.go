@@ -98,18 +98,30 @@ func testDualStackRegister(t *testing.T, ph, px addrPlan, transport string) {
 		media: callerMedia, sipcar: px.inside, starts: []string{"REGISTER ", "SIP/2.0 180 ", "SIP/2.0 200 "}})
 }
 
-// TestDualStackTLSPhone is TLS across the families, with a registration: a Go phone on IPv6
-// (Debian's sipp has no TLS) registers through sipcar's TLS listener (the IPv6 twin of
-// SIPCAR_LISTEN_TLS=:5061) with kamailio on IPv4 over UDP; the REGISTER kamailio gets has the
-// phone's Contact at sipcar's IPv4 inside binding. A caller on IPv4 (sipp) calls the phone's
-// AOR through kamailio: the INVITE reaches the phone over its own TLS connection with Contact
-// and top Record-Route at sipcar's IPv6 public address on TLS and media offered there; the
-// phone answers and echoes the caller's RTP, which flows both ways (counted at the phone and on
-// both of sipcar's links); the caller's BYE ends the call and no media binding is left. Every
-// address in an address field of what the phone received over TLS is an outside IPv6 one.
+// TestDualStackTLSPhone is TLS in each pairing of families, with a registration: a Go phone
+// (Debian's sipp has no TLS) registers through sipcar's TLS listener (SIPCAR_LISTEN_TLS=:5061,
+// and its IPv6 twin) with kamailio over UDP; the REGISTER kamailio gets has the phone's Contact
+// at sipcar's inside binding of kamailio's family. A caller next to kamailio (sipp) calls the
+// phone's AOR through kamailio: the INVITE reaches the phone over its own TLS connection with
+// Contact and top Record-Route at sipcar's public address of the phone's family on TLS and
+// media offered there; the phone answers and echoes the caller's RTP, which flows both ways
+// (counted at the phone and on both of sipcar's links); the caller's BYE ends the call and no
+// media binding is left. Every address in an address field of what the phone received over TLS
+// is an outside one of its family.
 func TestDualStackTLSPhone(t *testing.T) {
 	t.Parallel()
-	ph, px := plan6, plan4
+	for _, pair := range []struct {
+		name   string
+		ph, px addrPlan
+	}{{"v6-phone-v4-pbx", plan6, plan4}, {"v4-phone-v6-pbx", plan4, plan6}, {"v6-v6", plan6, plan6}, {"v4-v4", plan4, plan4}} {
+		t.Run(pair.name, func(t *testing.T) {
+			t.Parallel()
+			dualStackTLSPhone(t, pair.ph, pair.px)
+		})
+	}
+}
+
+func dualStackTLSPhone(t *testing.T, ph, px addrPlan) {
 	l := newDualStackLab(newTestbed(t))
 	certFile, keyFile, roots := writeCertificate(t, l.workdir("tls"), ph.public)
 	public := l.capture(l.car, "out0", netip.AddrPortFrom(ph.phone, 9))
@@ -121,7 +133,7 @@ func TestDualStackTLSPhone(t *testing.T) {
 
 	tc, err := dialTLS(l.phone, netip.AddrPortFrom(ph.public, 5061), roots)
 	if err != nil {
-		t.Fatalf("TLS to sipcar's IPv6 public address: %v", err)
+		t.Fatalf("TLS to sipcar's public address %v: %v", ph.public, err)
 	}
 	phone := newStreamPeer(t, tc)
 	local := netip.MustParseAddrPort(tc.LocalAddr().String())
@@ -151,7 +163,7 @@ func TestDualStackTLSPhone(t *testing.T) {
 		}
 	}
 	if binding == nil || binding.Faces != "inside" || binding.Address.Addr() != px.inside {
-		t.Fatalf("no sip binding at sipcar's IPv4 inside address %v for the TLS phone %v:\n%v", px.inside, local, m)
+		t.Fatalf("no sip binding at sipcar's inside address %v for the TLS phone %v:\n%v", px.inside, local, m)
 	}
 
 	caller := l.sipp(l.pbx, "caller", sippOpts{scenario: "uac_media.xml", local: px.pbx.String(), port: 5070,
@@ -166,7 +178,7 @@ func TestDualStackTLSPhone(t *testing.T) {
 			t.Errorf("%s URI %q does not keep the phone on TLS (want sips: or ;transport=tls in the URI)", what, uri)
 		}
 		if dst, err := uriAddrAny(uri); err != nil || dst.Addr() != ph.public {
-			t.Errorf("%s %q is not at sipcar's IPv6 public address (%v)", what, uri, err)
+			t.Errorf("%s %q is not at sipcar's public address %v (%v)", what, uri, ph.public, err)
 		}
 	}
 	keepsTLS("the INVITE's Contact", invite.contactURI())
@@ -180,7 +192,7 @@ func TestDualStackTLSPhone(t *testing.T) {
 		t.Fatal(err)
 	}
 	if offered.Addr() != ph.public {
-		t.Errorf("the INVITE offers media at %v; want sipcar's IPv6 public address", offered)
+		t.Errorf("the INVITE offers media at %v; want sipcar's public address %v", offered, ph.public)
 	}
 
 	extra := []string{contact, "Content-Type: application/sdp"}
