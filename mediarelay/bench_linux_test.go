@@ -2,6 +2,7 @@ package mediarelay
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"testing"
@@ -10,8 +11,8 @@ import (
 
 // benchWorker builds a relay's forwarding table with n streams, without sockets, and a worker
 // to run the per-packet path on. It returns the (source, relay address) of each stream's leg A.
-func benchWorker(b *testing.B, n int) (*worker, [][2]netip.AddrPort) {
-	cfg, err := Config{PortMin: 20000, PortMax: 29999, Workers: 1}.withDefaults()
+func benchWorker(b *testing.B, n int, noQuality bool) (*worker, [][2]netip.AddrPort) {
+	cfg, err := Config{PortMin: 20000, PortMax: 29999, Workers: 1, NoQuality: noQuality}.withDefaults()
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -26,6 +27,7 @@ func benchWorker(b *testing.B, n int) (*worker, [][2]netip.AddrPort) {
 				Peer: ap(fmt.Sprintf("198.18.0.2:%d", 30000+2*i))},
 			B: LegSpec{RTP: ap(fmt.Sprintf("198.51.100.1:%d", port+2)), RTCP: ap(fmt.Sprintf("198.51.100.1:%d", port+3)),
 				Peer: ap(fmt.Sprintf("198.51.100.2:%d", 30000+2*i))},
+			PayloadTypes: []PayloadType{{0, "PCMU", 8000}, {101, "telephone-event", 8000}},
 		}
 		for _, a := range []netip.AddrPort{spec.A.RTP, spec.A.RTCP, spec.B.RTP, spec.B.RTCP} {
 			s := &portSocket{fd: -1, idx: r.slot(a), local: a}
@@ -46,24 +48,33 @@ func benchWorker(b *testing.B, n int) (*worker, [][2]netip.AddrPort) {
 
 // BenchmarkPacketPath measures what the relay does per packet between recvmmsg and sendmmsg:
 // table lookup, latching, RTP statistics, queueing, and the raw scheme's UDP header with checksum.
+// quality=off counts packets and bytes only; quality=on reads and tracks the RTP header too
+// (sequence, loss, duplicates, jitter, payload types). Each stream's packets come in sequence,
+// 20 ms apart on the RTP clock.
 func BenchmarkPacketPath(b *testing.B) {
 	for _, streams := range []int{1, 1000} {
-		b.Run(fmt.Sprint("streams=", streams), func(b *testing.B) {
-			w, flows := benchWorker(b, streams)
-			w.stamp()
-			b.ReportAllocs()
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				slot := i % batchSize
-				f := flows[i%len(flows)]
-				w.handle(slot, 172, 0, f[0], f[1])
-				p := &w.pend[w.npnd-1]
-				putUDPHeader(w.rx.slot(slot), int(p.n), &p.out.sock.localSA, &p.dst.dst)
-				if w.npnd == batchSize {
-					w.npnd = 0
+		for _, quality := range []string{"off", "on"} {
+			b.Run(fmt.Sprintf("streams=%d/quality=%s", streams, quality), func(b *testing.B) {
+				w, flows := benchWorker(b, streams, quality == "off")
+				w.stamp()
+				b.ReportAllocs()
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					slot := i % batchSize
+					f := flows[i%len(flows)]
+					seq := uint32(i / len(flows))
+					pkt := w.rx.slot(slot)[headroom:]
+					binary.BigEndian.PutUint16(pkt[2:], uint16(seq))
+					binary.BigEndian.PutUint32(pkt[4:], 160*seq)
+					w.handle(slot, 172, 0, f[0], f[1])
+					p := &w.pend[w.npnd-1]
+					putUDPHeader(w.rx.slot(slot), int(p.n), &p.out.sock.localSA, &p.dst.dst)
+					if w.npnd == batchSize {
+						w.npnd = 0
+					}
 				}
-			}
-		})
+			})
+		}
 	}
 }
 
