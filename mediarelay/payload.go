@@ -42,6 +42,18 @@ var staticPayloads = [35]struct {
 	31: {"H261", 90000}, 32: {"MPV", 90000}, 33: {"MP2T", 90000}, 34: {"H263", 90000},
 }
 
+// staticClock is the clock entry of each static payload type RFC 3551 assigns (0: none). The
+// per-packet path takes it from here, not from the stream's table: a call in G.711 reads no
+// table of its own. An a=rtpmap cannot change a static payload type's clock (RFC 3551 fixes
+// it).
+var staticClock = func() (c [len(staticPayloads)]uint32) {
+	for pt, p := range staticPayloads {
+		c[pt] = p.rate
+	}
+	c[13] |= ptNotCodec
+	return c
+}()
+
 // newPayloadTable builds the table of a stream whose unnamed dynamic payload types run at
 // rate Hz.
 func newPayloadTable(types []PayloadType, rate uint32) *payloadTable {
@@ -54,7 +66,7 @@ func newPayloadTable(types []PayloadType, rate uint32) *payloadTable {
 	}
 	t.clock[13] |= ptNotCodec
 	for _, p := range types {
-		if p.Type > 127 {
+		if p.Type > 127 || (int(p.Type) < len(staticClock) && staticClock[p.Type] != 0) {
 			continue
 		}
 		c := t.clock[p.Type] & ptRateMask

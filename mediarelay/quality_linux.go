@@ -12,6 +12,11 @@ import (
 type workerQuality struct {
 	rtcp *rtcpReader // made at the first RTCP packet
 	ev   RTCPPacket  // what Config.RTCP gets, reused
+	// units is the batch's arrival time (unitsAt, worker.sinceBase) in units of a clock of
+	// unitsRate Hz: the packets of a batch mostly share their clock, so it is computed once.
+	units     uint32
+	unitsRate uint32
+	unitsAt   int64
 }
 
 // rtpPacket analyses an RTP packet (version 2, at least a header long) from e's peer: the
@@ -19,9 +24,17 @@ type workerQuality struct {
 // rtpheader_test.go), and the payload type's clock times the arrival.
 func (w *worker) rtpPacket(e *endpoint, n int, p []byte) {
 	pt := p[1] & 0x7f
-	clock := e.stream.payloads.Load().clock[pt]
+	var clock uint32
+	if int(pt) < len(staticClock) && staticClock[pt] != 0 {
+		clock = staticClock[pt]
+	} else {
+		clock = e.stream.clock[pt].Load()
+	}
+	if rate := clock & ptRateMask; rate != w.q.unitsRate || w.sinceBase != w.q.unitsAt {
+		w.q.units, w.q.unitsRate, w.q.unitsAt = clockUnits(w.sinceBase, rate), rate, w.sinceBase
+	}
 	e.rx.rtpPacket(n, pt, binary.BigEndian.Uint16(p[2:4]), binary.BigEndian.Uint32(p[4:8]), binary.BigEndian.Uint32(p[8:12]),
-		clock, clockUnits(w.sinceBase, clock&ptRateMask), w.nowNs)
+		clock, w.q.units, w.nowNs)
 }
 
 // rtcpPacket reads the report of an RTCP packet from e's peer (src, arriving at dst) and hands

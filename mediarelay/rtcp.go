@@ -1,6 +1,9 @@
 package mediarelay
 
 import (
+	"encoding/json"
+	"errors"
+	"fmt"
 	"net/netip"
 	"sync"
 	"time"
@@ -209,4 +212,81 @@ func (rd *rtcpReader) read(pkt []byte) bool {
 		pkt = pkt[size:]
 	}
 	return false
+}
+
+// RTCPJSON describes a compound RTCP packet as the JSON Homer stores for HEP's RTCP protocol
+// type (5), the shape captagent and heplify write: the first sender or receiver report's
+// sender information, SSRC, type and report blocks, and the SDES SSRC. It allocates: call it
+// off the packet path, on a copy of [RTCPPacket.Data]. A packet with no report that parses is
+// an error.
+func RTCPJSON(pkt []byte) ([]byte, error) {
+	pkts, err := rtcp.Unmarshal(pkt)
+	if err != nil {
+		return nil, fmt.Errorf("rtcp json: %w", err)
+	}
+	var h homerRTCP
+	found := false
+	for _, p := range pkts {
+		switch p := p.(type) {
+		case *rtcp.SenderReport:
+			if !found {
+				found = true
+				h.Type, h.SSRC = uint8(rtcp.TypeSenderReport), p.SSRC
+				h.Sender = homerSenderInfo{NTPSec: uint32(p.NTPTime >> 32), NTPFrac: uint32(p.NTPTime),
+					RTPTimestamp: p.RTPTime, Packets: p.PacketCount, Octets: p.OctetCount}
+				h.Blocks = homerBlocks(p.Reports)
+			}
+		case *rtcp.ReceiverReport:
+			if !found {
+				found = true
+				h.Type, h.SSRC = uint8(rtcp.TypeReceiverReport), p.SSRC
+				h.Blocks = homerBlocks(p.Reports)
+			}
+		case *rtcp.SourceDescription:
+			if len(p.Chunks) > 0 {
+				h.SDESSSRC = p.Chunks[0].Source
+			}
+		}
+	}
+	if !found {
+		return nil, errors.New("rtcp json: no sender or receiver report")
+	}
+	h.ReportCount = uint8(len(h.Blocks))
+	return json.Marshal(h)
+}
+
+type homerRTCP struct {
+	Sender      homerSenderInfo `json:"sender_information"`
+	SSRC        uint32          `json:"ssrc"`
+	Type        uint8           `json:"type"`
+	ReportCount uint8           `json:"report_count"`
+	Blocks      []homerBlock    `json:"report_blocks"`
+	SDESSSRC    uint32          `json:"sdes_ssrc"`
+}
+
+type homerSenderInfo struct {
+	NTPSec       uint32 `json:"ntp_timestamp_sec"`  // the NTP timestamp's most significant word
+	NTPFrac      uint32 `json:"ntp_timestamp_usec"` // its least significant word, as captagent names it
+	RTPTimestamp uint32 `json:"rtp_timestamp"`
+	Packets      uint32 `json:"packets"`
+	Octets       uint32 `json:"octets"`
+}
+
+type homerBlock struct {
+	SourceSSRC   uint32 `json:"source_ssrc"`
+	FractionLost uint8  `json:"fraction_lost"`
+	PacketsLost  uint32 `json:"packets_lost"`
+	HighestSeq   uint32 `json:"highest_seq_no"`
+	Jitter       uint32 `json:"ia_jitter"`
+	LSR          uint32 `json:"lsr"`
+	DLSR         uint32 `json:"dlsr"`
+}
+
+func homerBlocks(rs []rtcp.ReceptionReport) []homerBlock {
+	out := make([]homerBlock, 0, len(rs))
+	for _, r := range rs {
+		out = append(out, homerBlock{SourceSSRC: r.SSRC, FractionLost: r.FractionLost, PacketsLost: r.TotalLost,
+			HighestSeq: r.LastSequenceNumber, Jitter: r.Jitter, LSR: r.LastSenderReport, DLSR: r.Delay})
+	}
+	return out
 }

@@ -150,6 +150,24 @@ func TestRTCPBaresip(t *testing.T) {
 	}
 }
 
+func TestRTCPJSON(t *testing.T) {
+	got, err := RTCPJSON(unhex(t, baresipAliceSR))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"sender_information":{"ntp_timestamp_sec":4005457095,"ntp_timestamp_usec":1717209529,"rtp_timestamp":93349,` +
+		`"packets":250,"octets":40000},"ssrc":3575463461,"type":200,"report_count":1,"report_blocks":[{"source_ssrc":3108887448,` +
+		`"fraction_lost":0,"packets_lost":0,"highest_seq_no":21730,"ia_jitter":63,"lsr":1825006644,"dlsr":524}],"sdes_ssrc":3575463461}`
+	if string(got) != want {
+		t.Errorf("RTCPJSON:\n got %s\nwant %s", got, want)
+	}
+	for _, bad := range []string{baresipBye, baresipPing, "81c8 00ff"} {
+		if _, err := RTCPJSON(unhex(t, bad)); err == nil {
+			t.Errorf("RTCPJSON(%s) gave no error", bad)
+		}
+	}
+}
+
 func TestRTCPReaderAllocatesNothing(t *testing.T) {
 	rd := newRTCPReader()
 	blocks := make([]rtcp.ReceptionReport, maxReportBlocks)
@@ -215,6 +233,7 @@ func FuzzRTCPRead(f *testing.F) {
 	f.Add([]byte{0x80, 0xc8, 0, 0})
 	rd := newRTCPReader()
 	f.Fuzz(func(t *testing.T, pkt []byte) {
+		_, _ = RTCPJSON(pkt)
 		var l rtcpLeg
 		if rd.read(pkt) {
 			if len(rd.blocks) > maxReportBlocks {

@@ -91,26 +91,33 @@ func (c *counter) load() Counts {
 // flow to one socket, a fallback port belongs to one worker), but a peer change can move a
 // flow, so a mutex keeps the sequence and jitter state consistent; it is never contended in
 // the steady state.
+//
+// The fields are laid out for the per-packet path: with quality analysis off it writes the
+// first line (mutex, counts, last); with it on, the next too (sequence, jitter), and the one
+// after that only for what is rare (reordering, a new source).
 type rxStats struct {
-	mu    sync.Mutex // guards the following fields
-	rtp   Counts
-	rtcp  Counts
-	bleed uint64
-	last  int64 // unix nanoseconds
-	seq   seqState
-	// done sums the sequence figures of the SSRCs (and restarts) before the current one.
-	done seqTotals
-	pts  PayloadTypeSet
+	mu   sync.Mutex // guards the following fields
+	rtp  Counts
+	last int64 // unix nanoseconds
+
+	// What every RTP packet reads and writes with quality analysis on: 64 bytes.
+	seq seqState
 	// RFC 3550 A.8: jitter is 16 times the estimate, in units of rate; maxJitter likewise,
 	// and jitterSum the sum of the estimates after each of jitterN packets.
-	jitter, maxJitter uint32
-	jitterSum         uint64
-	jitterN           uint64
-	rate              uint32
-	transit           uint32
-	haveTransit       bool
-	codecPT           uint8
-	haveCodec         bool
+	jitter, transit, rate uint32
+	jitterN, maxJitter    uint32
+	haveTransit           bool
+	haveCodec             bool
+	codecPT               uint8
+	lastPT                uint8 // the payload type of the last packet, plus one (0: none yet)
+	jitterSum             uint64
+
+	rare  seqRare
+	pts   PayloadTypeSet
+	rtcp  Counts
+	bleed uint64
+	// done sums the sequence figures of the SSRCs (and restarts) before the current one.
+	done seqTotals
 }
 
 // Sequence tracking after RFC 3550 A.1.
@@ -119,19 +126,23 @@ const (
 	maxMisorder = 100
 )
 
+// seqState is the sequence state of the current source that every packet needs.
 type seqState struct {
 	init     bool
-	ssrc     uint32
 	maxSeq   uint16
+	ssrc     uint32
 	cycles   uint32
-	baseSeq  int64 // extended
-	badSeq   uint32
 	received uint32 // distinct packets
-	dups     uint32
-	late     uint32
 	// seen has bit i set when sequence number maxSeq-i arrived (i < 128): a packet that
 	// arrives again within that window is a duplicate, one that fills a hole arrived late.
 	seen [2]uint64
+}
+
+// seqRare is the rest of it, which changes only with reordering, duplicates or a new source.
+type seqRare struct {
+	dups, late uint32
+	badSeq     uint32
+	baseSeq    int64 // extended
 }
 
 type seqTotals struct {
@@ -141,17 +152,20 @@ type seqTotals struct {
 // restart starts counting a new source (or the same one after a jump) at seq, adding what
 // the previous one counted to the totals.
 func (s *rxStats) restart(ssrc uint32, seq uint16) {
-	q := &s.seq
-	if q.init {
-		s.done.expected += uint64(q.expected())
-		s.done.received += uint64(q.received)
-		s.done.dups += uint64(q.dups)
-		s.done.late += uint64(q.late)
+	if s.seq.init {
+		s.done.expected += uint64(s.expected())
+		s.done.received += uint64(s.seq.received)
+		s.done.dups += uint64(s.rare.dups)
+		s.done.late += uint64(s.rare.late)
 	}
-	*q = seqState{init: true, ssrc: ssrc, maxSeq: seq, baseSeq: int64(seq), badSeq: 1 << 17, received: 1, seen: [2]uint64{1, 0}}
+	s.seq = seqState{init: true, ssrc: ssrc, maxSeq: seq, received: 1, seen: [2]uint64{1, 0}}
+	s.rare = seqRare{baseSeq: int64(seq), badSeq: 1 << 17}
 }
 
-func (q *seqState) expected() int64 { return int64(q.cycles) + int64(q.maxSeq) - q.baseSeq + 1 }
+// expected is the number of packets the current source's sequence numbers span.
+func (s *rxStats) expected() int64 {
+	return int64(s.seq.cycles) + int64(s.seq.maxSeq) - s.rare.baseSeq + 1
+}
 
 // advance moves the window up by n sequence numbers and marks the new highest as seen.
 func (q *seqState) advance(n uint16) {
@@ -174,7 +188,10 @@ func (s *rxStats) rtpPacket(n int, pt uint8, seq uint16, ts, ssrc, clock, arriva
 	s.rtp.Packets++
 	s.rtp.Bytes += uint64(n)
 	s.last = now
-	s.pts.add(pt)
+	if pt+1 != s.lastPT {
+		s.lastPT = pt + 1
+		s.pts.add(pt)
+	}
 	q := &s.seq
 	dup := false
 	switch {
@@ -184,7 +201,7 @@ func (s *rxStats) rtpPacket(n int, pt uint8, seq uint16, ts, ssrc, clock, arriva
 	default:
 		switch delta := seq - q.maxSeq; {
 		case delta == 0:
-			q.dups++
+			s.rare.dups++
 			dup = true
 		case delta < maxDropout:
 			if seq < q.maxSeq {
@@ -195,8 +212,8 @@ func (s *rxStats) rtpPacket(n int, pt uint8, seq uint16, ts, ssrc, clock, arriva
 			q.received++
 		case delta <= 1<<16-maxMisorder:
 			// A jump too large: the source restarted unless this is the first packet of it.
-			if uint32(seq) != q.badSeq {
-				q.badSeq = uint32(seq+1) & 0xffff
+			if uint32(seq) != s.rare.badSeq {
+				s.rare.badSeq = uint32(seq+1) & 0xffff
 				s.mu.Unlock()
 				return
 			}
@@ -207,7 +224,7 @@ func (s *rxStats) rtpPacket(n int, pt uint8, seq uint16, ts, ssrc, clock, arriva
 			back := q.maxSeq - seq
 			word, bit := back>>6, uint64(1)<<(back&63)
 			if back < 128 && q.seen[word]&bit != 0 {
-				q.dups++
+				s.rare.dups++
 				dup = true
 				break
 			}
@@ -215,9 +232,9 @@ func (s *rxStats) rtpPacket(n int, pt uint8, seq uint16, ts, ssrc, clock, arriva
 				q.seen[word] |= bit
 			}
 			q.received++
-			q.late++
-			if ext := int64(q.cycles) + int64(q.maxSeq) - int64(back); ext < q.baseSeq {
-				q.baseSeq = ext // from before the first packet seen
+			s.rare.late++
+			if ext := int64(q.cycles) + int64(q.maxSeq) - int64(back); ext < s.rare.baseSeq {
+				s.rare.baseSeq = ext // from before the first packet seen
 			}
 		}
 	}
@@ -251,7 +268,9 @@ func (s *rxStats) timePacket(rate, ts, arrival uint32) {
 			d = -d
 		}
 		s.jitter += uint32(d) - ((s.jitter + 8) >> 4)
-		s.maxJitter = max(s.maxJitter, s.jitter)
+		if s.jitter > s.maxJitter {
+			s.maxJitter = s.jitter
+		}
 		s.jitterSum += uint64(s.jitter)
 		s.jitterN++
 	}
@@ -317,10 +336,10 @@ func (s *rxStats) snapshot(into *LegStats, rtcpPort bool, payloads *payloadTable
 	t := s.done
 	if q := &s.seq; q.init {
 		st.SSRC = q.ssrc
-		t.expected += uint64(q.expected())
+		t.expected += uint64(s.expected())
 		t.received += uint64(q.received)
-		t.dups += uint64(q.dups)
-		t.late += uint64(q.late)
+		t.dups += uint64(s.rare.dups)
+		t.late += uint64(s.rare.late)
 	}
 	st.Expected = t.expected
 	st.Lost = int64(t.expected) - int64(t.received)
@@ -330,7 +349,7 @@ func (s *rxStats) snapshot(into *LegStats, rtcpPort bool, payloads *payloadTable
 		st.Jitter = unitsToDuration(s.jitter>>4, s.rate)
 		st.MaxJitter = unitsToDuration(s.maxJitter>>4, s.rate)
 		if s.jitterN > 0 {
-			mean := s.jitterSum / s.jitterN // 16 times, below 2^32: the product fits
+			mean := s.jitterSum / uint64(s.jitterN) // 16 times, below 2^32: the product fits
 			st.MeanJitter = time.Duration(mean * uint64(time.Second) / 16 / uint64(s.rate))
 		}
 	}

@@ -97,6 +97,10 @@ func (s *StreamSpec) leg(l Leg) *LegSpec {
 // Stream is a media stream the relay forwards, from [Relay.AddStream] until
 // [Relay.RemoveStream]. Its methods are safe for concurrent use.
 type Stream struct {
+	// clock is payloadTable.clock of payloads, read per packet: in the stream itself, one
+	// pointer less to follow than the table. Entries change one by one with UpdateStream; a
+	// packet reading one mid-change gets the old clock or the new.
+	clock    [128]atomic.Uint32
 	callID   string
 	eps      [4]*endpoint // epIndex(leg, rtcp); RTCP entries nil on a muxed leg
 	hold     atomic.Bool

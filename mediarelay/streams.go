@@ -274,7 +274,11 @@ func (s *Stream) setPayloads(spec *StreamSpec) {
 	if cur := s.payloads.Load(); cur != nil && cur.rate == spec.ClockRate && slices.Equal(cur.types, spec.PayloadTypes) {
 		return
 	}
-	s.payloads.Store(newPayloadTable(slices.Clone(spec.PayloadTypes), spec.ClockRate))
+	t := newPayloadTable(slices.Clone(spec.PayloadTypes), spec.ClockRate)
+	s.payloads.Store(t)
+	for pt, c := range t.clock {
+		s.clock[pt].Store(c)
+	}
 }
 
 func normalize(spec *StreamSpec) {
