@@ -9,12 +9,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pion/rtcp"
 	"golang.org/x/sys/unix"
 )
 
 // benchWorker builds a relay's forwarding table with n streams, without sockets, and a worker
 // to run the per-packet path on. It returns the (source, relay address) of each stream's leg A.
-func benchWorker(b *testing.B, n int, noQuality bool) (*worker, [][2]netip.AddrPort) {
+func benchWorker(b testing.TB, n int, noQuality bool) (*worker, [][2]netip.AddrPort) {
 	cfg, err := Config{PortMin: 20000, PortMax: 29999, Workers: 1, NoQuality: noQuality}.withDefaults()
 	if err != nil {
 		b.Fatal(err)
@@ -47,6 +48,38 @@ func benchWorker(b *testing.B, n int, noQuality bool) (*worker, [][2]netip.AddrP
 		copy(w.rx.slot(i)[headroom:], rtpPacket(uint16(i), uint32(160*i), 0xa, 0))
 	}
 	return w, flows
+}
+
+// TestPacketPathAllocatesNothing runs RTP and RTCP (a compound SR, a compound RR naming it)
+// through the per-packet path with quality analysis on and a Config.RTCP subscriber: no
+// allocation per packet.
+func TestPacketPathAllocatesNothing(t *testing.T) {
+	w, flows := benchWorker(t, 1, false)
+	var got int
+	w.r.cfg.RTCP = func(p *RTCPPacket) { got += len(p.Data) }
+	w.stamp()
+	s := w.r.Streams()[0]
+	rtcpA, rtcpB := s.eps[epIndex(LegA, true)], s.eps[epIndex(LegB, true)]
+	sr := compound(t, &rtcp.SenderReport{SSRC: 0xb, NTPTime: 1 << 40, Reports: []rtcp.ReceptionReport{{SSRC: 0xa}}}, sdes(0xb))
+	rr := compound(t, &rtcp.ReceiverReport{SSRC: 0xa, Reports: []rtcp.ReceptionReport{{SSRC: 0xb, LastSenderReport: 1 << 24}}}, sdes(0xa))
+	copy(w.rx.slot(1)[headroom:], sr)
+	copy(w.rx.slot(2)[headroom:], rr)
+	seq := uint16(0)
+	run := func() {
+		binary.BigEndian.PutUint16(w.rx.slot(0)[headroom+2:], seq)
+		seq++
+		w.handle(0, 172, 0, flows[0][0], flows[0][1])
+		w.handle(1, len(sr), 0, rtcpB.peer.Load().sdp, rtcpB.local)
+		w.handle(2, len(rr), 0, rtcpA.peer.Load().sdp, rtcpA.local)
+		w.npnd = 0
+	}
+	run() // latches, and makes the worker's RTCP reader
+	if n := testing.AllocsPerRun(1000, run); n != 0 {
+		t.Errorf("%v allocations per RTP packet and two RTCP packets, want 0", n)
+	}
+	if q := s.Quality(); q.A.Remote == nil || q.A.Remote.Reports < 1000 || q.A.Expected < 1000 || got == 0 {
+		t.Errorf("quality %+v, %d RTCP bytes to the subscriber: the packets were not analysed", q.A, got)
+	}
 }
 
 // BenchmarkPacketPath measures what the relay does per packet between recvmmsg and sendmmsg:
