@@ -192,8 +192,8 @@ func (r *Relay) UpdateStream(s *Stream, spec StreamSpec) error {
 }
 
 // RemoveStream stops forwarding the stream; its ports stay reserved until their closers are
-// closed. Removing a stream twice does nothing.
-// The quality of its legs goes to the quality histograms (see [Collector]).
+// closed. The quality of its legs goes to the quality histograms (see [Collector]). Removing a
+// stream twice does nothing.
 func (r *Relay) RemoveStream(s *Stream) {
 	if !r.removeStream(s) {
 		return
@@ -250,8 +250,7 @@ func (s *Stream) Stats() StreamStats {
 			ls.Sent.Bytes += sent.Bytes
 			if rtcp {
 				ls.SentRTCP = sent
-			}
-			if !rtcp {
+			} else {
 				ls.Local = e.local
 			}
 			if p := e.peer.Load(); p.state != latchNone {
