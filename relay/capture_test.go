@@ -133,6 +133,51 @@ func TestCaptureAndAudit(t *testing.T) {
 	}
 }
 
+// A message that reached a listener bound to the wildcard address (sipcar's default, ":5060")
+// is captured as sent to sipcar's advertised address on the sender's side, and sipcar's own
+// answer as coming from it: the collector shows where the message went, not 0.0.0.0.
+func TestCaptureWildcardListener(t *testing.T) {
+	col, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer col.Close()
+	exp, err := hep.New(hep.Config{Collector: addrOf(col)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = exp.Run(ctx) }()
+	b := newLoopbed(t, func(c *Config) {
+		c.Capture = exp
+		c.ListenUDP = netip.AddrPortFrom(netip.IPv4Unspecified(), c.ListenUDP.Port())
+	})
+	sipcar := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), b.sip.Port())
+	phone := addrOf(b.phone)
+	b.send(b.phone, sipcar, "OPTIONS sip:100@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.300:5060;branch=z9hG4bKw\n"+
+		"From: <sip:200@127.0.0.1>;tag=p1\nTo: <sip:100@127.0.0.1>\nCall-ID: wild\nCSeq: 1 OPTIONS\nMax-Forwards: 70\n"+
+		"User-Agent: "+strings.Repeat("x", 300)+"\nContent-Length: 0\n\n")
+	if m, _ := b.recv(b.phone); m.(*sip.Response).StatusCode != 400 {
+		t.Fatalf("want sipcar's 400, got %v", m)
+	}
+	buf := make([]byte, 65535)
+	for _, want := range [][2]netip.AddrPort{{phone, sipcar}, {sipcar, phone}} {
+		_ = col.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, _, err := col.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, _, _, err := hep.Decode(append([]byte(nil), buf[:n]...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.Src != want[0] || p.Dst != want[1] {
+			t.Errorf("captured %v -> %v; want %v -> %v:\n%s", p.Src, p.Dst, want[0], want[1], p.Payload)
+		}
+	}
+}
+
 // A source filter traces every later message of the calls that source took part in, from
 // either side; a Call-ID filter only that call; terms parse with their errors.
 func TestTraceFilter(t *testing.T) {
