@@ -305,6 +305,11 @@ func (r *Relay) deliver(p *msgPass) {
 	if p.out != "udp" {
 		later = r.failLater(f)
 	}
+	// The doctor's call log notes the message before it leaves: once it is sent, its response
+	// may come back and be noted before this goroutine would get to it, and a 200 noted before
+	// its INVITE's record exists is lost (the call would stay "ringing"). A send that fails ends
+	// the call it started (sendFailed), which the log notes too.
+	r.diag.message(p, time.Now())
 	if err := r.tp.send(p.local, p.out, p.next, p.res.Out, later); err != nil {
 		r.sendFailed(f, err)
 		return
@@ -319,7 +324,6 @@ func (r *Relay) deliver(p *msgPass) {
 		p.sb.Sent(len(p.res.Out), r.m.Now())
 	}
 	r.captureSIP(p.local, p.next, p.out, p.callID, p.res.Out)
-	r.diag.message(p, time.Now())
 	r.audit(p)
 }
 
