@@ -160,6 +160,15 @@ func (r *Relay) diagnose(c callRecord, now time.Time) Diagnosis {
 			p.lastSDP = &p.notes[len(p.notes)-1]
 		}
 	}
+	for _, ref := range c.refusals {
+		// A call refused before anything was forwarded: its party is the one sipcar answered.
+		if ref.from != pinhole.Inside && ref.from != pinhole.Outside {
+			continue
+		}
+		if p := parties[ref.from]; !p.signal.IsValid() {
+			p.signal = ref.src
+		}
+	}
 	for _, p := range parties[1:] {
 		if p.lastSDP != nil && p.lastSDP.sdp != nil && !p.lastSDP.sdpParts {
 			var s pionsdp.SessionDescription
@@ -265,7 +274,20 @@ func mlines(n *messageNote) []mline {
 	return out
 }
 
-func (m mline) secure() bool { return strings.Contains(m.proto, "SAVP") || m.crypto }
+// secure says the m= line asks for SRTP: an SRTP profile, or SDES keys (a=crypto) on a plain
+// one.
+func (m mline) secure() bool { return m.srtpProfile() || m.crypto }
+
+func (m mline) srtpProfile() bool { return strings.Contains(m.proto, "SAVP") }
+
+// srtpMismatch says an offer's and an answer's m= line leave one party sending SRTP and the other
+// plain RTP. An offer in an SRTP profile (RTP/SAVP, RTP/SAVPF) admits no plain answer; an answer
+// with SRTP needs an offer of it. An offer of SDES keys in a plain profile (RTP/AVP with
+// a=crypto, the "best effort" SRTP of RFC 4568 section 7.1.1 as Asterisk, FreeSWITCH and many
+// phones send it) answered without keys is plain RTP on both sides: no mismatch.
+func srtpMismatch(offer, answer mline) bool {
+	return offer.srtpProfile() && !answer.secure() || answer.secure() && !offer.secure()
+}
 
 func (m mline) securityText() string {
 	if m.crypto {
@@ -281,7 +303,7 @@ func securityFindings(side pinhole.Side, offer, answer *messageNote) []finding {
 	o, a := mlines(offer), mlines(answer)
 	var fs []finding
 	for i := range min(len(o), len(a)) {
-		if o[i].port == 0 || a[i].port == 0 || o[i].secure() == a[i].secure() {
+		if o[i].port == 0 || a[i].port == 0 || !srtpMismatch(o[i], a[i]) {
 			continue
 		}
 		mine, theirs := o[i], a[i]
@@ -482,11 +504,14 @@ func firstWithVia(p *partyView) *messageNote {
 }
 
 // unroutable reports an address the public internet does not route to its owner: RFC 1918,
-// unique local, shared (CGNAT, RFC 6598), link-local, loopback.
+// unique local, shared (CGNAT, RFC 6598), benchmarking (RFC 2544: IANA lists 198.18.0.0/15 as
+// not globally reachable, and networks do number hosts from it as from private space),
+// link-local, loopback.
 func unroutable(a netip.Addr) bool {
 	a = a.Unmap()
 	shared := netip.PrefixFrom(netip.AddrFrom4([4]byte{100, 64, 0, 0}), 10)
-	return a.IsPrivate() || a.IsLoopback() || a.IsLinkLocalUnicast() || shared.Contains(a)
+	benchmarking := netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, 0, 0}), 15)
+	return a.IsPrivate() || a.IsLoopback() || a.IsLinkLocalUnicast() || shared.Contains(a) || benchmarking.Contains(a)
 }
 
 func clock(t time.Time) string { return t.UTC().Format("15:04:05.000Z") }

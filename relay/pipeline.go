@@ -397,10 +397,13 @@ func (r *Relay) permitted(p *msgPass) bool {
 	}
 	// A denied source is not welcome: 403 without Retry-After. One over its rate may come back:
 	// 503 with Retry-After.
-	code, reason, retry := 403, "Forbidden", 0
+	code, reason, retry, metric := 403, "Forbidden", 0, "policy"
 	if d.RateLimited {
-		code, reason, retry = 503, "Service Unavailable", d.RetryAfterSeconds()
+		code, reason, retry, metric = 503, "Service Unavailable", d.RetryAfterSeconds(), "policy-rate"
 	}
+	// The doctor names the refusal of a call (silent rules stay out of its log: they are for
+	// scanners, whose floods would crowd out the calls it keeps).
+	r.diag.refused(p, &refusal{metric: metric, code: code, reason: reason, warning: warningTextOf(d.Warning)}, time.Now())
 	r.answerRequest(p, code, reason, d.Warning, retry)
 	return false
 }
