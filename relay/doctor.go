@@ -250,8 +250,25 @@ func refusalFindings(c callRecord) []finding {
 type mline struct {
 	proto   string
 	formats []string
+	rtpmap  map[string]string // format -> a=rtpmap's encoding, lower case
 	crypto  bool
 	port    int
+}
+
+// staticCodecs are the static RTP payload types of RFC 3551 an SDP may name without a=rtpmap.
+var staticCodecs = map[string]string{"0": "pcmu/8000", "3": "gsm/8000", "4": "g723/8000", "8": "pcma/8000",
+	"9": "g722/8000", "13": "cn/8000", "18": "g729/8000"}
+
+// codec names format's codec: its a=rtpmap encoding (name/clock rate[/channels], case folded),
+// a static payload type's, or the format itself.
+func (m mline) codec(format string) string {
+	if c, ok := m.rtpmap[format]; ok {
+		return c
+	}
+	if c, ok := staticCodecs[format]; ok {
+		return c
+	}
+	return format
 }
 
 func mlines(n *messageNote) []mline {
@@ -269,7 +286,13 @@ func mlines(n *messageNote) []mline {
 	out := make([]mline, len(s.MediaDescriptions))
 	for i, md := range s.MediaDescriptions {
 		_, crypto := md.Attribute("crypto")
-		out[i] = mline{proto: strings.Join(md.MediaName.Protos, "/"), formats: md.MediaName.Formats, crypto: crypto, port: md.MediaName.Port.Value}
+		out[i] = mline{proto: strings.Join(md.MediaName.Protos, "/"), formats: md.MediaName.Formats, crypto: crypto,
+			port: md.MediaName.Port.Value, rtpmap: map[string]string{}}
+		for _, a := range md.Attributes {
+			if pt, enc, ok := strings.Cut(strings.TrimSpace(a.Value), " "); ok && a.Key == "rtpmap" {
+				out[i].rtpmap[pt] = strings.ToLower(strings.TrimSpace(enc))
+			}
+		}
 	}
 	return out
 }
@@ -330,9 +353,16 @@ func codecFindings(offer, answer *messageNote) []finding {
 		if o[i].port == 0 || a[i].port == 0 || len(o[i].formats) == 0 || len(a[i].formats) == 0 {
 			continue
 		}
+		// A payload type the offer lacks is no mismatch when it names a codec the offer has: RFC
+		// 3264 section 6.1 asks the answer to keep the offer's numbers (SHOULD), but each side
+		// sends with the numbers the other's SDP gave, so a renumbered dynamic type still works.
+		offered := map[string]bool{}
+		for _, f := range o[i].formats {
+			offered[o[i].codec(f)] = true
+		}
 		var foreign []string
 		for _, f := range a[i].formats {
-			if !slices.Contains(o[i].formats, f) {
+			if !slices.Contains(o[i].formats, f) && !offered[a[i].codec(f)] {
 				foreign = append(foreign, f)
 			}
 		}

@@ -144,6 +144,16 @@ func TestDoctorCauses(t *testing.T) {
 		{"codec mismatch", callRecord{notes: []messageNote{plainOffer,
 			answer(body("198.18.0.10", "RTP/AVP", "18"), stream("198.18.0.10:6000", rewrite.SendRecv, rewrite.Relayed))}, streams: media(3000, 3000, "10.0.0.5:4000")},
 			CauseCodecMismatch, CauseCodecMismatch, "payload types 18"},
+		{"telephone-event renumbered", callRecord{notes: []messageNote{
+			offer(body("10.0.0.5", "RTP/AVP", "0 101", "a=rtpmap:101 telephone-event/8000\r\n"), stream("10.0.0.5:4000", rewrite.SendRecv, rewrite.Relayed)),
+			answer(body("198.18.0.10", "RTP/AVP", "0 96", "a=rtpmap:0 PCMU/8000\r\na=rtpmap:96 Telephone-Event/8000\r\n"),
+				stream("198.18.0.10:6000", rewrite.SendRecv, rewrite.Relayed))}, streams: media(3000, 3000, "10.0.0.5:4000")},
+			CauseOK, CauseOK, "3000 RTP packets"},
+		{"a static codec renumbered, another added", callRecord{notes: []messageNote{
+			offer(body("10.0.0.5", "RTP/AVP", "8"), stream("10.0.0.5:4000", rewrite.SendRecv, rewrite.Relayed)),
+			answer(body("198.18.0.10", "RTP/AVP", "97 98", "a=rtpmap:97 PCMA/8000\r\na=rtpmap:98 opus/48000/2\r\n"),
+				stream("198.18.0.10:6000", rewrite.SendRecv, rewrite.Relayed))}, streams: media(3000, 3000, "10.0.0.5:4000")},
+			CauseCodecMismatch, CauseCodecMismatch, "has payload types 98 the offer"},
 		{"SRTP one leg", callRecord{notes: []messageNote{
 			offer(body("10.0.0.5", "RTP/SAVP", "0", "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n"),
 				stream("10.0.0.5:4000", rewrite.SendRecv, rewrite.Relayed)), plainAnswer}, streams: media(3000, 3000, "10.0.0.5:4000")},
