@@ -305,11 +305,14 @@ func (r *Relay) deliver(p *msgPass) {
 	if p.out != "udp" {
 		later = r.failLater(f)
 	}
-	// The doctor's call log notes the message before it leaves: once it is sent, its response
-	// may come back and be noted before this goroutine would get to it, and a 200 noted before
-	// its INVITE's record exists is lost (the call would stay "ringing"). A send that fails ends
-	// the call it started (sendFailed), which the log notes too.
+	// The doctor's call log and the rewrite audit take the message before it leaves: once it is
+	// sent, its response may come back and be handled before this goroutine would get to it. A
+	// 200 noted before its INVITE's record exists is lost (the call would stay "ringing"), and an
+	// answer audited before its INVITE made a traced source's call known (SIPCAR_TRACE=src:) is
+	// not traced. A send that fails ends the call it started (sendFailed), which the log notes
+	// too.
 	r.diag.message(p, time.Now())
+	r.audit(p)
 	if err := r.tp.send(p.local, p.out, p.next, p.res.Out, later); err != nil {
 		r.sendFailed(f, err)
 		return
@@ -324,7 +327,6 @@ func (r *Relay) deliver(p *msgPass) {
 		p.sb.Sent(len(p.res.Out), r.m.Now())
 	}
 	r.captureSIP(p.local, p.next, p.out, p.callID, p.res.Out)
-	r.audit(p)
 }
 
 // sendFailure is what the relay needs to undo a message that could not be sent: the transaction
