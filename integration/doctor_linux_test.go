@@ -49,10 +49,9 @@ const rtpPackets = 500
 
 // doctorCall is a call through the upstream lab with a generated caller and callee.
 type doctorCall struct {
-	uac       uacScenario
-	uas       uasScenario
-	pbxEcho   bool // the PBX echoes the caller's RTP
-	sipcarEnv []string
+	uac     uacScenario
+	uas     uasScenario
+	pbxEcho bool // the PBX echoes the caller's RTP
 }
 
 // run places the call and waits until both ends completed it and sipcar released its media.
@@ -66,7 +65,7 @@ func (c doctorCall) run(t *testing.T, l *upstreamLab) *sipcarProc {
 	}
 	pbx := l.uas(l.pbx, "pbx", c.uas, sippOpts{local: pbxAddr.String(), echo: c.pbxEcho})
 	l.waitListening(l.pbx, "udp", 5060)
-	car := l.startSipcar(l.car, l.sipcarEnv("udp", c.sipcarEnv...)...)
+	car := l.startSipcar(l.car, l.sipcarEnv("udp")...)
 	phone := l.uac(l.phone, "phone", c.uac, sippOpts{local: phoneAddr.String(), remote: publicAddr.String() + ":5060"})
 	phone.succeeded(t, 60*time.Second, 1)
 	pbx.succeeded(t, 10*time.Second, 1)
@@ -80,7 +79,7 @@ func (c doctorCall) run(t *testing.T, l *upstreamLab) *sipcarProc {
 // progress.
 func testDoctorPortsExhausted(t *testing.T) {
 	l := newUpstreamLab(newTestbed(t))
-	l.writeLongRTPPcap("phone-1", rtpPackets)
+	l.writeLongRTPPcap("phone-1", 3000) // a minute: it sends until the test ends the call
 	pbx := l.uas(l.pbx, "pbx", uasScenario{answer: pcmaAnswer}, sippOpts{local: pbxAddr.String(), echo: true})
 	l.waitListening(l.pbx, "udp", 5060)
 	car := l.startSipcar(l.car, l.sipcarEnv("udp", "SIPCAR_RTP_PORTS=20000-20003")...)

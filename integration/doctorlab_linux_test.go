@@ -1,10 +1,12 @@
 package integration
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/netip"
 	"net/url"
+	"os/exec"
 	"regexp"
 	"strings"
 	"testing"
@@ -99,7 +101,9 @@ func (s *sipcarProc) waitEnded(t testing.TB, callID string) diagnosis {
 // would (the admin endpoint at its default address), and returns what it printed.
 func (s *sipcarProc) doctorCLI(t testing.TB, args ...string) string {
 	t.Helper()
-	cmd := s.ns.command(append([]string{suite.sipcar, "doctor"}, args...)...)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", s.ns.name, suite.sipcar, "doctor"}, args...)...)
 	cmd.Env = cleanEnviron()
 	out, err := cmd.CombinedOutput()
 	if err != nil {
