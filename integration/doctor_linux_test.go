@@ -219,7 +219,8 @@ func testDoctorWrongSDPAddress(t *testing.T) {
 	checkLeg(t, d, "inside", "wrong-sdp-address", "names media address 203.0.113.50:6000", "outside SIPCAR_INSIDE_NETS",
 		"not its signalling address 198.18.0.10")
 	// Its media came from its own address: sipcar learned it.
-	checkAlso(t, d, "inside", "media-from-other-address", "media comes from 198.18.0.10:6000, not the 203.0.113.50:6000")
+	checkAlso(t, d, "inside", "media-from-other-address", "media comes from 198.18.0.10:6000, not the 203.0.113.50:6000",
+		"the party sends from another address than its SDP names")
 	checkLeg(t, d, "outside", "ok", "RTP packets")
 	checkCLILeg(t, car, d, "inside", "names media address 203.0.113.50:6000")
 }

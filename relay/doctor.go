@@ -485,8 +485,14 @@ func mediaFindings(c callRecord, p *partyView, streams []streamNote, at time.Tim
 			fs = append(fs, finding{CauseNoMedia, fmt.Sprintf("no RTP from this party since %s (%s before %s), after %d packets%s",
 				clock(leg.LastPacket), at.Sub(leg.LastPacket).Round(time.Second), verb(c), leg.RTP.Packets, nat)})
 		case leg.Peer.IsValid() && signalled.IsValid() && !signalled.Addr().IsUnspecified() && leg.Peer != signalled:
-			fs = append(fs, finding{CauseMediaOtherSource, fmt.Sprintf("media comes from %s, not the %s its SDP named: a NAT or an ALG on its path rewrote it (sipcar latched on the source, %d packets)",
-				leg.Peer, signalled, leg.RTP.Packets)})
+			// The inside reaches sipcar without a NAT: there the party itself names an address it
+			// does not send from.
+			why := "a NAT or an ALG on its path rewrote it"
+			if p.side == pinhole.Inside {
+				why = "the party sends from another address than its SDP names"
+			}
+			fs = append(fs, finding{CauseMediaOtherSource, fmt.Sprintf("media comes from %s, not the %s its SDP named: %s (sipcar latched on the source, %d packets)",
+				leg.Peer, signalled, why, leg.RTP.Packets)})
 		case leg.RTP.Packets > 0:
 			fs = append(fs, finding{CauseOK, fmt.Sprintf("%d RTP packets, lost %d, jitter %s", leg.RTP.Packets, max(leg.RTP.Lost, 0), leg.RTP.Jitter.Round(time.Microsecond))})
 		}

@@ -175,6 +175,9 @@ func TestDoctorCauses(t *testing.T) {
 		{"PBX with a wrong external address", callRecord{notes: []messageNote{plainOffer,
 			answer(body("203.0.113.50", "RTP/AVP", "0"), stream("203.0.113.50:6000", rewrite.SendRecv, rewrite.Relayed))}, streams: media(3000, 3000, "10.0.0.5:4000")},
 			CauseWrongSDPAddress, CauseOK, "names media address 203.0.113.50:6000"},
+		{"PBX sending from its own address, not its SDP's", callRecord{notes: []messageNote{plainOffer,
+			answer(body("203.0.113.50", "RTP/AVP", "0"), stream("203.0.113.50:6000", rewrite.SendRecv, rewrite.Relayed))}, streams: media(3000, 3000, "10.0.0.5:4000")},
+			CauseWrongSDPAddress, CauseOK, "media comes from 198.18.0.10:6000, not the 203.0.113.50:6000 its SDP named: the party sends from another address than its SDP names"},
 		{"unanchored private address", callRecord{notes: []messageNote{
 			offer(body("10.0.0.5", "TCP/MSRP", "*"), rewrite.Stream{Media: "message", Proto: "TCP/MSRP", RTP: ap("10.0.0.5:4000"), Disposition: rewrite.NotRelayed}),
 			answer(body("198.18.0.10", "TCP/MSRP", "*"), rewrite.Stream{Media: "message", Proto: "TCP/MSRP", RTP: ap("198.18.0.10:6000"), Disposition: rewrite.NotRelayed})}},
@@ -199,8 +202,9 @@ func TestDoctorCauses(t *testing.T) {
 			if in.Cause != tc.inside || out.Cause != tc.outer {
 				t.Fatalf("causes inside %q, outside %q; want %q, %q\n%+v\n%+v", in.Cause, out.Cause, tc.inside, tc.outer, in, out)
 			}
-			if !strings.Contains(in.Line+out.Line, tc.want) {
-				t.Errorf("lines do not say %q:\n%s\n%s", tc.want, in.Line, out.Line)
+			all := strings.Join(append(append([]string{in.Line, out.Line}, in.Also...), out.Also...), "\n")
+			if !strings.Contains(all, tc.want) {
+				t.Errorf("lines do not say %q:\n%s", tc.want, all)
 			}
 		})
 	}
