@@ -115,7 +115,8 @@ func (r *Relay) audit(p *msgPass) {
 	for i, c := range rec.Changes {
 		changes[i] = c.Field + " " + c.What + ": " + quoteEdit(c.Old) + " -> " + quoteEdit(c.New) + " (" + c.Why + ")"
 	}
-	r.log.Log(context.Background(), level, "rewrite audit", "call", rec.Call, "from", rec.Side, "src", rec.Src,
+	r.log.Log(context.Background(), level, "rewrite audit", "method", p.method, "status", p.m.StatusCode(),
+		"call", rec.Call, "from", rec.Side, "src", rec.Src,
 		"to", rec.Dst, "transport", rec.Transport, "changes", changes, "before", rec.Before, "after", rec.After)
 	if traced && r.cfg.Capture != nil {
 		if b, err := json.Marshal(rec); err == nil {
