@@ -211,6 +211,16 @@ func TestKernelPath(t *testing.T) {
 			in, ok2 := binding(m, l.call.offered)
 			return ok1 && ok2 && pub.PacketsReceived == n+1 && pub.PacketsSent == n+1 && in.PacketsReceived == n+1 && in.PacketsSent == n+1
 		})
+		// The quality in /sessions says the kernel forwarded all but the first packet, which is
+		// all its loss and jitter figures saw.
+		eventually(t, 5*time.Second, "both legs' quality naming the kernel's packets", func() (bool, string) {
+			out, in, ok, state := l.sipcar.legQualities()
+			return ok && out.Kernel && in.Kernel && out.KernelPackets == n && in.KernelPackets == n &&
+				out.Packets == n+1 && in.Packets == n+1 && out.Expected == 1 && in.Expected == 1, state
+		})
+		if text := l.sipcar.showSessions(t); !strings.Contains(text, fmt.Sprintf("kernel forwarded %d packets", n)) {
+			t.Errorf("sipcar show sessions does not say the kernel forwarded %d packets:\n%s", n, text)
+		}
 		l.call.bye(l.ok)
 		l.sipcar.waitNoMedia(t, "BYE")
 		if rs := l.kernelRules(t); len(rs) != 0 {

@@ -379,6 +379,7 @@ func (s *Stream) addKernelStats(st *StreamStats) {
 			in, out = &st.B, &st.A
 		}
 		in.Kernel = in.Kernel || on
+		in.KernelPackets += c.Packets
 		in.RTP.Packets += c.Packets
 		in.RTP.Bytes += c.Bytes
 		out.Sent.Packets += c.Packets

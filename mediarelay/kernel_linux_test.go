@@ -3,6 +3,7 @@ package mediarelay
 import (
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -121,6 +122,11 @@ func TestKernelForwardsLatchedLegs(t *testing.T) {
 				}
 				if !st.A.Kernel || !st.B.Kernel {
 					t.Errorf("Kernel A %v B %v, want both", st.A.Kernel, st.B.Kernel)
+				}
+				// Quality says what it rates: the 2 packets userspace analysed, not the kernel's 50.
+				if q := st.A.Quality(); !q.Kernel || q.KernelPackets != 50 || q.Packets != 52 || q.Expected != 2 || !strings.Contains(q.String(), "kernel forwarded 50 packets") {
+					t.Errorf("leg A quality: kernel %v, kernel packets %d, packets %d, expected %d, %q; want true, 50, 52, 2 and the kernel named",
+						q.Kernel, q.KernelPackets, q.Packets, q.Expected, q.String())
 				}
 				if time.Since(st.A.LastPacket) > 5*time.Second || time.Since(st.B.LastPacket) > 5*time.Second {
 					t.Errorf("last packets %v, %v: not from the kernel's counters", st.A.LastPacket, st.B.LastPacket)

@@ -42,6 +42,8 @@ type Relay struct {
 	kern    *kernelPath // the kernel fast path (kernel_linux.go); nil when off or unavailable
 	kernWhy string      // why it is (not) in use
 
+	quality *qualityMetrics // histograms observed as streams end
+
 	ports   []portSlot // indexed by port - cfg.PortMin
 	workers []*worker
 	wake    int // eventfd in every worker's epoll set; readable once Close begins
@@ -88,6 +90,7 @@ func New(cfg Config) (*Relay, error) {
 		base:    cfg.Clock(),
 		ns:      ns,
 		ports:   make([]portSlot, int(cfg.PortMax)-int(cfg.PortMin)+1),
+		quality: newQualityMetrics(),
 		wake:    -1,
 		streams: map[*Stream]struct{}{},
 		sockets: map[*portSocket]struct{}{},
