@@ -104,6 +104,11 @@ func (b *Binding) SetPeer(peer netip.AddrPort) {
 		return
 	}
 	b.peer.Store(&peer)
+	if b.typ != TypeSIP && b.m != nil {
+		// A latched media peer is what a standby needs to relay on at once; a sip binding's
+		// peer (the session table's last flow) it does not.
+		b.m.changedCall(b.callID)
+	}
 }
 
 // Partner returns, for a media binding, the binding of the same type on the other leg of its

@@ -34,6 +34,9 @@ type callTable struct {
 	hairpinOf map[string]hairpinKey
 	// retired is, per media binding, what streams removed from it carried (see observe).
 	retired map[*pinhole.Binding]pinhole.Counters
+
+	// changed, when set, is told the key of a call whose state went (see [Replicator]).
+	changed func(key string)
 }
 
 func newCallTable(m *pinhole.Map, media *mediarelay.Relay, log *slog.Logger, hairpin bool,
@@ -196,6 +199,9 @@ func (ct *callTable) end(callID string, reason pinhole.Reason) {
 	if c == nil {
 		return
 	}
+	if ct.changed != nil {
+		ct.changed(callID)
+	}
 	for _, st := range c.streams {
 		if st.stream != nil {
 			ct.media.RemoveStream(st.stream)
@@ -229,6 +235,9 @@ func (ct *callTable) released(b *pinhole.Binding, reason pinhole.Reason) {
 		}
 	}
 	ct.mu.Unlock()
+	if c != nil && ct.changed != nil {
+		ct.changed(b.CallID())
+	}
 	for _, s := range gone {
 		ct.media.RemoveStream(s)
 	}

@@ -33,6 +33,9 @@ type msgTranslator struct {
 	sawVia bool
 	// bindings counts the sip bindings the message asked for (maxBindingsPerMessage).
 	bindings int
+	// aliased: the sender's Via (senderVia) is news to the NAT state, which a replica keeps
+	// with the sender's binding.
+	aliased bool
 }
 
 // maxBindingsPerMessage bounds the sip bindings one message may ask for: a request through ten
@@ -124,7 +127,9 @@ func (t *msgTranslator) translate(a rewrite.Addr) (netip.AddrPort, bool, error) 
 	if orig == "" || addr == t.src {
 		orig = t.transport
 	}
-	r.nat.noteTransport(b, orig)
+	if r.nat.noteTransport(b, orig) || (t.aliased && addr == t.src) {
+		r.changedSig(b)
+	}
 	return b.Address(), true, nil
 }
 
@@ -303,7 +308,9 @@ func (r *Relay) senderBinding(p *msgPass) (netip.AddrPort, *pinhole.Binding, err
 	if err != nil {
 		return netip.AddrPort{}, nil, err
 	}
-	r.nat.noteTransport(b, in.transport)
+	if r.nat.noteTransport(b, in.transport) {
+		r.changedSig(b)
+	}
 	return b.Address(), b, nil
 }
 
