@@ -120,12 +120,12 @@ func Open(cfg Config) (*Client, error) {
 func newRedis(raw string) (redis.UniversalClient, error) {
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") || u.Host == "" {
-		return nil, fmt.Errorf("replica Redis URL %q: want redis://host:port or rediss://host:port", redactURL(raw))
+		return nil, fmt.Errorf("replica Redis URL %q: want redis://host:port or rediss://host:port", RedactURL(raw))
 	}
 	if u.Query().Has("master_name") {
 		o, err := redis.ParseFailoverURL(raw)
 		if err != nil {
-			return nil, fmt.Errorf("replica Redis URL %q: %w", redactURL(raw), err)
+			return nil, fmt.Errorf("replica Redis URL %q: %w", RedactURL(raw), err)
 		}
 		// A standby must notice a lost Redis within its lag, and a write must not wait long.
 		setTimeouts(&o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout, &o.MaxRetries)
@@ -133,7 +133,7 @@ func newRedis(raw string) (redis.UniversalClient, error) {
 	}
 	o, err := redis.ParseURL(raw)
 	if err != nil {
-		return nil, fmt.Errorf("replica Redis URL %q: %w", redactURL(raw), err)
+		return nil, fmt.Errorf("replica Redis URL %q: %w", RedactURL(raw), err)
 	}
 	setTimeouts(&o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout, &o.MaxRetries)
 	return redis.NewClient(o), nil
@@ -151,8 +151,8 @@ func setTimeouts(dial, read, write *time.Duration, retries *int) {
 	}
 }
 
-// redactURL hides a password in a URL written to logs and errors.
-func redactURL(raw string) string {
+// RedactURL hides a password in a URL written to logs and errors.
+func RedactURL(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return "(unparsable)"
@@ -229,4 +229,13 @@ func reply(v any) (string, []string, error) {
 		}
 	}
 	return out[0], out[1:], nil
+}
+
+// CheckURL reports whether raw is a Redis URL [Open] takes, without connecting.
+func CheckURL(raw string) error {
+	rdb, err := newRedis(raw)
+	if err != nil {
+		return err
+	}
+	return rdb.Close()
 }

@@ -21,10 +21,6 @@ type Follower struct {
 	c   *Client
 	log *slog.Logger
 
-	// read is held while reading the log: by Run for one read at a time, by Takeover
-	// throughout.
-	read sync.Mutex
-
 	mu      sync.Mutex // guards the following
 	records map[string][]byte
 	lastID  string    // the log entry the copy holds up to
@@ -38,7 +34,7 @@ type Follower struct {
 	done    bool      // taken over: Run returns
 }
 
-// readBlock is how long one read of the log waits for news: Takeover waits for at most one.
+// readBlock is how long one read of the log waits for news.
 const readBlock = 100 * time.Millisecond
 
 // readCount is how many log entries one read takes.
@@ -52,13 +48,12 @@ func (c *Client) NewFollower() *Follower {
 // Run keeps the copy until ctx is done or [Follower.Takeover] took over.
 func (f *Follower) Run(ctx context.Context) error {
 	for ctx.Err() == nil {
-		f.read.Lock()
 		if f.taken() {
-			f.read.Unlock()
 			return nil
 		}
+		// Takeover reads the log beside this loop, without waiting for its blocked read: both
+		// apply what they read under f.mu, and what one applied the other skips.
 		err := f.step(ctx, readBlock)
-		f.read.Unlock()
 		f.c.metrics.up(err == nil)
 		f.gauges()
 		if err != nil && ctx.Err() == nil {
@@ -145,7 +140,13 @@ func (f *Follower) atEnd() {
 func (f *Follower) apply(entries []redis.XMessage) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.done || f.reload {
+		return
+	}
 	for _, e := range entries {
+		if !idAfter(e.ID, f.lastID) {
+			continue // applied already, by the other reader
+		}
 		seq, _ := strconv.ParseInt(str(e.Values["seq"]), 10, 64)
 		if seq != f.lastSeq+1 {
 			f.log.Warn("replica: the replication log skipped entries (trimmed, or Redis restarted): reading every record again",
@@ -167,6 +168,20 @@ func (f *Follower) apply(entries []redis.XMessage) {
 		f.lastSeq, f.lastID = seq, e.ID
 	}
 	f.c.metrics.copy.Set(float64(len(f.records)))
+}
+
+// idAfter reports whether stream entry ID a comes after b ("ms-seq").
+func idAfter(a, b string) bool {
+	am, as := splitID(a)
+	bm, bs := splitID(b)
+	return am > bm || (am == bm && as > bs)
+}
+
+func splitID(id string) (uint64, uint64) {
+	ms, seq, _ := strings.Cut(id, "-")
+	m, _ := strconv.ParseUint(ms, 10, 64)
+	s, _ := strconv.ParseUint(seq, 10, 64)
+	return m, s
 }
 
 func str(v any) string {
@@ -243,6 +258,9 @@ func (f *Follower) load(ctx context.Context) error {
 	// applies them again, in order, ending where Redis is.
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.done {
+		return nil
+	}
 	f.records, f.lastID, f.lastSeq = records, lastID, seq
 	f.loaded, f.reload, f.err, f.owner, f.polled = true, false, nil, owner.Val(), time.Now()
 	f.c.metrics.copy.Set(float64(len(records)))
@@ -340,8 +358,6 @@ const maxTakeoverRounds = 20
 // exclusive set (an active that starts) while another sipcar's lease runs (ErrHeld). After it
 // succeeds, Run returns.
 func (f *Follower) Takeover(ctx context.Context, exclusive bool) (Snapshot, error) {
-	f.read.Lock()
-	defer f.read.Unlock()
 	if err := f.Current(); err != nil {
 		return Snapshot{}, err
 	}
@@ -385,6 +401,12 @@ func (f *Follower) Takeover(ctx context.Context, exclusive bool) (Snapshot, erro
 				return Snapshot{}, fmt.Errorf("takeover: term %q: %w", rest[0], err)
 			}
 			f.mu.Lock()
+			if f.reload || f.lastSeq != seq {
+				// Run read the records again meanwhile, from an older state: the fence holds
+				// (the term is taken), the copy must catch up once more.
+				f.mu.Unlock()
+				continue
+			}
 			f.done = true
 			snap := Snapshot{Term: term, Records: maps.Clone(f.records), Seq: f.lastSeq}
 			f.mu.Unlock()

@@ -169,7 +169,7 @@ func (w *Writer) Run(ctx context.Context, src Source) error {
 			w.c.metrics.up(false)
 			if !w.degraded.Swap(true) {
 				w.log.Error("replica: Redis unreachable: replication degraded; calls go on without it, and the changes are written when Redis is back",
-					"redis", redactURL(cfg.URL), "err", err)
+					"redis", RedactURL(cfg.URL), "err", err)
 				w.c.metrics.degraded.Set(1)
 			}
 			retryAt = now.Add(backoff)
