@@ -28,10 +28,13 @@ import (
 //     standby says it fell behind (/readyz 503, so keepalived does not promote it); when the
 //     active dies and the addresses are moved to it anyway, it refuses to take over and says
 //     why.
+//   - fence: the addresses are put on the standby while the active lives on (a split brain):
+//     the standby takes over, and the active, fenced by the new term, stops relaying by itself
+//     (exit status 3), so that no call has two live copies; then the same checks as sigkill.
 //
 // The media gap is a figure (target: under 2 s); the test asserts a generous bound only.
 func TestFailover(t *testing.T) {
-	for _, v := range []string{"sigkill", "redis-restart", "stale-standby"} {
+	for _, v := range []string{"sigkill", "redis-restart", "stale-standby", "fence"} {
 		t.Run(v, func(t *testing.T) { testFailover(t, v) })
 	}
 }
@@ -95,7 +98,28 @@ func testFailover(t *testing.T, variant string) {
 	})
 	time.Sleep(500 * time.Millisecond) // a few batches: the copy follows within one
 
-	active.kill(t)
+	var mark time.Time
+	if variant == "fence" {
+		mark = time.Now()
+		for _, vip := range haVIPs {
+			if err := ipCmd(append([]string{"-n", standby.ns.name, "addr", "add"}, strings.Fields(vip)...)...); err != nil {
+				t.Fatal(err)
+			}
+		}
+		code, err := active.sipcar.wait(20 * time.Second)
+		if err != nil {
+			t.Fatalf("the active relays on after the standby took over: %v", err)
+		}
+		t.Logf("figure fence: the old active stopped %v after the addresses came to the standby", time.Since(mark).Round(time.Millisecond))
+		out := active.sipcar.output()
+		if code != 3 || !strings.Contains(out, "fenced") {
+			t.Errorf("the fenced active exited %d; want 3, with a log line saying it was fenced:\n%s", code, lastLines(out, 5))
+		}
+		t.Logf("figure fence: the old active: %s", logValue(out, "stopping: ", "msg"))
+	} else {
+		active.kill(t)
+		mark = active.killedAt
+	}
 	eventually(t, 20*time.Second, "the standby took over", func() (bool, string) {
 		out := standby.sipcar.output()
 		return strings.Contains(out, `msg="sipcar relaying"`), lastLines(out, 10)
@@ -106,8 +130,8 @@ func testFailover(t *testing.T, variant string) {
 	// Media on, every call each way, then a few seconds of it.
 	eventually(t, 15*time.Second, "media after the failover", func() (bool, string) {
 		for _, c := range calls {
-			a := c.pbxRTP.stats(c.phoneRTP.ssrc, active.killedAt, time.Now(), active.killedAt).after
-			b := c.phoneRTP.stats(c.pbxRTP.ssrc, active.killedAt, time.Now(), active.killedAt).after
+			a := c.pbxRTP.stats(c.phoneRTP.ssrc, mark, time.Now(), mark).after
+			b := c.phoneRTP.stats(c.pbxRTP.ssrc, mark, time.Now(), mark).after
 			if a == 0 || b == 0 {
 				return false, fmt.Sprintf("call %d: %d packets to the PBX, %d to the phone since the kill", c.i, a, b)
 			}
@@ -116,7 +140,7 @@ func testFailover(t *testing.T, variant string) {
 	})
 	time.Sleep(3 * time.Second)
 	end := time.Now()
-	checkMediaAcross(t, calls, active.killedAt.Add(-time.Second), end, active.killedAt, "failover")
+	checkMediaAcross(t, calls, mark.Add(-time.Second), end, mark, variant)
 
 	// A call to the phone registered before the failover reaches it: it rings.
 	incoming := "incoming@pbx"

@@ -209,3 +209,29 @@ func TestStaleStandbyRefuses(t *testing.T) {
 		t.Error("the active was fenced by a standby that refused")
 	}
 }
+
+// A Sentinel URL: the client asks the Sentinel where the master is, and replication works
+// through it.
+func TestSentinelURL(t *testing.T) {
+	rs := startRedis(t)
+	sentinel := startSentinel(t, rs.port)
+	url := fmt.Sprintf("redis://127.0.0.1:%d?master_name=mymaster", sentinel)
+	active := openClient(t, Config{URL: url, ID: "a"})
+	fa := active.NewFollower()
+	run(t, fa.Run)
+	waitFor(t, 10*time.Second, "follower through the Sentinel", func() (bool, string) { return fa.Current() == nil, fmt.Sprint(fa.Current()) })
+	snap, err := fa.Takeover(context.Background(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := &fakeSource{}
+	w := active.NewWriter(snap.Term)
+	src.w = w
+	src.set("call:1", "through the Sentinel's master")
+	run(t, func(ctx context.Context) error { return w.Run(ctx, src) })
+	direct := openClient(t, Config{URL: rs.url()})
+	waitFor(t, 5*time.Second, "record in the master", func() (bool, string) {
+		v, err := direct.rdb.Get(context.Background(), direct.keys.record+"call:1").Result()
+		return err == nil && v == "through the Sentinel's master", fmt.Sprint(v, err)
+	})
+}
