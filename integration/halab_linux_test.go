@@ -63,6 +63,7 @@ func newHALab(t *testing.T, env ...string) *haLab {
 	needProgram(t, "redis-server", "redis-server")
 	needProgram(t, "redis-cli", "redis-tools")
 	needProgram(t, "keepalived", "keepalived")
+	needProgram(t, "curl", "curl")
 	tb := newTestbed(t)
 	l := &haLab{testbed: tb, phone: tb.host("phone"), pbx: tb.host("pbx"), redisNS: tb.host("redis")}
 	swOut, swIn := tb.host("swout"), tb.host("swin")
@@ -155,14 +156,17 @@ func (l *haLab) redisKeys(pattern string) []string {
 }
 
 // startKeepalived starts keepalived in c's namespace: one VRRP instance on the inside link that
-// moves both addresses, unicast to the other sipcar's host, `sipcar healthcheck` (/readyz) as
-// the check script, failing after one miss, and no preemption (a sipcar that comes back stays
-// backup).
+// moves both addresses, unicast to the other sipcar's host, sipcar's /readyz as the check script
+// (every second; a refusal fails at once, a slow answer only after 3 s), and no preemption (a
+// sipcar that comes back stays backup).
 func (l *haLab) startKeepalived(c *haCar) {
 	l.t.Helper()
 	dir := l.workdir("keepalived-" + c.name)
 	check := filepath.Join(dir, "readyz.sh")
-	script := "#!/bin/sh\nSIPCAR_ADMIN_ADDR=" + adminAddr + " exec " + suite.sipcar + " healthcheck >/dev/null 2>&1\n"
+	// curl rather than `sipcar healthcheck` (the same request): the suite's sipcar may be built
+	// with the race detector, whose start-up alone can outlast the check's timeout on a busy
+	// machine.
+	script := "#!/bin/sh\nexec curl -fs -o /dev/null --max-time 2 http://" + adminAddr + "/readyz\n"
 	if err := os.WriteFile(check, []byte(script), 0o755); err != nil {
 		l.t.Fatal(err)
 	}
