@@ -38,8 +38,8 @@ const (
 	sigRecordPrefix  = "sig:"
 )
 
-// callRecord is a call as a replica keeps it.
-type callRecord struct {
+// replicaCallRecord is a call as a replica keeps it.
+type replicaCallRecord struct {
 	Map     *pinhole.CallState `json:"map,omitempty"`
 	State   *callStateRecord   `json:"state,omitempty"`
 	Hairpin *hairpinRecord     `json:"hairpin,omitempty"`
@@ -93,6 +93,9 @@ type sigRecord struct {
 	OrigTransport string `json:"orig_transport,omitempty"`
 	// Aliases are the Vias a sender behind a NAT at ForwardTo wrote.
 	Aliases []netip.AddrPort `json:"aliases,omitempty"`
+	// Contact is the host and port the phone wrote in its REGISTER's Contact (see
+	// [msgTranslator.TranslateWritten]).
+	Contact string `json:"contact,omitempty"`
 }
 
 // mapChanged is the server map's change hook: it names the record to the replicator.
@@ -138,7 +141,7 @@ func (r *Relay) Keys() []string {
 // to call at any time from any goroutine.
 func (r *Relay) Record(key string) ([]byte, bool) {
 	if id, ok := strings.CutPrefix(key, callRecordPrefix); ok {
-		var rec callRecord
+		var rec replicaCallRecord
 		if cs, ok := r.m.ExportCall(id); ok {
 			rec.Map = &cs
 		}
@@ -164,6 +167,7 @@ func (r *Relay) Record(key string) ([]byte, bool) {
 		}
 		rec := sigRecord{SignalingState: ss, OrigTransport: r.nat.recordedTransport(addr),
 			Aliases: r.nat.viasOf(ss.Faces.Other(), ss.ForwardTo)}
+		rec.Contact, _ = r.nat.contact(addr)
 		b, err := json.Marshal(rec)
 		if err != nil {
 			r.log.Error("replica: sip binding record", "binding", addr, "err", err)
@@ -248,12 +252,15 @@ func (r *Relay) restoreSig(v []byte) error {
 	for _, via := range rec.Aliases {
 		r.nat.setAlias(rec.Faces.Other(), via, rec.ForwardTo)
 	}
+	if rec.Contact != "" {
+		r.nat.noteContact(b, []byte(rec.Contact))
+	}
 	return nil
 }
 
 // restoreCall restores one call and returns how many media streams it gave the media relay.
 func (r *Relay) restoreCall(key string, v []byte) (int, error) {
-	var rec callRecord
+	var rec replicaCallRecord
 	if err := json.Unmarshal(v, &rec); err != nil {
 		return 0, fmt.Errorf("call record: %w", err)
 	}

@@ -158,7 +158,7 @@ func TestRestoreTakesOverCalls(t *testing.T) {
 			records[k] = v
 		}
 	}
-	var rec callRecord
+	var rec replicaCallRecord
 	if err := json.Unmarshal(records["call:call1"], &rec); err != nil || rec.Map == nil || rec.State == nil || !rec.State.Established {
 		t.Fatalf("call record %s (%v)", records["call:call1"], err)
 	}
