@@ -175,6 +175,12 @@ func TestRestoreTakesOverCalls(t *testing.T) {
 	if report.Calls != 1 || report.Streams != 1 || report.Signaling < 1 || len(report.Failed) != 0 {
 		t.Fatalf("Restore: %+v", report)
 	}
+	// The phone's binding keeps the Contact it wrote in its REGISTER: the standby gives it back
+	// in the registrar's answers as the active did.
+	regBinding := netip.MustParseAddrPort(fmt.Sprintf("%s:%d", contact.Host, contact.Port))
+	if w, ok := rb.nat.contact(regBinding); !ok || w != addrOf(phone).String() {
+		t.Errorf("restored binding %v: REGISTER Contact %q (%v); want %q", regBinding, w, ok, addrOf(phone))
+	}
 	b.r = rb
 	runRelay(t, rb)
 
