@@ -27,11 +27,10 @@ type natPhoneLab struct {
 	nat *netns
 }
 
+// natPhoneAddr and natInsideNet are the NAT topology's (doctorlab_linux_test.go).
 var (
-	natPhoneAddr  = netip.MustParseAddr("198.18.0.130")
 	natLANAddr    = netip.MustParseAddr("198.18.0.129")
 	natPublicAddr = netip.MustParseAddr("198.51.100.20") // the NAT's public address (the upstream lab's phone's)
-	natInsideNet  = netip.MustParsePrefix("198.18.0.0/25")
 )
 
 func newNATPhoneLab(tb *testbed) *natPhoneLab {

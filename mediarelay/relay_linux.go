@@ -39,6 +39,8 @@ type Relay struct {
 	fanInPort [2]uint16  // the fan-in sockets' port per family (0 IPv4, 1 IPv6)
 	paths     []SidePath // per side and interface, as open chose them
 
+	quality *qualityMetrics // histograms observed as streams end
+
 	ports   []portSlot // indexed by port - cfg.PortMin
 	workers []*worker
 	wake    int // eventfd in every worker's epoll set; readable once Close begins
@@ -85,6 +87,7 @@ func New(cfg Config) (*Relay, error) {
 		base:    cfg.Clock(),
 		ns:      ns,
 		ports:   make([]portSlot, int(cfg.PortMax)-int(cfg.PortMin)+1),
+		quality: newQualityMetrics(),
 		wake:    -1,
 		streams: map[*Stream]struct{}{},
 		sockets: map[*portSocket]struct{}{},

@@ -1,7 +1,6 @@
 package mediarelay
 
 import (
-	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"runtime"
@@ -52,6 +51,8 @@ type worker struct {
 	drops  [numDrops]atomic.Uint64
 	// Packets read from fan-in sockets and from the ports' own, whatever became of them.
 	rxFanIn, rxPort atomic.Uint64
+
+	q workerQuality // quality_linux.go
 }
 
 // pending is a packet processed and waiting for the flush.
@@ -232,10 +233,9 @@ func (w *worker) handle(i, n int, flags int32, src, dst netip.AddrPort) {
 	if rtcp {
 		out = e.outRTCP
 		e.rx.rtcpPacket(n, w.nowNs)
-	} else if n >= 12 && payload[0]>>6 == 2 {
-		rate := e.stream.clockRate.Load()
-		e.rx.rtpPacket(n, binary.BigEndian.Uint16(payload[2:4]), binary.BigEndian.Uint32(payload[4:8]),
-			binary.BigEndian.Uint32(payload[8:12]), clockUnits(w.sinceBase, rate), w.nowNs)
+		w.rtcpPacket(e, src, dst, payload)
+	} else if n >= 12 && payload[0]>>6 == 2 && !r.cfg.NoQuality {
+		w.rtpPacket(e, n, payload)
 	} else {
 		e.rx.otherPacket(n, w.nowNs)
 	}

@@ -74,6 +74,7 @@ type messageNote struct {
 type refusalNote struct {
 	at      time.Time
 	from    pinhole.Side
+	src     netip.AddrPort // the request's sender
 	code    int
 	metric  string
 	warning string
@@ -166,7 +167,7 @@ func (l *callLog) refused(p *msgPass, ref *refusal, now time.Time) {
 		l.calls[key] = c
 	}
 	if len(c.refusals) < callNotes {
-		c.refusals = append(c.refusals, refusalNote{at: now, from: p.from, code: ref.code, metric: ref.metric, warning: ref.warning})
+		c.refusals = append(c.refusals, refusalNote{at: now, from: p.from, src: p.in.src, code: ref.code, metric: ref.metric, warning: ref.warning})
 	}
 	if p.initial && c.answered.IsZero() && ref.code >= 300 && c.ended.IsZero() {
 		l.endLocked(c, now, "refused by sipcar: "+statusText(ref.code)+" "+ref.metric)

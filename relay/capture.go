@@ -25,8 +25,30 @@ func (r *Relay) captureSIP(src, dst netip.AddrPort, transport, callID string, ms
 	if r.cfg.Capture == nil {
 		return
 	}
+	src, dst = r.wireAddr(src, dst), r.wireAddr(dst, src)
 	r.cfg.Capture.Send(&hep.Packet{Src: src, Dst: dst, Transport: hepTransport(transport), Time: time.Now(),
 		Proto: hep.ProtoSIP, Correlation: callID, Payload: msg})
+}
+
+// wireAddr is sipcar's address of a message as it crossed the wire to or from peer: a
+// listener bound to the wildcard address names none, so the address sipcar advertises on the
+// peer's side (the one the peer sent to, or sees the message from) stands for it.
+func (r *Relay) wireAddr(local, peer netip.AddrPort) netip.AddrPort {
+	if !local.Addr().IsUnspecified() {
+		return local
+	}
+	addrs := r.cfg.Map.Public
+	if r.cfg.sideOf(peer.Addr()) == pinhole.Inside {
+		addrs = r.cfg.Map.Inside
+	}
+	a := addrs.IPv4
+	if peer.Addr().Unmap().Is6() && addrs.IPv6.IsValid() || !a.IsValid() {
+		a = addrs.IPv6
+	}
+	if !a.IsValid() {
+		return local
+	}
+	return netip.AddrPortFrom(a, local.Port())
 }
 
 // captureAnswer captures sipcar's own response to a request; the Call-ID is read from it only
@@ -93,7 +115,8 @@ func (r *Relay) audit(p *msgPass) {
 	for i, c := range rec.Changes {
 		changes[i] = c.Field + " " + c.What + ": " + quoteEdit(c.Old) + " -> " + quoteEdit(c.New) + " (" + c.Why + ")"
 	}
-	r.log.Log(context.Background(), level, "rewrite audit", "call", rec.Call, "from", rec.Side, "src", rec.Src,
+	r.log.Log(context.Background(), level, "rewrite audit", "method", p.method, "status", p.m.StatusCode(),
+		"call", rec.Call, "from", rec.Side, "src", rec.Src,
 		"to", rec.Dst, "transport", rec.Transport, "changes", changes, "before", rec.Before, "after", rec.After)
 	if traced && r.cfg.Capture != nil {
 		if b, err := json.Marshal(rec); err == nil {

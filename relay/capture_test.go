@@ -98,7 +98,8 @@ func TestCaptureAndAudit(t *testing.T) {
 	if len(traced) != 3 {
 		t.Fatalf("traced call: %d HEP packets, want the INVITE received, sent and its audit", len(traced))
 	}
-	in, out, rec := traced[0], traced[1], traced[2]
+	// The received version comes first; the audit is sent before the message leaves.
+	in, out, rec := traced[0], traced[2], traced[1]
 	if in.Proto != hep.ProtoSIP || in.Src != phone || in.Dst != b.sip || !strings.Contains(string(in.Payload), "Via: SIP/2.0/UDP "+phone.String()) {
 		t.Errorf("received version: %v -> %v proto %d:\n%s", in.Src, in.Dst, in.Proto, in.Payload)
 	}
@@ -130,6 +131,79 @@ func TestCaptureAndAudit(t *testing.T) {
 	lines := strings.Count(logs.String(), `"msg":"rewrite audit"`)
 	if lines != 1 || !strings.Contains(logs.String(), `"call":"traced-call"`) {
 		t.Errorf("info log has %d audit lines, want the traced call's one:\n%s", lines, logs.String())
+	}
+}
+
+// A message that reached a listener bound to the wildcard address (sipcar's default, ":5060")
+// is captured as sent to sipcar's advertised address on the sender's side, and sipcar's own
+// answer as coming from it: the collector shows where the message went, not 0.0.0.0.
+func TestCaptureWildcardListener(t *testing.T) {
+	col, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer col.Close()
+	exp, err := hep.New(hep.Config{Collector: addrOf(col)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = exp.Run(ctx) }()
+	b := newLoopbed(t, func(c *Config) {
+		c.Capture = exp
+		c.ListenUDP = netip.AddrPortFrom(netip.IPv4Unspecified(), c.ListenUDP.Port())
+	})
+	sipcar := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), b.sip.Port())
+	phone := addrOf(b.phone)
+	b.send(b.phone, sipcar, "OPTIONS sip:100@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 198.51.100.300:5060;branch=z9hG4bKw\n"+
+		"From: <sip:200@127.0.0.1>;tag=p1\nTo: <sip:100@127.0.0.1>\nCall-ID: wild\nCSeq: 1 OPTIONS\nMax-Forwards: 70\n"+
+		"User-Agent: "+strings.Repeat("x", 300)+"\nContent-Length: 0\n\n")
+	if m, _ := b.recv(b.phone); m.(*sip.Response).StatusCode != 400 {
+		t.Fatalf("want sipcar's 400, got %v", m)
+	}
+	buf := make([]byte, 65535)
+	for _, want := range [][2]netip.AddrPort{{phone, sipcar}, {sipcar, phone}} {
+		_ = col.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, _, err := col.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, _, _, err := hep.Decode(append([]byte(nil), buf[:n]...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.Src != want[0] || p.Dst != want[1] {
+			t.Errorf("captured %v -> %v; want %v -> %v:\n%s", p.Src, p.Dst, want[0], want[1], p.Payload)
+		}
+	}
+}
+
+// A call traced by its source (SIPCAR_TRACE=src:) has every message audited, also an answer
+// the callee sends at once: the INVITE makes the call known to the filter before it leaves.
+func TestTraceBySourceAuditsTheAnswer(t *testing.T) {
+	logs := &syncBuffer{}
+	b := newLoopbed(t, func(c *Config) {
+		trace, err := ParseTrace("src:127.0.0.3")
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Trace = trace
+		c.Logger = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	})
+	phone := addrOf(b.phone)
+	b.send(b.phone, b.sip, withBody(fmt.Sprintf("INVITE sip:100@127.0.0.1:%d SIP/2.0\nVia: SIP/2.0/UDP %s;branch=z9hG4bK-src\n"+
+		"From: <sip:200@127.0.0.1>;tag=p1\nTo: <sip:100@127.0.0.1>\nCall-ID: by-source\nCSeq: 1 INVITE\nMax-Forwards: 70\n"+
+		"Contact: <sip:200@%s>\n", b.sip.Port(), phone, phone), sdp("127.0.0.3", 7000)))
+	m, src := b.recv(b.pbx)
+	b.send(b.pbx, src, fmt.Sprintf("SIP/2.0 180 Ringing\nVia: %s\nFrom: <sip:200@127.0.0.1>;tag=p1\nTo: <sip:100@127.0.0.1>;tag=x1\n"+
+		"Call-ID: by-source\nCSeq: 1 INVITE\nContact: <sip:100@%s>\nContent-Length: 0\n\n", m.(*sip.Request).Via().Value(), addrOf(b.pbx)))
+	if r, _ := b.recv(b.phone); r.(*sip.Response).StatusCode != 180 {
+		t.Fatalf("want the 180, got %v", r)
+	}
+	// Both were audited before they were sent.
+	if n := strings.Count(logs.String(), `"msg":"rewrite audit","call":"by-source"`); n != 2 {
+		t.Errorf("%d audit lines of the call traced by its source; want the INVITE's and the 180's:\n%s", n, logs.String())
 	}
 }
 

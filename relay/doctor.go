@@ -160,6 +160,15 @@ func (r *Relay) diagnose(c callRecord, now time.Time) Diagnosis {
 			p.lastSDP = &p.notes[len(p.notes)-1]
 		}
 	}
+	for _, ref := range c.refusals {
+		// A call refused before anything was forwarded: its party is the one sipcar answered.
+		if ref.from != pinhole.Inside && ref.from != pinhole.Outside {
+			continue
+		}
+		if p := parties[ref.from]; !p.signal.IsValid() {
+			p.signal = ref.src
+		}
+	}
 	for _, p := range parties[1:] {
 		if p.lastSDP != nil && p.lastSDP.sdp != nil && !p.lastSDP.sdpParts {
 			var s pionsdp.SessionDescription
@@ -241,8 +250,25 @@ func refusalFindings(c callRecord) []finding {
 type mline struct {
 	proto   string
 	formats []string
+	rtpmap  map[string]string // format -> a=rtpmap's encoding, lower case
 	crypto  bool
 	port    int
+}
+
+// staticCodecs are the static RTP payload types of RFC 3551 an SDP may name without a=rtpmap.
+var staticCodecs = map[string]string{"0": "pcmu/8000", "3": "gsm/8000", "4": "g723/8000", "8": "pcma/8000",
+	"9": "g722/8000", "13": "cn/8000", "18": "g729/8000"}
+
+// codec names format's codec: its a=rtpmap encoding (name/clock rate[/channels], case folded),
+// a static payload type's, or the format itself.
+func (m mline) codec(format string) string {
+	if c, ok := m.rtpmap[format]; ok {
+		return c
+	}
+	if c, ok := staticCodecs[format]; ok {
+		return c
+	}
+	return format
 }
 
 func mlines(n *messageNote) []mline {
@@ -260,12 +286,31 @@ func mlines(n *messageNote) []mline {
 	out := make([]mline, len(s.MediaDescriptions))
 	for i, md := range s.MediaDescriptions {
 		_, crypto := md.Attribute("crypto")
-		out[i] = mline{proto: strings.Join(md.MediaName.Protos, "/"), formats: md.MediaName.Formats, crypto: crypto, port: md.MediaName.Port.Value}
+		out[i] = mline{proto: strings.Join(md.MediaName.Protos, "/"), formats: md.MediaName.Formats, crypto: crypto,
+			port: md.MediaName.Port.Value, rtpmap: map[string]string{}}
+		for _, a := range md.Attributes {
+			if pt, enc, ok := strings.Cut(strings.TrimSpace(a.Value), " "); ok && a.Key == "rtpmap" {
+				out[i].rtpmap[pt] = strings.ToLower(strings.TrimSpace(enc))
+			}
+		}
 	}
 	return out
 }
 
-func (m mline) secure() bool { return strings.Contains(m.proto, "SAVP") || m.crypto }
+// secure says the m= line asks for SRTP: an SRTP profile, or SDES keys (a=crypto) on a plain
+// one.
+func (m mline) secure() bool { return m.srtpProfile() || m.crypto }
+
+func (m mline) srtpProfile() bool { return strings.Contains(m.proto, "SAVP") }
+
+// srtpMismatch says an offer's and an answer's m= line leave one party sending SRTP and the other
+// plain RTP. An offer in an SRTP profile (RTP/SAVP, RTP/SAVPF) admits no plain answer; an answer
+// with SRTP needs an offer of it. An offer of SDES keys in a plain profile (RTP/AVP with
+// a=crypto, the "best effort" SRTP of RFC 4568 section 7.1.1 as Asterisk, FreeSWITCH and many
+// phones send it) answered without keys is plain RTP on both sides: no mismatch.
+func srtpMismatch(offer, answer mline) bool {
+	return offer.srtpProfile() && !answer.secure() || answer.secure() && !offer.secure()
+}
 
 func (m mline) securityText() string {
 	if m.crypto {
@@ -281,7 +326,7 @@ func securityFindings(side pinhole.Side, offer, answer *messageNote) []finding {
 	o, a := mlines(offer), mlines(answer)
 	var fs []finding
 	for i := range min(len(o), len(a)) {
-		if o[i].port == 0 || a[i].port == 0 || o[i].secure() == a[i].secure() {
+		if o[i].port == 0 || a[i].port == 0 || !srtpMismatch(o[i], a[i]) {
 			continue
 		}
 		mine, theirs := o[i], a[i]
@@ -308,9 +353,16 @@ func codecFindings(offer, answer *messageNote) []finding {
 		if o[i].port == 0 || a[i].port == 0 || len(o[i].formats) == 0 || len(a[i].formats) == 0 {
 			continue
 		}
+		// A payload type the offer lacks is no mismatch when it names a codec the offer has: RFC
+		// 3264 section 6.1 asks the answer to keep the offer's numbers (SHOULD), but each side
+		// sends with the numbers the other's SDP gave, so a renumbered dynamic type still works.
+		offered := map[string]bool{}
+		for _, f := range o[i].formats {
+			offered[o[i].codec(f)] = true
+		}
 		var foreign []string
 		for _, f := range a[i].formats {
-			if !slices.Contains(o[i].formats, f) {
+			if !slices.Contains(o[i].formats, f) && !offered[a[i].codec(f)] {
 				foreign = append(foreign, f)
 			}
 		}
@@ -433,8 +485,14 @@ func mediaFindings(c callRecord, p *partyView, streams []streamNote, at time.Tim
 			fs = append(fs, finding{CauseNoMedia, fmt.Sprintf("no RTP from this party since %s (%s before %s), after %d packets%s",
 				clock(leg.LastPacket), at.Sub(leg.LastPacket).Round(time.Second), verb(c), leg.RTP.Packets, nat)})
 		case leg.Peer.IsValid() && signalled.IsValid() && !signalled.Addr().IsUnspecified() && leg.Peer != signalled:
-			fs = append(fs, finding{CauseMediaOtherSource, fmt.Sprintf("media comes from %s, not the %s its SDP named: a NAT or an ALG on its path rewrote it (sipcar latched on the source, %d packets)",
-				leg.Peer, signalled, leg.RTP.Packets)})
+			// The inside reaches sipcar without a NAT: there the party itself names an address it
+			// does not send from.
+			why := "a NAT or an ALG on its path rewrote it"
+			if p.side == pinhole.Inside {
+				why = "the party sends from another address than its SDP names"
+			}
+			fs = append(fs, finding{CauseMediaOtherSource, fmt.Sprintf("media comes from %s, not the %s its SDP named: %s (sipcar latched on the source, %d packets)",
+				leg.Peer, signalled, why, leg.RTP.Packets)})
 		case leg.RTP.Packets > 0:
 			fs = append(fs, finding{CauseOK, fmt.Sprintf("%d RTP packets, lost %d, jitter %s", leg.RTP.Packets, max(leg.RTP.Lost, 0), leg.RTP.Jitter.Round(time.Microsecond))})
 		}
@@ -482,11 +540,14 @@ func firstWithVia(p *partyView) *messageNote {
 }
 
 // unroutable reports an address the public internet does not route to its owner: RFC 1918,
-// unique local, shared (CGNAT, RFC 6598), link-local, loopback.
+// unique local, shared (CGNAT, RFC 6598), benchmarking (RFC 2544: IANA lists 198.18.0.0/15 as
+// not globally reachable, and networks do number hosts from it as from private space),
+// link-local, loopback.
 func unroutable(a netip.Addr) bool {
 	a = a.Unmap()
 	shared := netip.PrefixFrom(netip.AddrFrom4([4]byte{100, 64, 0, 0}), 10)
-	return a.IsPrivate() || a.IsLoopback() || a.IsLinkLocalUnicast() || shared.Contains(a)
+	benchmarking := netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, 0, 0}), 15)
+	return a.IsPrivate() || a.IsLoopback() || a.IsLinkLocalUnicast() || shared.Contains(a) || benchmarking.Contains(a)
 }
 
 func clock(t time.Time) string { return t.UTC().Format("15:04:05.000Z") }

@@ -3,6 +3,7 @@ package relay
 import (
 	"bytes"
 	"fmt"
+	"net"
 	"net/netip"
 	"strings"
 	"testing"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/sipcar/sipcar/mediarelay"
 	"github.com/sipcar/sipcar/pinhole"
+	"github.com/sipcar/sipcar/relay/policy"
 	"github.com/sipcar/sipcar/rewrite"
 )
 
@@ -53,6 +55,9 @@ func TestDoctorOneWayAudio(t *testing.T) {
 		}
 		return m
 	}
+	// The call log notes a message before sipcar sends it: once the phone has the 200, the call
+	// is answered (noted after the send, a fast answer could overtake its INVITE's note and be
+	// lost, and the call stay "ringing").
 	ds := b.r.Diagnose("doc1")
 	if len(ds) != 1 || ds[0].State != "in progress" {
 		t.Fatalf("diagnoses %+v", ds)
@@ -139,10 +144,28 @@ func TestDoctorCauses(t *testing.T) {
 		{"codec mismatch", callRecord{notes: []messageNote{plainOffer,
 			answer(body("198.18.0.10", "RTP/AVP", "18"), stream("198.18.0.10:6000", rewrite.SendRecv, rewrite.Relayed))}, streams: media(3000, 3000, "10.0.0.5:4000")},
 			CauseCodecMismatch, CauseCodecMismatch, "payload types 18"},
+		{"telephone-event renumbered", callRecord{notes: []messageNote{
+			offer(body("10.0.0.5", "RTP/AVP", "0 101", "a=rtpmap:101 telephone-event/8000\r\n"), stream("10.0.0.5:4000", rewrite.SendRecv, rewrite.Relayed)),
+			answer(body("198.18.0.10", "RTP/AVP", "0 96", "a=rtpmap:0 PCMU/8000\r\na=rtpmap:96 Telephone-Event/8000\r\n"),
+				stream("198.18.0.10:6000", rewrite.SendRecv, rewrite.Relayed))}, streams: media(3000, 3000, "10.0.0.5:4000")},
+			CauseOK, CauseOK, "3000 RTP packets"},
+		{"a static codec renumbered, another added", callRecord{notes: []messageNote{
+			offer(body("10.0.0.5", "RTP/AVP", "8"), stream("10.0.0.5:4000", rewrite.SendRecv, rewrite.Relayed)),
+			answer(body("198.18.0.10", "RTP/AVP", "97 98", "a=rtpmap:97 PCMA/8000\r\na=rtpmap:98 opus/48000/2\r\n"),
+				stream("198.18.0.10:6000", rewrite.SendRecv, rewrite.Relayed))}, streams: media(3000, 3000, "10.0.0.5:4000")},
+			CauseCodecMismatch, CauseCodecMismatch, "has payload types 98 the offer"},
 		{"SRTP one leg", callRecord{notes: []messageNote{
 			offer(body("10.0.0.5", "RTP/SAVP", "0", "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n"),
 				stream("10.0.0.5:4000", rewrite.SendRecv, rewrite.Relayed)), plainAnswer}, streams: media(3000, 3000, "10.0.0.5:4000")},
 			CauseSRTPOneLeg, CauseSRTPOneLeg, "RTP/SAVP with a=crypto"},
+		{"SRTP offered best effort, declined", callRecord{notes: []messageNote{
+			offer(body("10.0.0.5", "RTP/AVP", "0 8 101", "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n"),
+				stream("10.0.0.5:4000", rewrite.SendRecv, rewrite.Relayed)), plainAnswer}, streams: media(3000, 3000, "10.0.0.5:4000")},
+			CauseOK, CauseOK, "3000 RTP packets"},
+		{"SRTP answered to a plain offer", callRecord{notes: []messageNote{plainOffer,
+			answer(body("198.18.0.10", "RTP/AVP", "0", "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n"),
+				stream("198.18.0.10:6000", rewrite.SendRecv, rewrite.Relayed))}, streams: media(3000, 3000, "10.0.0.5:4000")},
+			CauseSRTPOneLeg, CauseSRTPOneLeg, "this leg's SDP says RTP/AVP with a=crypto, the other's RTP/AVP"},
 		{"hold", callRecord{notes: []messageNote{plainOffer,
 			answer(body("198.18.0.10", "RTP/AVP", "0", "a=sendonly\r\n"), stream("198.18.0.10:6000", rewrite.SendOnly, rewrite.Relayed))}, streams: media(3000, 0, "")},
 			CauseHold, CauseHold, "a=sendonly"},
@@ -152,10 +175,14 @@ func TestDoctorCauses(t *testing.T) {
 		{"PBX with a wrong external address", callRecord{notes: []messageNote{plainOffer,
 			answer(body("203.0.113.50", "RTP/AVP", "0"), stream("203.0.113.50:6000", rewrite.SendRecv, rewrite.Relayed))}, streams: media(3000, 3000, "10.0.0.5:4000")},
 			CauseWrongSDPAddress, CauseOK, "names media address 203.0.113.50:6000"},
+		{"PBX sending from its own address, not its SDP's", callRecord{notes: []messageNote{plainOffer,
+			answer(body("203.0.113.50", "RTP/AVP", "0"), stream("203.0.113.50:6000", rewrite.SendRecv, rewrite.Relayed))}, streams: media(3000, 3000, "10.0.0.5:4000")},
+			CauseWrongSDPAddress, CauseOK, "media comes from 198.18.0.10:6000, not the 203.0.113.50:6000 its SDP named: the party sends from another address than its SDP names"},
 		{"unanchored private address", callRecord{notes: []messageNote{
 			offer(body("10.0.0.5", "TCP/MSRP", "*"), rewrite.Stream{Media: "message", Proto: "TCP/MSRP", RTP: ap("10.0.0.5:4000"), Disposition: rewrite.NotRelayed}),
 			answer(body("198.18.0.10", "TCP/MSRP", "*"), rewrite.Stream{Media: "message", Proto: "TCP/MSRP", RTP: ap("198.18.0.10:6000"), Disposition: rewrite.NotRelayed})}},
-			CauseOK, CauseUnanchored, "private address 10.0.0.5"},
+			// The PBX's 198.18.0.10 is no more reachable from the internet than the phone's 10.0.0.5.
+			CauseUnanchored, CauseUnanchored, "private address 10.0.0.5"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -175,10 +202,70 @@ func TestDoctorCauses(t *testing.T) {
 			if in.Cause != tc.inside || out.Cause != tc.outer {
 				t.Fatalf("causes inside %q, outside %q; want %q, %q\n%+v\n%+v", in.Cause, out.Cause, tc.inside, tc.outer, in, out)
 			}
-			if !strings.Contains(in.Line+out.Line, tc.want) {
-				t.Errorf("lines do not say %q:\n%s\n%s", tc.want, in.Line, out.Line)
+			all := strings.Join(append(append([]string{in.Line, out.Line}, in.Also...), out.Also...), "\n")
+			if !strings.Contains(all, tc.want) {
+				t.Errorf("lines do not say %q:\n%s", tc.want, all)
 			}
 		})
+	}
+}
+
+// A call the operator's policy refuses is diagnosed as refused, naming the party sipcar
+// answered; a silent rule's drops stay out of the call log.
+func TestDoctorPolicyRefusal(t *testing.T) {
+	rules, err := policy.Parse("deny src=127.0.0.4/32 silent; deny src=127.0.0.3/32")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := policy.New(rules, policy.Config{Default: policy.Permit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := newLoopbed(t, func(c *Config) { c.Policy = pol })
+	scanner := listenRTP(t, "127.0.0.4")
+	invite := func(from *net.UDPConn, id string) string {
+		return withBody(fmt.Sprintf("INVITE sip:100@127.0.0.1:%d SIP/2.0\nVia: SIP/2.0/UDP %s;branch=z9hG4bK%s\n"+
+			"From: <sip:200@127.0.0.1>;tag=%s\nTo: <sip:100@127.0.0.1>\nCall-ID: %s\nCSeq: 1 INVITE\nMax-Forwards: 70\n"+
+			"Contact: <sip:200@%s>\n", b.sip.Port(), addrOf(from), id, id, id, addrOf(from)), sdp("127.0.0.3", 4000))
+	}
+	b.send(b.phone, b.sip, invite(b.phone, "denied1"))
+	if m, _ := b.recv(b.phone); m.(*sip.Response).StatusCode != 403 {
+		t.Fatalf("denied INVITE answered %v, want 403", m)
+	}
+	ds := b.r.Diagnose("denied1")
+	if len(ds) != 1 || !strings.HasPrefix(ds[0].State, "ended (refused by sipcar: 403 policy)") {
+		t.Fatalf("diagnoses %+v", ds)
+	}
+	for _, l := range ds[0].Legs {
+		if l.Cause != CauseRefused || !strings.Contains(l.Line, "sipcar answered the INVITE 403 (denied by policy rule 2: deny src=127.0.0.3/32)") {
+			t.Errorf("%s leg: %+v", l.Side, l)
+		}
+		if l.Side == "outside" && l.Party != addrOf(b.phone).String() {
+			t.Errorf("outside party %q, want the phone %v", l.Party, addrOf(b.phone))
+		}
+	}
+	b.send(scanner, b.sip, invite(scanner, "scan1"))
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline) && pol.Snapshot().Rules[0].Hits == 0; {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if pol.Snapshot().Rules[0].Hits != 1 {
+		t.Fatal("the silent rule did not see the scanner's INVITE")
+	}
+	if ds := b.r.Diagnose("scan1"); len(ds) != 0 {
+		t.Errorf("a silently dropped INVITE is in the call log: %+v", ds)
+	}
+}
+
+func TestUnroutable(t *testing.T) {
+	for a, want := range map[string]bool{
+		"10.1.2.3": true, "172.16.0.1": true, "192.168.1.1": true, "100.64.0.1": true, "127.0.0.1": true,
+		"169.254.1.1": true, "198.18.0.10": true, "198.19.255.254": true, "fd00::1": true, "fe80::1": true,
+		"198.17.255.255": false, "198.20.0.1": false, "203.0.113.5": false, "198.51.100.1": false, "8.8.8.8": false,
+		"2001:db8::1": false, "::ffff:198.18.0.1": true,
+	} {
+		if got := unroutable(netip.MustParseAddr(a)); got != want {
+			t.Errorf("unroutable(%s) = %v, want %v", a, got, want)
+		}
 	}
 }
 

@@ -2,6 +2,8 @@ package relay
 
 import (
 	"net/netip"
+	"reflect"
+	"slices"
 	"time"
 
 	"github.com/sipcar/sipcar/mediarelay"
@@ -28,6 +30,7 @@ func (ct *callTable) update(callID string, t *msgTranslator, from pinhole.Side, 
 	var ready []*relayedStream
 	for i := range t.media {
 		a := t.media[i]
+		a.rtpmap = rtpmapOf(res, &a)
 		for _, st := range c.streamsFor(callID, &a) {
 			st.legs[a.from] = &a
 			if st.legs[pinhole.Inside] != nil && st.legs[pinhole.Outside] != nil {
@@ -125,7 +128,9 @@ func (ct *callTable) wire(st *relayedStream) {
 		B: mediarelay.LegSpec{RTP: b, RTCP: netip.AddrPortFrom(b.Addr(), in.pair.RTCPPort),
 			Mux: mux, Peer: ct.peer(pinhole.Outside, out.rtp, out.src), PeerRTCP: ct.peer(pinhole.Outside, out.rtcp, out.src),
 			Signal: out.src.Addr(), Unanswered: st.legs[pinhole.Outside] == nil},
-		Hold: in.held || out.held,
+		Hold:         in.held || out.held,
+		PayloadTypes: payloadTypes(in.rtpmap, out.rtpmap),
+		Secure:       in.secure || out.secure,
 	}
 	// The offerer's pair is shared by the dialogs of a forked call.
 	spec.A.Shared = st.offerer == pinhole.Outside
@@ -134,7 +139,7 @@ func (ct *callTable) wire(st *relayedStream) {
 		spec.A.PeerRTCP, spec.B.PeerRTCP = netip.AddrPort{}, netip.AddrPort{}
 	}
 	cur, old := st.stream, st.spec
-	same := cur != nil && old == spec
+	same := cur != nil && sameSpec(old, spec)
 	st.spec = spec
 	ct.mu.Unlock()
 	if same {
@@ -178,6 +183,33 @@ func familyName(a netip.Addr) string {
 	}
 	return "ipv6"
 }
+
+// rtpmapOf returns a copy of the a=rtpmap lines of the SDP section a pair was allocated for.
+func rtpmapOf(res *rewrite.Result, a *mediaAlloc) []rewrite.RTPMap {
+	for i, s := range res.Streams {
+		if s.Part == a.part && s.Index == a.index {
+			return slices.Clone(res.RTPMap(i))
+		}
+	}
+	return nil
+}
+
+// payloadTypes are a stream's payload types for the media relay: those of both sides' SDP, the
+// inside's first where both name a number (each side names what it receives, and almost every
+// peer answers with the offer's numbers).
+func payloadTypes(in, out []rewrite.RTPMap) []mediarelay.PayloadType {
+	var pts []mediarelay.PayloadType
+	for _, m := range slices.Concat(in, out) {
+		if !slices.ContainsFunc(pts, func(p mediarelay.PayloadType) bool { return p.Type == m.Type }) {
+			pts = append(pts, mediarelay.PayloadType{Type: m.Type, Encoding: m.Encoding, ClockRate: m.ClockRate})
+		}
+	}
+	return pts
+}
+
+// sameSpec reports whether two specs are equal (their payload types make them incomparable
+// with ==).
+func sameSpec(a, b mediarelay.StreamSpec) bool { return reflect.DeepEqual(a, b) }
 
 // sameRelayPorts reports whether two specs use the same relay ports and rtcp-mux, which
 // [mediarelay.Relay.UpdateStream] requires.
@@ -354,6 +386,19 @@ func (ct *callTable) traffic(s *mediarelay.Stream, stats mediarelay.StreamStats)
 		b.Observe(o.c, o.last)
 		if o.streams == 1 && o.peer.IsValid() {
 			b.SetPeer(o.peer)
+		}
+	}
+	// The quality of what a leg's peer sent goes on its RTP binding, unless that carries
+	// several streams (the offer's pair of a forked call), whose figures do not add up.
+	for _, w := range ws {
+		for _, leg := range [...]struct {
+			spec  mediarelay.LegSpec
+			stats *mediarelay.LegStats
+		}{{w.spec.A, &w.stats.A}, {w.spec.B, &w.stats.B}} {
+			b := ct.m.LookupMedia(leg.spec.RTP.Port())
+			if o := acc[b]; b != nil && o != nil && o.streams == 1 && leg.stats.RTP.Expected > 0 {
+				b.SetQuality(leg.stats.Quality())
+			}
 		}
 	}
 }

@@ -307,13 +307,18 @@ func (r *Relay) deliver(p *msgPass) {
 		}
 		f.tx, f.fresh = r.txs.record(tx, time.Now())
 	}
-	// The doctor notes the message before it leaves: its answer may come back before send
-	// returns.
-	r.diag.message(p, time.Now())
 	var later func(error)
 	if p.out != "udp" {
 		later = r.failLater(f)
 	}
+	// The doctor's call log and the rewrite audit take the message before it leaves: once it is
+	// sent, its response may come back and be handled before this goroutine would get to it. A
+	// 200 noted before its INVITE's record exists is lost (the call would stay "ringing"), and an
+	// answer audited before its INVITE made a traced source's call known (SIPCAR_TRACE=src:) is
+	// not traced. A send that fails ends the call it started (sendFailed), which the log notes
+	// too.
+	r.diag.message(p, time.Now())
+	r.audit(p)
 	if err := r.tp.send(p.local, p.out, p.next, p.res.Out, later); err != nil {
 		r.sendFailed(f, err)
 		return
@@ -328,7 +333,6 @@ func (r *Relay) deliver(p *msgPass) {
 		p.sb.Sent(len(p.res.Out), r.m.Now())
 	}
 	r.captureSIP(p.local, p.next, p.out, p.callID, p.res.Out)
-	r.audit(p)
 }
 
 // viaCopies copies the via-parms of a request, for its responses (see RestoreVia).
@@ -416,10 +420,13 @@ func (r *Relay) permitted(p *msgPass) bool {
 	}
 	// A denied source is not welcome: 403 without Retry-After. One over its rate may come back:
 	// 503 with Retry-After.
-	code, reason, retry := 403, "Forbidden", 0
+	code, reason, retry, metric := 403, "Forbidden", 0, "policy"
 	if d.RateLimited {
-		code, reason, retry = 503, "Service Unavailable", d.RetryAfterSeconds()
+		code, reason, retry, metric = 503, "Service Unavailable", d.RetryAfterSeconds(), "policy-rate"
 	}
+	// The doctor names the refusal of a call (silent rules stay out of its log: they are for
+	// scanners, whose floods would crowd out the calls it keeps).
+	r.diag.refused(p, &refusal{metric: metric, code: code, reason: reason, warning: warningTextOf(d.Warning)}, time.Now())
 	r.answerRequest(p, code, reason, d.Warning, retry)
 	return false
 }

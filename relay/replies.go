@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -174,6 +175,15 @@ func warningText(text string) string {
 		return ""
 	}
 	return `399 sipcar "` + quoteWarning(text) + `"`
+}
+
+// warningTextOf is the text of a Warning header value that [warningText] made (or the value as
+// it is).
+func warningTextOf(value string) string {
+	if t, ok := strings.CutPrefix(value, `399 sipcar "`); ok && strings.HasSuffix(t, `"`) {
+		return t[:len(t)-1]
+	}
+	return value
 }
 
 // answerTo sends sipcar's own response to a request (responses and ACKs get none) with a Warning

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"net/netip"
+	"strings"
 
 	"github.com/sipcar/sipcar/pinhole"
 	"github.com/sipcar/sipcar/rewrite"
@@ -90,6 +91,10 @@ type mediaAlloc struct {
 	pair        pinhole.Pair
 	rtp, rtcp   netip.AddrPort
 	mux, held   bool
+	// rtpmap are the section's payload types (a=rtpmap), secure says SRTP: for the media
+	// relay's quality analysis.
+	rtpmap []rewrite.RTPMap
+	secure bool
 }
 
 var _ rewrite.Translator = (*msgTranslator)(nil)
@@ -233,7 +238,7 @@ func (t *msgTranslator) Media(from rewrite.Side, s *rewrite.Stream) (rewrite.Med
 		return rewrite.MediaBinding{}, err
 	}
 	t.media = append(t.media, mediaAlloc{from: req.From, src: t.src, next: t.next, fork: t.fork, part: s.Part, index: s.Index, pair: p,
-		rtp: s.RTP, rtcp: s.RTCP, mux: s.Mux, held: req.Held})
+		rtp: s.RTP, rtcp: s.RTCP, mux: s.Mux, held: req.Held, secure: strings.Contains(s.Proto, "SAVP")})
 	return p, nil
 }
 

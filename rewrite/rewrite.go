@@ -34,6 +34,7 @@ type Result struct {
 	media   []sdpMedia
 	parts   []sdpPart
 	strip   []span
+	rtpmaps []RTPMap // of every media section, in order (sdpMedia.rtpmaps indexes it)
 }
 
 type pendingEdit struct {
@@ -75,6 +76,18 @@ func Rewrite(res *Result, m *Message, from Side, tr Translator) error {
 	return nil
 }
 
+// RTPMap returns the a=rtpmap lines that parse (payload type, encoding, clock rate) of the
+// SDP section of Streams[i], in order. They belong to r: copy them to keep them past the next
+// Rewrite.
+func (r *Result) RTPMap(i int) []RTPMap {
+	for _, m := range r.media {
+		if m.stream == i {
+			return r.rtpmaps[m.rtpmaps.start:m.rtpmaps.end:m.rtpmaps.end]
+		}
+	}
+	return nil
+}
+
 func (r *Result) reset() {
 	r.Out = r.Out[:0]
 	r.Streams = r.Streams[:0]
@@ -84,6 +97,7 @@ func (r *Result) reset() {
 	r.media = r.media[:0]
 	r.parts = r.parts[:0]
 	r.strip = r.strip[:0]
+	r.rtpmaps = r.rtpmaps[:0]
 }
 
 // planBody finds the SDP bodies of m (the body itself or multipart parts) and plans them.

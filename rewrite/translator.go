@@ -186,6 +186,13 @@ type Stream struct {
 	Binding     MediaBinding
 }
 
+// RTPMap is an a=rtpmap line: "a=rtpmap:96 opus/48000/2" is {96, "opus", 48000}.
+type RTPMap struct {
+	Type      uint8
+	Encoding  string
+	ClockRate uint32
+}
+
 // MediaBinding is the address a relayed media stream is advertised at on the far side.
 type MediaBinding struct {
 	// RTP is sipcar's address and relay port for RTP on the side the message goes to.
