@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/sipcar/sipcar/mediarelay/sock"
 )
 
 // benchWorker builds a relay's forwarding table with n streams, without sockets, and a worker
@@ -29,7 +31,7 @@ func benchWorker(b *testing.B, n int) (*worker, [][2]netip.AddrPort) {
 		}
 		for _, a := range []netip.AddrPort{spec.A.RTP, spec.A.RTCP, spec.B.RTP, spec.B.RTCP} {
 			s := &portSocket{fd: -1, idx: r.slot(a), local: a}
-			s.localSA.set(a)
+			s.localSA.Set(a)
 			r.ports[s.idx].sock.Store(s)
 		}
 		if _, err := r.AddStream(spec); err != nil {
@@ -58,7 +60,7 @@ func BenchmarkPacketPath(b *testing.B) {
 				f := flows[i%len(flows)]
 				w.handle(slot, 172, 0, f[0], f[1])
 				p := &w.pend[w.npnd-1]
-				putUDPHeader(w.rx.slot(slot), int(p.n), &p.out.sock.localSA, &p.dst.dst)
+				sock.PutUDPHeader(w.rx.slot(slot)[headroom-sock.UDPHeaderLen:headroom+int(p.n)], &p.out.sock.localSA, &p.dst.dst)
 				if w.npnd == batchSize {
 					w.npnd = 0
 				}

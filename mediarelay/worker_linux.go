@@ -1,14 +1,13 @@
 package mediarelay
 
 import (
-	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"runtime"
-	"sync/atomic"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sipcar/sipcar/mediarelay/sock"
 )
 
 // What an epoll event's data (EpollEvent.Pad) names.
@@ -17,18 +16,6 @@ const (
 	evFanIn            // a fan-in socket; Fd is the descriptor
 	evPort             // a relay port's socket (fallback mode); Fd is the port's slot
 )
-
-// Why a packet was dropped; indexes of worker.drops and label values of the metric.
-const (
-	dropUnknownPort = iota // no stream on the port, or addressed to another address
-	dropBleed              // not from the latched (or, strict, the SDP) peer
-	dropNoPeer             // the other leg's peer is not known yet
-	dropTruncated          // larger than a slot
-	dropSend               // the kernel refused to send it
-	numDrops
-)
-
-var dropReasons = [numDrops]string{DropUnknownPort, DropBleed, DropNoPeer, DropTruncated, DropSend}
 
 // worker is one packet goroutine: its own epoll set, fan-in sockets, raw sockets and batch
 // buffers. Nothing in it is shared with other workers but the counters, which are atomic.
@@ -48,10 +35,7 @@ type worker struct {
 	nowNs     int64 // the batch's arrival time, unix nanoseconds
 	sinceBase int64 // the same, since Relay.base
 
-	queued atomic.Uint64 // packets handed to flush; those the kernel refused count in drops too
-	drops  [numDrops]atomic.Uint64
-	// Packets read from fan-in sockets and from the ports' own, whatever became of them.
-	rxFanIn, rxPort atomic.Uint64
+	packetCounters
 }
 
 // pending is a packet processed and waiting for the flush.
@@ -90,10 +74,11 @@ func (w *worker) openRaw() error {
 		if w.fanIn[fam] < 0 {
 			continue
 		}
-		fd, err := openRaw(v4)
+		fd, err := sock.OpenRaw(v4, true)
 		if err != nil {
 			return err
 		}
+		sock.SetBuffers(fd, 0, sendBuf)
 		w.raw[fam] = fd
 	}
 	return nil
@@ -140,7 +125,7 @@ func (w *worker) run() {
 			}
 		}
 		w.flush()
-		runtime.Gosched() // the batch calls do not give the P up (see recvmmsg)
+		runtime.Gosched() // the batch calls do not give the P up (see sock.Recvmmsg)
 	}
 }
 
@@ -161,15 +146,15 @@ func (w *worker) room(want int) int {
 func (w *worker) readFanIn(fd int) {
 	from := w.room(batchSize / 2)
 	w.rx.prepare(from, batchSize, true)
-	n, e := recvmmsg(fd, w.rx.msgs[from:])
+	n, e := sock.Recvmmsg(fd, w.rx.msgs[from:], false)
 	if e != 0 {
 		return // EAGAIN: another event raced us; anything else shows up again
 	}
 	w.rxFanIn.Add(uint64(n))
 	for i := from; i < from+n; i++ {
 		h := &w.rx.msgs[i]
-		src := addrPortFromRaw(unsafe.Pointer(&w.rx.names[i]))
-		dst := origDst(w.rx.ctrl[i][:h.Hdr.Controllen])
+		src := sock.AddrPortOf(&w.rx.names[i])
+		dst := sock.OrigDst(w.rx.ctrl[i][:h.Hdr.Controllen])
 		w.handle(i, int(h.Len), h.Hdr.Flags, src, dst)
 	}
 	w.nrx = from + n
@@ -185,7 +170,7 @@ func (w *worker) readPort(idx int) {
 	}
 	from := w.room(1)
 	w.rx.prepare(from, batchSize, false)
-	n, e := recvmmsg(s.fd, w.rx.msgs[from:])
+	n, e := sock.Recvmmsg(s.fd, w.rx.msgs[from:], false)
 	s.release()
 	if e != 0 {
 		return
@@ -193,60 +178,25 @@ func (w *worker) readPort(idx int) {
 	w.rxPort.Add(uint64(n))
 	for i := from; i < from+n; i++ {
 		h := &w.rx.msgs[i]
-		w.handle(i, int(h.Len), h.Hdr.Flags, addrPortFromRaw(unsafe.Pointer(&w.rx.names[i])), s.local)
+		w.handle(i, int(h.Len), h.Hdr.Flags, sock.AddrPortOf(&w.rx.names[i]), s.local)
 	}
 	w.nrx = from + n
 }
 
-// handle processes the packet in slot i, n bytes from src to the relay address dst: it finds
-// the endpoint, applies latching, counts, and queues the packet for the other leg. This is
-// the per-packet path: it allocates nothing (latching aside, once per stream).
+// handle processes the packet in slot i, n bytes from src to the relay address dst (see
+// [Relay.forward]), and queues it for the flush unless it is dropped. This is the per-packet
+// path: it allocates nothing.
 func (w *worker) handle(i, n int, flags int32, src, dst netip.AddrPort) {
 	if flags&unix.MSG_TRUNC != 0 || n > maxPayload {
 		w.drops[dropTruncated].Add(1)
 		return
 	}
-	r := w.r
-	idx := int(dst.Port()) - int(r.cfg.PortMin)
-	if idx < 0 || idx >= len(r.ports) {
-		w.drops[dropUnknownPort].Add(1)
+	at := i*slotSize + headroom
+	out, to := w.r.forward(&w.packetCounters, w.rx.buf[at:at+n], src, dst, w.nowNs, w.sinceBase)
+	if to == nil {
 		return
 	}
-	slot := &r.ports[idx]
-	e := slot.ep.Load()
-	if sh := slot.shared.Load(); sh != nil {
-		e = pickShared(*sh, src)
-	}
-	if e == nil || e.local.Addr() != dst.Addr() {
-		w.drops[dropUnknownPort].Add(1)
-		return
-	}
-	payload := w.rx.buf[i*slotSize+headroom : i*slotSize+headroom+n]
-	rtcp := e.rtcp || (e.mux && n >= 2 && payload[1] >= 200 && payload[1] <= 207)
-	if !e.accept(src, w.nowNs, int64(r.cfg.LatchWindow)) {
-		e.rx.bleedPacket()
-		w.drops[dropBleed].Add(1)
-		return
-	}
-	out := e.outRTP
-	if rtcp {
-		out = e.outRTCP
-		e.rx.rtcpPacket(n, w.nowNs)
-	} else if n >= 12 && payload[0]>>6 == 2 {
-		rate := e.stream.clockRate.Load()
-		e.rx.rtpPacket(n, binary.BigEndian.Uint16(payload[2:4]), binary.BigEndian.Uint32(payload[4:8]),
-			binary.BigEndian.Uint32(payload[8:12]), clockUnits(w.sinceBase, rate), w.nowNs)
-	} else {
-		e.rx.otherPacket(n, w.nowNs)
-	}
-	p := out.peer.Load()
-	if p.dst.nameLen == 0 {
-		w.drops[dropNoPeer].Add(1)
-		return
-	}
-	out.sent.add(n)
-	w.queued.Add(1)
-	w.pend[w.npnd] = pending{slot: int32(i), n: int32(n), out: out, dst: p}
+	w.pend[w.npnd] = pending{slot: int32(i), n: int32(n), out: out, dst: to}
 	w.npnd++
 }
 
@@ -272,15 +222,14 @@ func (w *worker) flushRaw() {
 		k := 0
 		for i := range w.npnd {
 			p := &w.pend[i]
-			if p.dst.dst.v4 != v4 {
+			if p.dst.dst.Is4() != v4 {
 				continue
 			}
-			slot := w.rx.slot(int(p.slot))
-			sock := p.out.sock
-			start := putUDPHeader(slot, int(p.n), &sock.localSA, &p.dst.dst)
-			var name unix.RawSockaddrInet6
-			p.dst.dst.rawName(&name)
-			w.tx.set(k, slot[start:headroom+int(p.n)], &name, p.dst.dst.nameLen, sock.srcInfo[:sock.srcLen])
+			dgram := w.rx.slot(int(p.slot))[headroom-sock.UDPHeaderLen : headroom+int(p.n)]
+			from := p.out.sock
+			sock.PutUDPHeader(dgram, &from.localSA, &p.dst.dst)
+			name, nameLen := p.dst.dst.RawName()
+			w.tx.set(k, dgram, &name, nameLen, from.srcInfo[:from.srcLen])
 			k++
 		}
 		if k > 0 {
@@ -304,7 +253,8 @@ func (w *worker) flushPerPort() {
 		for j < len(pend) && pend[j].out.sock == s {
 			p := &pend[j]
 			slot := w.rx.slot(int(p.slot))
-			w.tx.set(j-i, slot[headroom:headroom+int(p.n)], &p.dst.dst.name, p.dst.dst.nameLen, nil)
+			name, nameLen := p.dst.dst.Name()
+			w.tx.set(j-i, slot[headroom:headroom+int(p.n)], &name, nameLen, nil)
 			j++
 		}
 		if s.acquire() {
@@ -318,7 +268,7 @@ func (w *worker) flushPerPort() {
 }
 
 func (w *worker) send(fd, k int) {
-	_, failed := sendmmsg(fd, w.tx.msgs[:k])
+	_, failed := sock.Sendmmsg(fd, w.tx.msgs[:k], false)
 	if failed > 0 {
 		w.drops[dropSend].Add(uint64(failed))
 	}
