@@ -8,6 +8,7 @@ import (
 
 // The collector reports what the relay counts.
 func TestCollector(t *testing.T) {
+	isolate(t)
 	r, err := New(Config{PortMin: 41000, PortMax: 41099, Mode: ModeFallback})
 	if err != nil {
 		t.Fatal(err)
