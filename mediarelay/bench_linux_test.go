@@ -39,7 +39,8 @@ func benchWorker(b *testing.B, n int) (*worker, [][2]netip.AddrPort) {
 		}
 		flows = append(flows, [2]netip.AddrPort{spec.A.Peer, spec.A.RTP})
 	}
-	w := &worker{r: r, rx: newRxBatch()}
+	w := &worker{rx: newRxBatch()}
+	w.r, w.c = r, &w.packetCounters
 	for i := range batchSize {
 		copy(w.rx.slot(i)[headroom:], rtpPacket(uint16(i), uint32(160*i), 0xa, 0))
 	}

@@ -32,52 +32,78 @@ type packetCounters struct {
 	rxFanIn, rxPort atomic.Uint64
 }
 
-// forward applies the relay's rules to payload, a packet from src to the relay address dst
-// that arrived at nowNs (unix nanoseconds; sinceBase is the same since Relay.base): it finds
-// the endpoint of dst, applies latching, counts the packet in the stream's statistics and in
-// c, and returns the endpoint the packet leaves from and the state of the peer it goes to
-// (whose dst is where). It returns nil for a packet to drop, counted in c by reason. This is
-// the per-packet path of every platform: it allocates nothing (latching aside, once per
-// stream) and takes no lock the control plane holds.
-func (r *Relay) forward(c *packetCounters, payload []byte, src, dst netip.AddrPort, nowNs, sinceBase int64) (*endpoint, *peerState) {
+// rxState is what a packet goroutine hands forward: where it counts, when its current packets
+// arrived, and the queue of packets forwarded and waiting for its send. On Linux each worker
+// has one, queueing a batch; elsewhere each port's goroutine has one, queueing one packet.
+type rxState struct {
+	r         *Relay
+	c         *packetCounters // the goroutine's own on Linux, shared elsewhere
+	nowNs     int64           // when the packets arrived, unix nanoseconds
+	sinceBase int64           // the same, since Relay.base
+	pend      [batchSize]pending
+	npnd      int
+}
+
+// pending is a packet forwarded and waiting for the send.
+type pending struct {
+	slot int32      // where it lies in the goroutine's buffers (Linux: its batch slot)
+	n    int32      // its length
+	out  *endpoint  // the endpoint it leaves from
+	dst  *peerState // where it goes: dst.dst
+}
+
+// forward applies the relay's rules to a packet that arrived from src at the relay address dst:
+// the first n bytes of room, or, if truncated, a datagram larger than the relay forwards. It
+// finds the endpoint of dst, applies latching, counts the packet in the stream's statistics
+// and in st, and queues it in st.pend (at slot, for the sender to find it) to leave from the
+// other leg's endpoint to its peer, unless it drops it (counted in st by reason). This is the
+// per-packet path of every platform: it allocates nothing (latching aside, once per stream)
+// and takes no lock the control plane holds.
+func (st *rxState) forward(slot int, room []byte, n int, truncated bool, src, dst netip.AddrPort) {
+	r, c := st.r, st.c
+	if truncated || n > len(room) || n > maxPayload {
+		c.drops[dropTruncated].Add(1)
+		return
+	}
 	idx := int(dst.Port()) - int(r.cfg.PortMin)
 	if idx < 0 || idx >= len(r.ports) {
 		c.drops[dropUnknownPort].Add(1)
-		return nil, nil
+		return
 	}
-	slot := &r.ports[idx]
-	e := slot.ep.Load()
-	if sh := slot.shared.Load(); sh != nil {
+	ps := &r.ports[idx]
+	e := ps.ep.Load()
+	if sh := ps.shared.Load(); sh != nil {
 		e = pickShared(*sh, src)
 	}
 	if e == nil || e.local.Addr() != dst.Addr() {
 		c.drops[dropUnknownPort].Add(1)
-		return nil, nil
+		return
 	}
-	n := len(payload)
+	payload := room[:n]
 	rtcp := e.rtcp || (e.mux && n >= 2 && payload[1] >= 200 && payload[1] <= 207)
-	if !e.accept(src, nowNs, int64(r.cfg.LatchWindow)) {
+	if !e.accept(src, st.nowNs, int64(r.cfg.LatchWindow)) {
 		e.rx.bleedPacket()
 		c.drops[dropBleed].Add(1)
-		return nil, nil
+		return
 	}
 	out := e.outRTP
 	if rtcp {
 		out = e.outRTCP
-		e.rx.rtcpPacket(n, nowNs)
+		e.rx.rtcpPacket(n, st.nowNs)
 	} else if n >= 12 && payload[0]>>6 == 2 {
 		rate := e.stream.clockRate.Load()
 		e.rx.rtpPacket(n, binary.BigEndian.Uint16(payload[2:4]), binary.BigEndian.Uint32(payload[4:8]),
-			binary.BigEndian.Uint32(payload[8:12]), clockUnits(sinceBase, rate), nowNs)
+			binary.BigEndian.Uint32(payload[8:12]), clockUnits(st.sinceBase, rate), st.nowNs)
 	} else {
-		e.rx.otherPacket(n, nowNs)
+		e.rx.otherPacket(n, st.nowNs)
 	}
 	p := out.peer.Load()
 	if !p.dst.IsValid() {
 		c.drops[dropNoPeer].Add(1)
-		return nil, nil
+		return
 	}
 	out.sent.add(n)
 	c.queued.Add(1)
-	return out, p
+	st.pend[st.npnd] = pending{slot: int32(slot), n: int32(n), out: out, dst: p}
+	st.npnd++
 }

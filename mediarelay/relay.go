@@ -23,7 +23,7 @@ import (
 // removes the nftables table. All methods are safe for concurrent use.
 //
 // How packets move is the platform's (relay_linux.go: fan-in and batches; relay_other.go: a
-// socket per port and a goroutine each); what becomes of a packet ([Relay.forward]),
+// socket per port and a goroutine each); what becomes of a packet (rxState.forward),
 // latching, statistics and events are the same everywhere.
 type Relay struct {
 	cfg   Config

@@ -53,6 +53,10 @@ func (r *Relay) shutdown(sockets map[*portSocket]struct{}) error {
 	return nil
 }
 
+// batchSize is how many packets a port goroutine queues before it sends: one, for it reads one
+// at a time.
+const batchSize = 1
+
 // portSocket is the socket of one reserved relay port.
 type portSocket struct {
 	idx   int // port - PortMin
@@ -91,7 +95,7 @@ func (r *Relay) readPort(s *portSocket) {
 	case <-r.stop:
 		return
 	}
-	c := &r.pc
+	st := rxState{r: r, c: &r.pc}
 	buf := make([]byte, maxPayload+1) // one byte more: a datagram that fills it was cut
 	for {
 		n, src, err := s.conn.ReadFromUDPAddrPort(buf)
@@ -101,18 +105,17 @@ func (r *Relay) readPort(s *portSocket) {
 		if err != nil {
 			continue // an error an earlier send left on the socket
 		}
-		c.rxPort.Add(1)
-		if n > maxPayload {
-			c.drops[dropTruncated].Add(1)
-			continue
-		}
+		st.c.rxPort.Add(1)
 		now := r.cfg.Clock()
-		out, to := r.forward(c, buf[:n], unmapAddrPort(src), s.local, now.UnixNano(), int64(now.Sub(r.base)))
-		if to == nil {
+		st.nowNs, st.sinceBase = now.UnixNano(), int64(now.Sub(r.base))
+		st.forward(0, buf, n, n > maxPayload, unmapAddrPort(src), s.local)
+		if st.npnd == 0 {
 			continue
 		}
-		if _, err := out.sock.conn.WriteToUDPAddrPort(buf[:n], to.dst.AddrPort()); err != nil {
-			c.drops[dropSend].Add(1)
+		p := st.pend[0]
+		st.pend[0], st.npnd = pending{}, 0
+		if _, err := p.out.sock.conn.WriteToUDPAddrPort(buf[:p.n], p.dst.dst.AddrPort()); err != nil {
+			st.c.drops[dropSend].Add(1)
 		}
 	}
 }
