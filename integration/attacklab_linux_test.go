@@ -174,6 +174,13 @@ func (p *autoPBX) seen(callID string) int {
 	return p.callIDs[callID]
 }
 
+// requestsOf returns how many requests of a method reached the PBX.
+func (p *autoPBX) requestsOf(method string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.requests[method]
+}
+
 // seenPrefix returns how many messages whose Call-ID starts with prefix reached the PBX.
 func (p *autoPBX) seenPrefix(prefix string) int {
 	p.mu.Lock()

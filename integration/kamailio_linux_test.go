@@ -1,8 +1,10 @@
 package integration
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"time"
 )
@@ -12,26 +14,43 @@ import (
 // t.Cleanup; the namespace's removal takes its children.
 func (tb *testbed) startKamailio(ns *netns) *proc {
 	tb.t.Helper()
+	return tb.startKamailioAt(ns, pbxAddr)
+}
+
+// kamailioListen is the listen line of testdata/kamailio.cfg, which startKamailioAt replaces.
+const kamailioListen = "listen=udp:198.18.0.10:5060"
+
+// startKamailioAt is [testbed.startKamailio] with kamailio listening on addr:5060 only (an
+// IPv6 address is written as kamailio wants it, in brackets).
+func (tb *testbed) startKamailioAt(ns *netns, addr netip.Addr) *proc {
+	tb.t.Helper()
 	bin := needProgram(tb.t, "kamailio", "kamailio")
-	cfg, err := filepath.Abs(filepath.Join("testdata", "kamailio.cfg"))
+	dir := tb.workdir("kamailio")
+	src, err := os.ReadFile(filepath.Join("testdata", "kamailio.cfg"))
 	if err != nil {
 		tb.t.Fatal(err)
 	}
-	dir := tb.workdir("kamailio")
+	if !bytes.Contains(src, []byte(kamailioListen)) {
+		tb.t.Fatalf("testdata/kamailio.cfg has no line %q to put the address in", kamailioListen)
+	}
+	kam := netip.AddrPortFrom(addr, 5060)
+	cfg := filepath.Join(dir, "kamailio.cfg")
+	if err := os.WriteFile(cfg, bytes.Replace(src, []byte(kamailioListen), []byte("listen=udp:"+kam.String()), 1), 0o644); err != nil {
+		tb.t.Fatal(err)
+	}
 	// -DD: stay in the foreground; -E: log to stderr; small shared and private memory; its
 	// runtime files (control sockets, pid) in the test's directory.
 	p := tb.start(ns, "kamailio", procOpts{dir: dir}, bin, "-f", cfg, "-DD", "-E", "-m", "32", "-M", "4",
 		"-Y", dir, "-P", filepath.Join(dir, "kamailio.pid"), "-w", dir)
 
-	probe := tb.udpPeer(ns, netip.AddrPortFrom(pbxAddr, 5099))
-	kam := netip.AddrPortFrom(pbxAddr, 5060)
+	probe := tb.udpPeer(ns, netip.AddrPortFrom(addr, 5099))
 	for i := 0; ; i++ {
 		if p.exited() {
 			tb.t.Fatalf("kamailio exited at start:\n%s", firstLines(p.output(), 60))
 		}
-		probe.send(tb.t, kam, buildSIP("OPTIONS sip:198.18.0.10:5060 SIP/2.0", []string{
-			fmt.Sprintf("Via: SIP/2.0/UDP 198.18.0.10:5099;branch=z9hG4bKprobe%d", i),
-			"From: <sip:probe@198.18.0.10>;tag=probe", "To: <sip:198.18.0.10>",
+		probe.send(tb.t, kam, buildSIP(fmt.Sprintf("OPTIONS sip:%v SIP/2.0", kam), []string{
+			fmt.Sprintf("Via: SIP/2.0/UDP %v;branch=z9hG4bKprobe%d", probe.addr, i),
+			fmt.Sprintf("From: <sip:probe@%v>;tag=probe", kam), fmt.Sprintf("To: <sip:%v>", kam),
 			fmt.Sprintf("Call-ID: kamailio-probe-%d", i), "CSeq: 1 OPTIONS", "Max-Forwards: 70",
 		}, ""))
 		if _, err := probe.tryRecv(200*time.Millisecond, isResponse("OPTIONS", 200)); err == nil {

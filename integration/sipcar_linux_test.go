@@ -135,7 +135,8 @@ type portUsage struct {
 
 // entry is one binding of the server map.
 type entry struct {
-	Type            string          `json:"type"` // sip, sip-rtp, sip-rtcp
+	Type            string          `json:"type"`     // sip, sip-rtp, sip-rtcp
+	Protocol        string          `json:"protocol"` // udp or tcp
 	Transport       string          `json:"transport"`
 	Faces           string          `json:"faces"`      // the side its address is on
 	Address         netip.AddrPort  `json:"address"`    // sipcar's

@@ -19,7 +19,7 @@ type sippProc struct {
 
 // sippOpts describe one sipp run.
 type sippOpts struct {
-	scenario string // a file in testdata/, or "" with builtin
+	scenario string // a file in testdata/ (or an absolute path), or "" with builtin
 	builtin  string // sipp's own scenario (-sn), e.g. "uas"
 	local    string // -i: the address it binds and writes into messages
 	port     int    // -p: its SIP port (default 5060)
@@ -50,9 +50,12 @@ func (tb *testbed) sipp(ns *netns, name string, o sippOpts) *sippProc {
 	}
 	args := []string{bin}
 	if o.scenario != "" {
-		p, err := filepath.Abs(filepath.Join("testdata", o.scenario))
-		if err != nil {
-			tb.t.Fatal(err)
+		p := o.scenario
+		if !filepath.IsAbs(p) {
+			var err error
+			if p, err = filepath.Abs(filepath.Join("testdata", p)); err != nil {
+				tb.t.Fatal(err)
+			}
 		}
 		args = append(args, "-sf", p)
 	} else {

@@ -79,7 +79,7 @@ func (tb *testbed) printLogsOnFailure() {
 	for _, d := range dirs {
 		entries, _ := os.ReadDir(d)
 		for _, e := range entries {
-			if e.IsDir() || strings.HasSuffix(e.Name(), ".pcap") || strings.HasSuffix(e.Name(), ".pem") {
+			if e.IsDir() || strings.HasSuffix(e.Name(), ".pcap") || strings.HasSuffix(e.Name(), ".pem") || strings.HasSuffix(e.Name(), ".pb.gz") {
 				continue
 			}
 			p := filepath.Join(d, e.Name())

@@ -2,18 +2,23 @@ package mediarelay
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"runtime"
 	"testing"
 	"time"
+
+	"github.com/pion/rtcp"
+	"golang.org/x/sys/unix"
 
 	"github.com/sipcar/sipcar/mediarelay/sock"
 )
 
 // benchWorker builds a relay's forwarding table with n streams, without sockets, and a worker
 // to run the per-packet path on. It returns the (source, relay address) of each stream's leg A.
-func benchWorker(b *testing.B, n int) (*worker, [][2]netip.AddrPort) {
-	cfg, err := Config{PortMin: 20000, PortMax: 29999, Workers: 1}.withDefaults()
+func benchWorker(b testing.TB, n int, noQuality bool) (*worker, [][2]netip.AddrPort) {
+	cfg, err := Config{PortMin: 20000, PortMax: 29999, Workers: 1, NoQuality: noQuality}.withDefaults()
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -28,6 +33,7 @@ func benchWorker(b *testing.B, n int) (*worker, [][2]netip.AddrPort) {
 				Peer: ap(fmt.Sprintf("198.18.0.2:%d", 30000+2*i))},
 			B: LegSpec{RTP: ap(fmt.Sprintf("198.51.100.1:%d", port+2)), RTCP: ap(fmt.Sprintf("198.51.100.1:%d", port+3)),
 				Peer: ap(fmt.Sprintf("198.51.100.2:%d", 30000+2*i))},
+			PayloadTypes: []PayloadType{{0, "PCMU", 8000}, {101, "telephone-event", 8000}},
 		}
 		for _, a := range []netip.AddrPort{spec.A.RTP, spec.A.RTCP, spec.B.RTP, spec.B.RTCP} {
 			s := &portSocket{fd: -1, idx: r.slot(a), local: a}
@@ -47,26 +53,74 @@ func benchWorker(b *testing.B, n int) (*worker, [][2]netip.AddrPort) {
 	return w, flows
 }
 
+// TestPacketPathAllocatesNothing runs RTP and RTCP (a compound SR, a compound RR naming it)
+// through the per-packet path with quality analysis on and a Config.RTCP subscriber: no
+// allocation per packet.
+func TestPacketPathAllocatesNothing(t *testing.T) {
+	w, flows := benchWorker(t, 1, false)
+	var got int
+	w.r.cfg.RTCP = func(p *RTCPPacket) { got += len(p.Data) }
+	w.stamp()
+	s := w.r.Streams()[0]
+	rtcpA, rtcpB := s.eps[epIndex(LegA, true)], s.eps[epIndex(LegB, true)]
+	sr := compound(t, &rtcp.SenderReport{SSRC: 0xb, NTPTime: 1 << 40, Reports: []rtcp.ReceptionReport{{SSRC: 0xa}}}, sdes(0xb))
+	rr := compound(t, &rtcp.ReceiverReport{SSRC: 0xa, Reports: []rtcp.ReceptionReport{{SSRC: 0xb, LastSenderReport: 1 << 24}}}, sdes(0xa))
+	copy(w.rx.slot(1)[headroom:], sr)
+	copy(w.rx.slot(2)[headroom:], rr)
+	seq := uint16(0)
+	run := func() {
+		binary.BigEndian.PutUint16(w.rx.slot(0)[headroom+2:], seq)
+		seq++
+		w.handle(0, 172, 0, flows[0][0], flows[0][1])
+		w.handle(1, len(sr), 0, rtcpB.peer.Load().sdp, rtcpB.local)
+		w.handle(2, len(rr), 0, rtcpA.peer.Load().sdp, rtcpA.local)
+		w.npnd = 0
+	}
+	run() // latches, and makes the worker's RTCP reader
+	if n := testing.AllocsPerRun(1000, run); n != 0 {
+		t.Errorf("%v allocations per RTP packet and two RTCP packets, want 0", n)
+	}
+	if q := s.Quality(); q.A.Remote == nil || q.A.Remote.Reports < 1000 || q.A.Expected < 1000 || got == 0 {
+		t.Errorf("quality %+v, %d RTCP bytes to the subscriber: the packets were not analysed", q.A, got)
+	}
+}
+
 // BenchmarkPacketPath measures what the relay does per packet between recvmmsg and sendmmsg:
 // table lookup, latching, RTP statistics, queueing, and the raw scheme's UDP header with checksum.
+// quality=off counts packets and bytes only; quality=on reads and tracks the RTP header too
+// (sequence, loss, duplicates, jitter, payload types). Each stream's packets come in sequence,
+// 20 ms apart on the RTP clock.
 func BenchmarkPacketPath(b *testing.B) {
 	for _, streams := range []int{1, 1000} {
-		b.Run(fmt.Sprint("streams=", streams), func(b *testing.B) {
-			w, flows := benchWorker(b, streams)
-			w.stamp()
-			b.ReportAllocs()
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				slot := i % batchSize
-				f := flows[i%len(flows)]
-				w.handle(slot, 172, 0, f[0], f[1])
-				p := &w.pend[w.npnd-1]
-				sock.PutUDPHeader(w.rx.slot(slot)[headroom-sock.UDPHeaderLen:headroom+int(p.n)], &p.out.sock.localSA, &p.dst.dst)
-				if w.npnd == batchSize {
-					w.npnd = 0
+		for _, quality := range []string{"off", "on"} {
+			b.Run(fmt.Sprintf("streams=%d/quality=%s", streams, quality), func(b *testing.B) {
+				w, flows := benchWorker(b, streams, quality == "off")
+				w.stamp()
+				// On a machine others share, wall time counts the time the benchmark waits for a
+				// CPU; the thread's own CPU time does not: reported as cpu-ns/op.
+				runtime.LockOSThread()
+				defer runtime.UnlockOSThread()
+				cpu0 := threadCPU(b)
+				b.ReportAllocs()
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					slot := i % batchSize
+					f := flows[i%len(flows)]
+					seq := uint32(i / len(flows))
+					pkt := w.rx.slot(slot)[headroom:]
+					binary.BigEndian.PutUint16(pkt[2:], uint16(seq))
+					binary.BigEndian.PutUint32(pkt[4:], 160*seq)
+					w.handle(slot, 172, 0, f[0], f[1])
+					p := &w.pend[w.npnd-1]
+					sock.PutUDPHeader(w.rx.slot(slot)[headroom-sock.UDPHeaderLen:headroom+int(p.n)], &p.out.sock.localSA, &p.dst.dst)
+					if w.npnd == batchSize {
+						w.npnd = 0
+					}
 				}
-			}
-		})
+				b.StopTimer()
+				b.ReportMetric(float64(threadCPU(b)-cpu0)/float64(b.N), "cpu-ns/op")
+			})
+		}
 	}
 }
 
@@ -102,4 +156,13 @@ func BenchmarkRelayRoundTrip(b *testing.B) {
 			}
 		})
 	}
+}
+
+// threadCPU is the CPU time the calling thread used, in nanoseconds.
+func threadCPU(b *testing.B) int64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &ts); err != nil {
+		b.Fatal(err)
+	}
+	return ts.Nano()
 }

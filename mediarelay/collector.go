@@ -4,7 +4,8 @@ import "github.com/prometheus/client_golang/prometheus"
 
 // Collector exports the relay's counters to Prometheus (namespace sipcar, subsystem media),
 // read at scrape time: the packet path pays nothing for them. Per-stream figures (loss, jitter)
-// go to the session table, not to labels, so that metrics do not grow with calls.
+// go to the session table, not to labels, so that metrics do not grow with calls; histograms
+// of them, one observation per stream leg at its end, say how good calls were.
 type Collector struct {
 	r                                                     *Relay
 	forwarded, dropped, received, streams, lost, recvPath *prometheus.Desc
@@ -35,6 +36,9 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.recvPath
 	ch <- c.streams
 	ch <- c.lost
+	if c.r.quality != nil {
+		c.r.quality.describe(ch)
+	}
 }
 
 // Collect implements prometheus.Collector.
@@ -58,4 +62,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(c.streams, prometheus.GaugeValue, float64(len(streams)))
 	ch <- prometheus.MustNewConstMetric(c.lost, prometheus.GaugeValue, float64(lost))
+	if c.r.quality != nil {
+		c.r.quality.collect(ch)
+	}
 }

@@ -157,6 +157,14 @@ type Config struct {
 
 	// Events receives latching and idle reports; nil discards them.
 	Events Events
+	// NoQuality turns call-quality analysis off: RTP and RTCP are counted (packets, bytes) but
+	// neither sequence numbers, jitter, payload types nor RTCP reports are read, and streams
+	// report no quality. See [LegQuality].
+	NoQuality bool
+	// RTCP, when set, receives every RTCP packet a stream's peer sent that the relay accepted
+	// (from the latched peer), on the packet path: it must return at once, and copy what it
+	// keeps (for HEP export: encode and queue). The relay reads each SR and RR itself.
+	RTCP func(*RTCPPacket)
 	// Logger defaults to discarding.
 	Logger *slog.Logger
 	// Clock stamps packet arrivals (jitter, last packet time); default time.Now. Timers (latch

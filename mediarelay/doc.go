@@ -49,6 +49,19 @@
 // answer) receives nothing, but its own packets are relayed as soon as they latch it: early
 // media works.
 //
+// # Call quality
+//
+// Per leg, the relay reads the RTP header of every packet by hand (sequence number, timestamp,
+// SSRC, payload type: a fraction of a full parse's cost) for loss from extended sequence
+// numbers, duplicates and reordering, the payload types seen, and RFC 3550 interarrival
+// jitter in each payload type's clock (the SDP's a=rtpmap, else RFC 3551's static table). It
+// reads the SR or RR heading each RTCP packet with pion/rtcp: what the peer says of the media
+// it receives, and the round trip between sipcar and the peer from the sender reports the
+// relay forwarded to it. [LegQuality] adds an E-model R-factor and MOS. [Stream.Quality]
+// returns it (also after the stream ended), [LegQuality.Report] as a HEP quality report,
+// [Config.RTCP] hands each RTCP packet to a subscriber, and the [Collector] has histograms of
+// MOS, jitter and loss per leg as streams end. [Config.NoQuality] turns it off.
+//
 // # Concurrency
 //
 // The packet path takes no lock that the control plane holds: the forwarding table and each

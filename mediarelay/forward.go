@@ -1,7 +1,6 @@
 package mediarelay
 
 import (
-	"encoding/binary"
 	"net/netip"
 	"sync/atomic"
 )
@@ -42,6 +41,7 @@ type rxState struct {
 	sinceBase int64           // the same, since Relay.base
 	pend      [batchSize]pending
 	npnd      int
+	q         rxQuality // quality_path.go
 }
 
 // pending is a packet forwarded and waiting for the send.
@@ -90,10 +90,9 @@ func (st *rxState) forward(slot int, room []byte, n int, truncated bool, src, ds
 	if rtcp {
 		out = e.outRTCP
 		e.rx.rtcpPacket(n, st.nowNs)
-	} else if n >= 12 && payload[0]>>6 == 2 {
-		rate := e.stream.clockRate.Load()
-		e.rx.rtpPacket(n, binary.BigEndian.Uint16(payload[2:4]), binary.BigEndian.Uint32(payload[4:8]),
-			binary.BigEndian.Uint32(payload[8:12]), clockUnits(st.sinceBase, rate), st.nowNs)
+		st.rtcpPacket(e, src, dst, payload)
+	} else if n >= 12 && payload[0]>>6 == 2 && !r.cfg.NoQuality {
+		st.rtpPacket(e, n, payload)
 	} else {
 		e.rx.otherPacket(n, st.nowNs)
 	}

@@ -34,6 +34,7 @@ type Relay struct {
 	ports []portSlot // indexed by port - cfg.PortMin
 	// counters holds every packet goroutine's counters, one set each; open fixes it.
 	counters []*packetCounters
+	quality  *qualityMetrics // histograms observed as streams end
 
 	packetIO // the platform's sockets and packet goroutines
 
@@ -78,6 +79,7 @@ func New(cfg Config) (*Relay, error) {
 		log:     cfg.Logger,
 		base:    cfg.Clock(),
 		ports:   make([]portSlot, int(cfg.PortMax)-int(cfg.PortMin)+1),
+		quality: newQualityMetrics(),
 		streams: map[*Stream]struct{}{},
 		sockets: map[*portSocket]struct{}{},
 	}

@@ -78,8 +78,15 @@ type StreamSpec struct {
 	A, B   LegSpec
 	// Hold marks a stream on hold (a=sendonly, a=inactive): it is never reported idle.
 	Hold bool
-	// ClockRate is the RTP clock rate in Hz, for jitter (default 8000).
+	// ClockRate is the RTP clock rate in Hz of payload types neither PayloadTypes nor RFC 3551's
+	// static table names, for jitter (default 8000).
 	ClockRate uint32
+	// PayloadTypes are the payload types the SDP names (a=rtpmap), for their clock rates and
+	// encodings.
+	PayloadTypes []PayloadType
+	// Secure marks SRTP (RTP/SAVP, RTP/SAVPF, DTLS-SRTP): the RTP header is readable, but RTCP
+	// report blocks are encrypted, so they are not read.
+	Secure bool
 }
 
 func (s *StreamSpec) leg(l Leg) *LegSpec {
@@ -92,11 +99,18 @@ func (s *StreamSpec) leg(l Leg) *LegSpec {
 // Stream is a media stream the relay forwards, from [Relay.AddStream] until
 // [Relay.RemoveStream]. Its methods are safe for concurrent use.
 type Stream struct {
-	callID    string
-	eps       [4]*endpoint // epIndex(leg, rtcp); RTCP entries nil on a muxed leg
-	hold      atomic.Bool
-	clockRate atomic.Uint32
-	removed   atomic.Bool
+	// clock is payloadTable.clock of payloads, read per packet: in the stream itself, one
+	// pointer less to follow than the table. Entries change one by one with UpdateStream; a
+	// packet reading one mid-change gets the old clock or the new.
+	clock    [128]atomic.Uint32
+	callID   string
+	eps      [4]*endpoint // epIndex(leg, rtcp); RTCP entries nil on a muxed leg
+	hold     atomic.Bool
+	payloads atomic.Pointer[payloadTable]
+	secure   atomic.Bool
+	removed  atomic.Bool
+	// rtcp is what each leg's peer said in RTCP and what the relay timed of it (rtcp.go).
+	rtcp [2]rtcpLeg
 
 	hk streamHousekeeping // owned by the housekeeping goroutine
 }

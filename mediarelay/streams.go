@@ -20,7 +20,7 @@ func (r *Relay) AddStream(spec StreamSpec) (*Stream, error) {
 	}
 	s := &Stream{callID: spec.CallID}
 	s.hold.Store(spec.Hold)
-	s.clockRate.Store(spec.ClockRate)
+	s.setPayloads(&spec)
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -187,17 +187,27 @@ func (r *Relay) UpdateStream(s *Stream, spec StreamSpec) error {
 		}
 	}
 	s.hold.Store(spec.Hold)
-	s.clockRate.Store(spec.ClockRate)
+	s.setPayloads(&spec)
 	return nil
 }
 
 // RemoveStream stops forwarding the stream; its ports stay reserved until their closers are
-// closed. Removing a stream twice does nothing.
+// closed. The quality of its legs goes to the quality histograms (see [Collector]). Removing a
+// stream twice does nothing.
 func (r *Relay) RemoveStream(s *Stream) {
+	if !r.removeStream(s) {
+		return
+	}
+	if !r.cfg.NoQuality {
+		r.quality.streamEnded(s.Stats())
+	}
+}
+
+func (r *Relay) removeStream(s *Stream) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if s.removed.Swap(true) {
-		return
+		return false
 	}
 	for _, e := range s.eps {
 		if e != nil {
@@ -205,6 +215,7 @@ func (r *Relay) RemoveStream(s *Stream) {
 		}
 	}
 	delete(r.streams, s)
+	return true
 }
 
 // Streams returns the streams being forwarded, in no particular order.
@@ -222,7 +233,7 @@ func (r *Relay) Streams() []*Stream {
 // after the stream was removed.
 func (s *Stream) Stats() StreamStats {
 	st := StreamStats{CallID: s.callID, Hold: s.hold.Load()}
-	rate := s.clockRate.Load()
+	payloads := s.payloads.Load()
 	for _, l := range []Leg{LegA, LegB} {
 		ls := &st.A
 		if l == LegB {
@@ -233,12 +244,14 @@ func (s *Stream) Stats() StreamStats {
 			if e == nil {
 				continue
 			}
-			e.rx.snapshot(ls, rtcp, rate)
+			e.rx.snapshot(ls, rtcp, payloads)
 			sent := e.sent.load()
 			ls.Sent.Packets += sent.Packets
 			ls.Sent.Bytes += sent.Bytes
 			if rtcp {
 				ls.SentRTCP = sent
+			} else {
+				ls.Local = e.local
 			}
 			if p := e.peer.Load(); p.state != latchNone {
 				if rtcp {
@@ -249,7 +262,22 @@ func (s *Stream) Stats() StreamStats {
 			}
 		}
 	}
+	s.rtcp[LegA].snapshot(&st.A)
+	s.rtcp[LegB].snapshot(&st.B)
 	return st
+}
+
+// setPayloads installs the payload types of spec, unless they did not change.
+func (s *Stream) setPayloads(spec *StreamSpec) {
+	s.secure.Store(spec.Secure)
+	if cur := s.payloads.Load(); cur != nil && cur.rate == spec.ClockRate && slices.Equal(cur.types, spec.PayloadTypes) {
+		return
+	}
+	t := newPayloadTable(slices.Clone(spec.PayloadTypes), spec.ClockRate)
+	s.payloads.Store(t)
+	for pt, c := range t.clock {
+		s.clock[pt].Store(c)
+	}
 }
 
 func normalize(spec *StreamSpec) {

@@ -42,7 +42,13 @@ type Binding struct {
 	bytesRecv atomic.Uint64
 	peer      atomic.Pointer[netip.AddrPort]
 	partner   atomic.Pointer[Binding]
+	quality   atomic.Pointer[Quality]
 }
+
+// Quality is the call quality of a media binding's traffic as its owner measures it (the media
+// relay's LegQuality): shown as JSON in a [Snapshot] and as its String in the
+// session table.
+type Quality interface{ String() string }
 
 // sigState is what a sip binding has beyond a media one; guarded by Map.mu.
 type sigState struct {
@@ -104,6 +110,15 @@ func (b *Binding) SetPeer(peer netip.AddrPort) {
 		return
 	}
 	b.peer.Store(&peer)
+}
+
+// SetQuality records the quality of what the binding received; nil clears it.
+func (b *Binding) SetQuality(q Quality) {
+	if q == nil {
+		b.quality.Store(nil)
+		return
+	}
+	b.quality.Store(&q)
 }
 
 // Partner returns, for a media binding, the binding of the same type on the other leg of its

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/sipcar/sipcar/mediarelay"
 	"github.com/sipcar/sipcar/pinhole"
 	"github.com/sipcar/sipcar/rewrite"
@@ -34,6 +36,11 @@ type callTable struct {
 	hairpinOf map[string]hairpinKey
 	// retired is, per media binding, what streams removed from it carried (see observe).
 	retired map[*pinhole.Binding]pinhole.Counters
+	// diag is the doctor's call log: it keeps the last counters of removed streams and when
+	// calls end.
+	diag *callLog
+	// calls counts calls by the families of their parties (sipcar_calls_total).
+	callsByFamily *prometheus.CounterVec
 }
 
 func newCallTable(m *pinhole.Map, media *mediarelay.Relay, log *slog.Logger, hairpin bool,
@@ -48,6 +55,7 @@ func newCallTable(m *pinhole.Map, media *mediarelay.Relay, log *slog.Logger, hai
 type callState struct {
 	established bool // a 2xx answered the initial INVITE
 	cancelled   bool // a CANCEL passed
+	counted     bool // in sipcar_calls_total
 	started     time.Time
 	// caller is the side the initial INVITE came from, and callerTag its From tag: the other tag
 	// of a message names the dialog it belongs to, which tells the forks of a call apart.
@@ -68,6 +76,7 @@ type streamKey struct {
 // both sides have spoken. The dialogs of a forked call each have one, sharing the offerer's leg.
 type relayedStream struct {
 	callID  string
+	index   int            // the m= line's position in its SDP
 	offerer pinhole.Side   // the caller's side, whose pair the forks share; 0 when not known
 	legs    [3]*mediaAlloc // by pinhole.Side
 	// answer is the pair reserved with the offer for its answer, while only the offer is known:
@@ -178,6 +187,44 @@ func (ct *callTable) with(callID string, f func(*callState)) {
 	}
 }
 
+// offeredAddr returns the address side's SDP named for a call's stream (part, index), when
+// known: what an answer's pair toward that side takes the family of.
+func (ct *callTable) offeredAddr(callID string, side pinhole.Side, part, index int) netip.Addr {
+	ct.mu.Lock()
+	defer ct.mu.Unlock()
+	c := ct.calls[callID]
+	if c == nil {
+		return netip.Addr{}
+	}
+	for k, st := range c.streams {
+		if k.part == part && k.index == index && st.legs[side] != nil {
+			return st.legs[side].rtp.Addr()
+		}
+	}
+	return netip.Addr{}
+}
+
+// liveStreams returns the spec and current counters of a call's streams that the media relay
+// forwards.
+func (ct *callTable) liveStreams(callID string) []streamNote {
+	ct.mu.Lock()
+	var streams []*relayedStream
+	if c := ct.calls[callID]; c != nil {
+		for _, st := range c.streams {
+			if st.stream != nil {
+				streams = append(streams, st)
+			}
+		}
+	}
+	out := make([]streamNote, len(streams))
+	for i, st := range streams {
+		out[i] = streamNote{index: st.index, spec: st.spec, stats: st.stream.Stats()}
+	}
+	ct.mu.Unlock()
+	sortStreams(out)
+	return out
+}
+
 // count returns how many calls hold media.
 func (ct *callTable) count() int {
 	ct.mu.Lock()
@@ -187,6 +234,7 @@ func (ct *callTable) count() int {
 
 // end releases every pair of a call; the media relay's streams go with them (released).
 func (ct *callTable) end(callID string, reason pinhole.Reason) {
+	ct.diag.callEnded(callID, reason, time.Now())
 	ct.m.ReleaseCall(callID, reason)
 	ct.mu.Lock()
 	c := ct.calls[callID]
@@ -216,7 +264,7 @@ func (ct *callTable) released(b *pinhole.Binding, reason pinhole.Reason) {
 				if l != nil && (l.pair.RTP.Port() == port || l.pair.RTCPPort == port) && l.pair.RTP.Addr() == b.Address().Addr() {
 					if st.stream != nil {
 						gone = append(gone, st.stream)
-						ct.retireLocked(st.stream, st.spec)
+						ct.retireLocked(st.stream, st.spec, st.index)
 					}
 					delete(c.streams, k)
 					break
@@ -226,6 +274,7 @@ func (ct *callTable) released(b *pinhole.Binding, reason pinhole.Reason) {
 		if len(c.streams) == 0 && reason != pinhole.ReasonRenegotiated && reason != pinhole.ReasonForkEnded {
 			delete(ct.calls, b.CallID())
 			ct.forgetPassLocked(b.CallID())
+			ct.diag.callEnded(b.CallID(), reason, time.Now())
 		}
 	}
 	ct.mu.Unlock()

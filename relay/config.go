@@ -127,6 +127,15 @@ type Config struct {
 	// no response at all releases the call's media then.
 	ResponseTimeout time.Duration
 
+	// Capture receives a copy of every SIP message sipcar receives and sends (a HEP exporter);
+	// nil captures nothing. Trace selects the calls whose rewriting is audited at info level and
+	// captured as log records (nil: none; every message is audited at debug level).
+	Capture Capturer
+	Trace   *TraceFilter
+	// CallHistory is how many ended calls the doctor keeps, for an hour at most (0:
+	// DefaultCallHistory; negative: none, and calls in progress are not followed either).
+	CallHistory int
+
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 }
@@ -138,6 +147,12 @@ func (c *Config) validate() error {
 	}
 	if c.UpstreamTransport == "" {
 		c.UpstreamTransport = "udp"
+	}
+	switch {
+	case c.CallHistory == 0:
+		c.CallHistory = DefaultCallHistory
+	case c.CallHistory < 0:
+		c.CallHistory = 0
 	}
 	if !slices.Contains([]string{"udp", "tcp", "tls"}, c.UpstreamTransport) {
 		errs = append(errs, fmt.Errorf("upstream transport %q: want udp, tcp or tls", c.UpstreamTransport))

@@ -58,6 +58,10 @@ func nextFrame(buf []byte) (n int, kind frameKind, err error) {
 	if err != nil {
 		return 0, frameNeedMore, err
 	}
+	// Compared before adding: a Content-Length near the int's range would overflow the sum.
+	if cl > maxStreamMessage {
+		return 0, frameNeedMore, errFrameTooLarge
+	}
 	total := end + sep + cl
 	if total > maxStreamMessage {
 		return 0, frameNeedMore, errFrameTooLarge

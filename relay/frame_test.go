@@ -53,6 +53,8 @@ func FuzzNextFrame(f *testing.F) {
 		"\r\n\r\nINVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:b@c>\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nContent-Length: 3\r\n\r\nabcBYE",
 		"BYE sip:a@b SIP/2.0\nContent-Length: 2\n\nok",
 		"BYE sip:a@b SIP/2.0\r\nContent-Length: 1\r\nl: 2\r\n\r\nab",
+		// PROTOS case 2401: a length near the int's range overflowed the framer's sum.
+		"INVITE sip:a@b SIP/2.0\r\nContent-Length: 9223372036854775807\r\n\r\nv=0",
 	} {
 		f.Add([]byte(s))
 	}

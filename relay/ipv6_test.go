@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/emiago/sipgo/sip"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/sipcar/sipcar/mediarelay"
 	"github.com/sipcar/sipcar/pinhole"
@@ -32,7 +34,9 @@ func TestIPv6PhoneIPv4PBX(t *testing.T) {
 	}
 	defer phone.Close()
 	port := freeUDPPort(t)
+	reg := prometheus.NewRegistry()
 	b := newLoopbed(t, func(c *Config) {
+		c.Registerer = reg
 		c.Upstream = addrOf(pbx)
 		c.ListenUDP = netip.AddrPortFrom(netip.IPv6Unspecified(), port) // both families
 		c.Map.Public = pinhole.Addrs{IPv4: lo4, IPv6: pub6}
@@ -105,5 +109,11 @@ func TestIPv6PhoneIPv4PBX(t *testing.T) {
 	_ = phoneRTP.SetReadDeadline(time.Now().Add(2 * time.Second))
 	if _, from, err := phoneRTP.ReadFromUDPAddrPort(buf); err != nil || from.Addr().Unmap() != lo6 || from.Port() != answered.Port() {
 		t.Fatalf("the PBX's IPv4 media at the IPv6 phone: from %v, %v; want from %v", from, err, answered)
+	}
+	if got := testutil.ToFloat64(b.r.metrics.calls.WithLabelValues("ipv6", "ipv4")); got != 1 {
+		t.Errorf("sipcar_calls_total{outside=ipv6,inside=ipv4} = %v, want 1", got)
+	}
+	if got := testutil.CollectAndCount(b.r.metrics.calls); got != 1 {
+		t.Errorf("%d family pairings counted, want the one", got)
 	}
 }

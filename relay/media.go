@@ -2,6 +2,8 @@ package relay
 
 import (
 	"net/netip"
+	"reflect"
+	"slices"
 	"time"
 
 	"github.com/sipcar/sipcar/mediarelay"
@@ -28,6 +30,7 @@ func (ct *callTable) update(callID string, t *msgTranslator, from pinhole.Side, 
 	var ready []*relayedStream
 	for i := range t.media {
 		a := t.media[i]
+		a.rtpmap = rtpmapOf(res, &a)
 		for _, st := range c.streamsFor(callID, &a) {
 			st.legs[a.from] = &a
 			if st.legs[pinhole.Inside] != nil && st.legs[pinhole.Outside] != nil {
@@ -84,7 +87,7 @@ func (c *callState) streamsFor(callID string, a *mediaAlloc) []*relayedStream {
 	if st != nil {
 		delete(c.streams, streamKey{"", a.part, a.index})
 	} else {
-		st = &relayedStream{callID: callID, offerer: c.caller}
+		st = &relayedStream{callID: callID, offerer: c.caller, index: a.index}
 		for k, o := range c.streams {
 			if k.part == a.part && k.index == a.index && c.caller != 0 {
 				st.legs[c.caller] = o.legs[c.caller] // the offer every fork answers
@@ -126,7 +129,9 @@ func (ct *callTable) wire(st *relayedStream) {
 		B: mediarelay.LegSpec{RTP: b, RTCP: netip.AddrPortFrom(b.Addr(), in.pair.RTCPPort),
 			Mux: mux, Peer: ct.peer(pinhole.Outside, out.rtp, out.src), PeerRTCP: ct.peer(pinhole.Outside, out.rtcp, out.src),
 			Signal: out.src.Addr()},
-		Hold: in.held || out.held,
+		Hold:         in.held || out.held,
+		PayloadTypes: payloadTypes(in.rtpmap, out.rtpmap),
+		Secure:       in.secure || out.secure,
 	}
 	// The offerer's pair is shared by the dialogs of a forked call.
 	spec.A.Shared = st.offerer == pinhole.Outside
@@ -135,7 +140,7 @@ func (ct *callTable) wire(st *relayedStream) {
 		spec.A.PeerRTCP, spec.B.PeerRTCP = netip.AddrPort{}, netip.AddrPort{}
 	}
 	cur, old := st.stream, st.spec
-	same := cur != nil && old == spec
+	same := cur != nil && sameSpec(old, spec)
 	st.spec = spec
 	ct.mu.Unlock()
 	if same {
@@ -144,7 +149,7 @@ func (ct *callTable) wire(st *relayedStream) {
 	if cur != nil && !sameRelayPorts(old, spec) {
 		// The answer took rtcp-mux the offer's early stream could not assume: a new stream.
 		ct.mu.Lock()
-		ct.retireLocked(cur, old)
+		ct.retireLocked(cur, old, st.index)
 		ct.mu.Unlock()
 		ct.media.RemoveStream(cur)
 		cur = nil
@@ -162,8 +167,50 @@ func (ct *callTable) wire(st *relayedStream) {
 	}
 	ct.mu.Lock()
 	st.stream = s
+	count := false
+	if c := ct.calls[st.callID]; c != nil && !c.counted {
+		c.counted, count = true, true
+	}
 	ct.mu.Unlock()
+	if count && ct.callsByFamily != nil {
+		ct.callsByFamily.WithLabelValues(familyName(spec.B.RTP.Addr()), familyName(spec.A.RTP.Addr())).Inc()
+	}
 }
+
+// familyName names an address's IP family as the metrics do.
+func familyName(a netip.Addr) string {
+	if a.Unmap().Is4() {
+		return "ipv4"
+	}
+	return "ipv6"
+}
+
+// rtpmapOf returns a copy of the a=rtpmap lines of the SDP section a pair was allocated for.
+func rtpmapOf(res *rewrite.Result, a *mediaAlloc) []rewrite.RTPMap {
+	for i, s := range res.Streams {
+		if s.Part == a.part && s.Index == a.index {
+			return slices.Clone(res.RTPMap(i))
+		}
+	}
+	return nil
+}
+
+// payloadTypes are a stream's payload types for the media relay: those of both sides' SDP, the
+// inside's first where both name a number (each side names what it receives, and almost every
+// peer answers with the offer's numbers).
+func payloadTypes(in, out []rewrite.RTPMap) []mediarelay.PayloadType {
+	var pts []mediarelay.PayloadType
+	for _, m := range slices.Concat(in, out) {
+		if !slices.ContainsFunc(pts, func(p mediarelay.PayloadType) bool { return p.Type == m.Type }) {
+			pts = append(pts, mediarelay.PayloadType{Type: m.Type, Encoding: m.Encoding, ClockRate: m.ClockRate})
+		}
+	}
+	return pts
+}
+
+// sameSpec reports whether two specs are equal (their payload types make them incomparable
+// with ==).
+func sameSpec(a, b mediarelay.StreamSpec) bool { return reflect.DeepEqual(a, b) }
 
 // sameRelayPorts reports whether two specs use the same relay ports and rtcp-mux, which
 // [mediarelay.Relay.UpdateStream] requires.
@@ -175,8 +222,9 @@ func sameRelayPorts(a, b mediarelay.StreamSpec) bool {
 // retireLocked keeps what a stream that goes carried on those of its bindings that live on (the
 // offer's pair of a forked call when another dialog's stream stays, a pair whose other side was
 // renegotiated), so that their counters keep counting it.
-func (ct *callTable) retireLocked(s *mediarelay.Stream, spec mediarelay.StreamSpec) {
+func (ct *callTable) retireLocked(s *mediarelay.Stream, spec mediarelay.StreamSpec, index int) {
 	stats := s.Stats()
+	ct.diag.streamEnded(s.CallID(), streamNote{index: index, spec: spec, stats: stats})
 	keep := func(b *pinhole.Binding, c pinhole.Counters, _ time.Time, _ netip.AddrPort) {
 		if b.Live() {
 			ct.retired[b] = sumCounters(ct.retired[b], c)
@@ -339,6 +387,19 @@ func (ct *callTable) traffic(s *mediarelay.Stream, stats mediarelay.StreamStats)
 		b.Observe(o.c, o.last)
 		if o.streams == 1 && o.peer.IsValid() {
 			b.SetPeer(o.peer)
+		}
+	}
+	// The quality of what a leg's peer sent goes on its RTP binding, unless that carries
+	// several streams (the offer's pair of a forked call), whose figures do not add up.
+	for _, w := range ws {
+		for _, leg := range [...]struct {
+			spec  mediarelay.LegSpec
+			stats *mediarelay.LegStats
+		}{{w.spec.A, &w.stats.A}, {w.spec.B, &w.stats.B}} {
+			b := ct.m.LookupMedia(leg.spec.RTP.Port())
+			if o := acc[b]; b != nil && o != nil && o.streams == 1 && leg.stats.RTP.Expected > 0 {
+				b.SetQuality(leg.stats.Quality())
+			}
 		}
 	}
 }

@@ -20,7 +20,9 @@ type metrics struct {
 	// for want of descriptors; connsClosed those closed later, by why (handshake-timeout,
 	// handshake-failed, message-timeout, idle, framing).
 	connsRefused, connsClosed *prometheus.CounterVec
-	logLimit                  *rateLog
+	// calls counts calls with relayed media by the IP family of each side's party.
+	calls    *prometheus.CounterVec
+	logLimit *rateLog
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -35,10 +37,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		answered:     vec("responses_sent_total", "Responses sipcar sent itself, by status code.", "code"),
 		connsRefused: vec("connections_refused_total", "TCP and TLS connections closed at once: a cap reached (per-source, total) or no descriptor left (descriptors).", "reason"),
 		connsClosed:  vec("connections_closed_total", "TCP and TLS connections sipcar closed, by reason: handshake-timeout, handshake-failed, message-timeout, idle, framing.", "reason"),
-		logLimit:     &rateLog{every: 10 * time.Second, last: make(map[netip.Addr]time.Time)},
+		calls: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "sipcar", Name: "calls_total",
+			Help: "Calls whose media sipcar relayed, by the IP family of the outside and the inside party (ipv4, ipv6), counted when the call's first stream had both."},
+			[]string{"outside", "inside"}),
+		logLimit: &rateLog{every: 10 * time.Second, last: make(map[netip.Addr]time.Time)},
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.received, m.forwarded, m.malformed, m.dropped, m.answered, m.connsRefused, m.connsClosed} {
+		for _, c := range []prometheus.Collector{m.received, m.forwarded, m.malformed, m.dropped, m.answered, m.connsRefused, m.connsClosed, m.calls} {
 			if err := reg.Register(c); err != nil {
 				var are prometheus.AlreadyRegisteredError
 				if !errors.As(err, &are) {

@@ -16,6 +16,9 @@ type natState struct {
 	mu            sync.Mutex // guards the following
 	aliases       map[aliasKey]netip.AddrPort
 	origTransport map[netip.AddrPort]string
+	// contacts is, per sip binding, the host and port a phone wrote in the Contact of its
+	// REGISTER, which the registrar's answer gives back as it was written.
+	contacts map[netip.AddrPort]string
 }
 
 // aliasKey names an address a sender behind a NAT wrote in its Via, on one side.
@@ -28,7 +31,8 @@ type aliasKey struct {
 const maxAliases = 100000
 
 func newNATState() *natState {
-	return &natState{aliases: make(map[aliasKey]netip.AddrPort), origTransport: make(map[netip.AddrPort]string)}
+	return &natState{aliases: make(map[aliasKey]netip.AddrPort), origTransport: make(map[netip.AddrPort]string),
+		contacts: make(map[netip.AddrPort]string)}
 }
 
 // setAlias records that what a sender on side wrote as via came from src.
@@ -69,9 +73,28 @@ func (n *natState) originalTransport(b *pinhole.Binding) string {
 	return b.Transport()
 }
 
+// noteContact records the host and port a REGISTER's Contact named, as written, for the binding
+// that stands for it.
+func (n *natState) noteContact(b *pinhole.Binding, written []byte) {
+	n.mu.Lock()
+	if cur, ok := n.contacts[b.Address()]; !ok || cur != string(written) {
+		n.contacts[b.Address()] = string(written)
+	}
+	n.mu.Unlock()
+}
+
+// contact returns what noteContact recorded for the binding at a.
+func (n *natState) contact(a netip.AddrPort) (string, bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	w, ok := n.contacts[a]
+	return w, ok
+}
+
 // forget drops what was recorded of a released sip binding.
 func (n *natState) forget(b *pinhole.Binding) {
 	n.mu.Lock()
 	delete(n.origTransport, b.Address())
+	delete(n.contacts, b.Address())
 	n.mu.Unlock()
 }

@@ -1,9 +1,7 @@
 package relay
 
 import (
-	"context"
 	"fmt"
-	"log/slog"
 	"net/netip"
 	"strconv"
 	"time"
@@ -90,15 +88,19 @@ func (r *Relay) admit(p *msgPass) bool {
 	}
 	m := &p.m
 	p.callID, p.method, p.isReq = string(m.CallID()), string(m.Method()), m.IsRequest()
+	r.captureSIP(in.src, in.local, in.transport, p.callID, p.raw)
 	p.initial = p.isReq && p.method == "INVITE" && len(m.ToTag()) == 0
 	if p.isReq && p.method != "ACK" && in.conn == nil {
 		p.skey = serverKeyOf(m, in.src)
 		if answer, from, seen := r.txs.retransmission(p.skey); seen {
 			if answer != nil {
-				// Answered already: the answer again, nothing else.
+				// Answered already: the answer again (within the cap on sipcar's own answers),
+				// nothing else.
 				r.metrics.dropped.WithLabelValues("retransmission").Inc()
-				if r.replies.allow(in.src.Addr(), now) || r.isUpstream(in.src) {
-					_ = r.tp.sendUDP(from, in.src, answer)
+				if len(answer) > 0 && (r.replies.allow(in.src.Addr(), now) || r.isUpstream(in.src)) {
+					if r.tp.sendUDP(from, in.src, answer) == nil {
+						r.captureSIP(from, in.src, "udp", p.callID, answer)
+					}
 				}
 				return false
 			}
@@ -228,6 +230,11 @@ func (r *Relay) translate(p *msgPass) bool {
 func (r *Relay) rewriteFor(p *msgPass, out string) error {
 	t := &msgTranslator{r: r, transport: p.in.transport, src: p.in.src, source: r.callSource(p.in.src),
 		callID: p.key, next: p.next, out: out, fork: r.calls.forkOf(p.key, p.from, &p.m)}
+	if !p.isReq {
+		t.requestVias, t.requestSrc = p.tx.vias, p.tx.back
+	}
+	t.register = p.isReq && p.method == "REGISTER"
+	t.registerAnswer = !p.isReq && p.method == "REGISTER"
 	if p.isReq {
 		if via, ok := topViaSentBy(&p.m); ok {
 			t.senderVia = via
@@ -293,7 +300,7 @@ func (r *Relay) deliver(p *msgPass) {
 		answerable: p.isReq && p.method != "ACK"}
 	if f.answerable {
 		tx := clientTx{key: requestKey(&p.m, p.t.viaOut), server: p.skey, back: p.in.src, backTransport: p.in.transport,
-			next: p.next, nextTransport: p.out, call: p.key, initial: p.initial}
+			vias: viaCopies(&p.m), next: p.next, nextTransport: p.out, call: p.key, initial: p.initial}
 		if p.out == "udp" {
 			// Over UDP the next hop may stay silent: the request is kept for sipcar's own 503.
 			tx.in, tx.raw = p.in, p.raw
@@ -304,6 +311,14 @@ func (r *Relay) deliver(p *msgPass) {
 	if p.out != "udp" {
 		later = r.failLater(f)
 	}
+	// The doctor's call log and the rewrite audit take the message before it leaves: once it is
+	// sent, its response may come back and be handled before this goroutine would get to it. A
+	// 200 noted before its INVITE's record exists is lost (the call would stay "ringing"), and an
+	// answer audited before its INVITE made a traced source's call known (SIPCAR_TRACE=src:) is
+	// not traced. A send that fails ends the call it started (sendFailed), which the log notes
+	// too.
+	r.diag.message(p, time.Now())
+	r.audit(p)
 	if err := r.tp.send(p.local, p.out, p.next, p.res.Out, later); err != nil {
 		r.sendFailed(f, err)
 		return
@@ -317,10 +332,22 @@ func (r *Relay) deliver(p *msgPass) {
 		p.sb.SetPeer(p.next)
 		p.sb.Sent(len(p.res.Out), r.m.Now())
 	}
-	if r.log.Enabled(context.Background(), slog.LevelDebug) {
-		r.log.Debug("relayed", "method", p.method, "status", p.m.StatusCode(), "call", p.callID, "src", p.in.src,
-			"at", p.in.local, "from", p.local, "to", p.next, "transport", p.out)
+	r.captureSIP(p.local, p.next, p.out, p.callID, p.res.Out)
+}
+
+// viaCopies copies the via-parms of a request, for its responses (see RestoreVia).
+func viaCopies(m *rewrite.Message) [][]byte {
+	vias := m.ViaParms(make([][]byte, 0, 4))
+	n := 0
+	for _, v := range vias {
+		n += len(v)
 	}
+	buf := make([]byte, 0, n)
+	for i, v := range vias {
+		buf = append(buf, v...)
+		vias[i] = buf[len(buf)-len(v) : len(buf) : len(buf)]
+	}
+	return vias
 }
 
 // sendFailure is what the relay needs to undo a message that could not be sent: the transaction
@@ -393,10 +420,13 @@ func (r *Relay) permitted(p *msgPass) bool {
 	}
 	// A denied source is not welcome: 403 without Retry-After. One over its rate may come back:
 	// 503 with Retry-After.
-	code, reason, retry := 403, "Forbidden", 0
+	code, reason, retry, metric := 403, "Forbidden", 0, "policy"
 	if d.RateLimited {
-		code, reason, retry = 503, "Service Unavailable", d.RetryAfterSeconds()
+		code, reason, retry, metric = 503, "Service Unavailable", d.RetryAfterSeconds(), "policy-rate"
 	}
+	// The doctor names the refusal of a call (silent rules stay out of its log: they are for
+	// scanners, whose floods would crowd out the calls it keeps).
+	r.diag.refused(p, &refusal{metric: metric, code: code, reason: reason, warning: warningTextOf(d.Warning)}, time.Now())
 	r.answerRequest(p, code, reason, d.Warning, retry)
 	return false
 }

@@ -38,6 +38,7 @@ type Relay struct {
 	replies *replyGate
 	rep     *replier
 	conns   *connLimits
+	diag    *callLog
 
 	ready    atomic.Bool // listeners open and not draining
 	draining atomic.Bool
@@ -53,7 +54,7 @@ func New(cfg Config) (*Relay, error) {
 		return nil, fmt.Errorf("relay config: %w", err)
 	}
 	r := &Relay{cfg: cfg, log: cfg.Logger, nat: newNATState(), txs: newTransactions(cfg.ResponseTimeout),
-		absorb: newOwnAnswers(), replies: newReplyGate(cfg.MaxErrorReplyRate)}
+		absorb: newOwnAnswers(), replies: newReplyGate(cfg.MaxErrorReplyRate), diag: newCallLog(cfg.CallHistory)}
 	r.flood = &floodGate{perAddr: newThrottle(cfg.MaxMessageRate, 2*cfg.MaxMessageRate),
 		perPrefix: newThrottle(cfg.MaxPrefixRate, 2*cfg.MaxPrefixRate), bits4: cfg.RatePrefixV4, bits6: cfg.RatePrefixV6}
 	if cfg.Mode == Upstream {
@@ -71,6 +72,7 @@ func New(cfg Config) (*Relay, error) {
 		return nil, err
 	}
 	r.calls = newCallTable(r.m, r.media, r.log, r.cfg.Mode == Upstream, r.bindAddr, r.mediaPeer)
+	r.calls.diag, r.calls.callsByFamily = r.diag, r.metrics.calls
 	return r, nil
 }
 

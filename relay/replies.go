@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -144,6 +145,7 @@ func (r *Relay) refuse(p *msgPass, err error) {
 		ref = &refusal{metric: "error", code: 500, reason: "Server Internal Error", warning: "sipcar could not forward the request"}
 	}
 	r.metrics.dropped.WithLabelValues(ref.metric).Inc()
+	r.diag.refused(p, ref, time.Now())
 	if ref.metric != "error" && ref.metric != "no-descriptors" {
 		r.logOnce(p.in.src, "message refused", "src", p.in.src, "reason", ref.metric, "err", err)
 	}
@@ -175,36 +177,52 @@ func warningText(text string) string {
 	return `399 sipcar "` + quoteWarning(text) + `"`
 }
 
+// warningTextOf is the text of a Warning header value that [warningText] made (or the value as
+// it is).
+func warningTextOf(value string) string {
+	if t, ok := strings.CutPrefix(value, `399 sipcar "`); ok && strings.HasSuffix(t, `"`) {
+		return t[:len(t)-1]
+	}
+	return value
+}
+
 // answerTo sends sipcar's own response to a request (responses and ACKs get none) with a Warning
-// header's whole value, and returns what it sent (nil: nothing). To a UDP source sipcar knows nothing of, replies are capped per source
-// and in total and never larger than the request (see replyGate).
+// header's whole value, and returns the answer the request has (nil: none), sent or not: to a
+// UDP source sipcar knows nothing of, answers are capped per source and in total and never
+// larger than the request (see replyGate), but a request refused without an answer keeps its
+// answer for its retransmissions all the same, which then get it within the cap and are never
+// screened again. An answer that cannot be smaller than its request is an empty, non-nil slice.
 func (r *Relay) answerTo(in inbound, req []byte, code int, reason, warning string, retryAfter int, to answerTo) []byte {
 	known := to == answerKnownSource || in.conn != nil || r.isUpstream(in.src)
 	now := time.Now()
-	if !known && !r.replies.allow(in.src.Addr(), now) {
-		r.metrics.dropped.WithLabelValues("reply-limit").Inc()
-		return nil
-	}
 	out, ends := r.rep.reply(req, in.src, code, reason, warning, retryAfter, replyFull)
 	for trim := replyNoServer; out != nil && !known && len(out) > len(req); trim++ {
 		if trim > replyBare {
 			r.metrics.dropped.WithLabelValues("reply-size").Inc()
-			return nil
+			return []byte{}
 		}
 		out, ends = r.rep.reply(req, in.src, code, reason, warning, retryAfter, trim)
 	}
 	if out == nil {
 		return nil
 	}
+	if !known && !r.replies.allow(in.src.Addr(), now) {
+		r.metrics.dropped.WithLabelValues("reply-limit").Inc()
+		return out
+	}
 	if ends != nil {
 		r.absorb.add(*ends, now)
 	}
 	r.metrics.answered.WithLabelValues(strconv.Itoa(code)).Inc()
 	if in.conn != nil {
-		_ = in.conn.enqueue(out, nil)
+		if in.conn.enqueue(out, nil) == nil {
+			r.captureAnswer(in.local, in.src, in.transport, out)
+		}
 		return out
 	}
-	_ = r.tp.sendUDP(in.local, in.src, out)
+	if r.tp.sendUDP(in.local, in.src, out) == nil {
+		r.captureAnswer(in.local, in.src, in.transport, out)
+	}
 	return out
 }
 

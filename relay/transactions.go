@@ -61,9 +61,11 @@ type clientTx struct {
 	server   serverKey
 	last     []byte
 	lastFrom netip.AddrPort
-	// back is where the request came from, over backTransport: where its responses go.
+	// back is where the request came from, over backTransport: where its responses go. vias
+	// are its via-parms as the sender wrote them, which its responses get back.
 	back          netip.AddrPort
 	backTransport string
+	vias          [][]byte
 	// next is where the request went, over nextTransport: where its responses must come from.
 	next          netip.AddrPort
 	nextTransport string
@@ -140,7 +142,7 @@ func (ts *transactions) record(tx clientTx, now time.Time) (*clientTx, bool) {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
 	if old := ts.byKey[tx.key]; old != nil {
-		old.back, old.backTransport = tx.back, tx.backTransport
+		old.back, old.backTransport, old.vias = tx.back, tx.backTransport, tx.vias
 		old.next, old.nextTransport = tx.next, tx.nextTransport
 		return old, false
 	}
@@ -178,15 +180,17 @@ func (ts *transactions) removeLocked(t *clientTx) {
 }
 
 // refused remembers sipcar's own answer to a request that came over UDP, for its
-// retransmissions: they get the same answer, and are neither screened nor counted again.
+// retransmissions: they get the same answer, and are neither screened nor counted again. An empty
+// answer (none can be sent) is remembered too: its retransmissions are absorbed.
 func (ts *transactions) refused(k serverKey, answer []byte, from netip.AddrPort, now time.Time) {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
+	last := append(make([]byte, 0, len(answer)), answer...) // never nil: the request was answered
 	if old := ts.byServer[k]; old != nil {
-		old.last, old.lastFrom = append([]byte(nil), answer...), from
+		old.last, old.lastFrom = last, from
 		return
 	}
-	ts.addLocked(&clientTx{server: k, last: append([]byte(nil), answer...), lastFrom: from, answered: true,
+	ts.addLocked(&clientTx{server: k, last: last, lastFrom: from, answered: true,
 		final: true, deadline: now.Add(txAfterFinal)})
 }
 
@@ -256,7 +260,7 @@ func (ts *transactions) response(k txKey, src netip.AddrPort, transport string, 
 		t.deadline = now.Add(txRinging) // it rings: a proxy's Timer C
 	}
 	heap.Fix(&ts.queue, t.idx)
-	return clientTx{key: t.key, back: t.back, backTransport: t.backTransport, call: t.call, initial: t.initial}, txMatched
+	return clientTx{key: t.key, back: t.back, backTransport: t.backTransport, vias: t.vias, call: t.call, initial: t.initial}, txMatched
 }
 
 // fromNextHop reports whether a response from src over transport comes from where t's request
@@ -321,6 +325,7 @@ func (r *Relay) runTransactions(ctx context.Context) {
 			return
 		case now := <-t.C:
 			r.absorb.prune(now)
+			r.diag.sweep(now)
 			for _, tx := range r.txs.expired(now) {
 				if tx.initial {
 					r.calls.end(tx.call, pinhole.ReasonRejected)

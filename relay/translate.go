@@ -2,6 +2,7 @@ package relay
 
 import (
 	"net/netip"
+	"strings"
 
 	"github.com/sipcar/sipcar/pinhole"
 	"github.com/sipcar/sipcar/rewrite"
@@ -33,6 +34,40 @@ type msgTranslator struct {
 	sawVia bool
 	// bindings counts the sip bindings the message asked for (maxBindingsPerMessage).
 	bindings int
+	// requestVias are, for a response, the via-parms of its request as the sender wrote them,
+	// and requestSrc where that request came from (see RestoreVia).
+	requestVias [][]byte
+	requestSrc  netip.AddrPort
+	// register: the message is a REGISTER; registerAnswer, a response to one.
+	register, registerAnswer bool
+}
+
+// TranslateWritten gives a registrar's answer the Contacts of the phone as the phone wrote them
+// in its REGISTER: a phone finds its own registration in the answer by comparing its Contact
+// URI (RFC 3261 sections 10.2.4 and 19.1.4), which sipcar's address, or even the phone's own
+// with a default port added, would not match.
+func (t *msgTranslator) TranslateWritten(a rewrite.Addr, _ netip.AddrPort) []byte {
+	if !t.registerAnswer || a.Field != rewrite.FieldContact || !t.r.m.Own(a.From, a.AddrPort.Addr().Unmap()) {
+		return nil
+	}
+	if w, ok := t.r.nat.contact(netip.AddrPortFrom(a.AddrPort.Addr().Unmap(), a.AddrPort.Port())); ok {
+		return []byte(w)
+	}
+	return nil
+}
+
+// RestoreVia gives a response's Vias back as its request's sender wrote them, byte for byte (a
+// sender may drop a response whose sent-by is not the text it wrote, RFC 3261 section 18.1.2),
+// the top one with what sipcar, the first hop that saw the sender's packets, owes it (received,
+// rport's value: a phone behind a NAT learns its public address from them).
+func (t *msgTranslator) RestoreVia(index int, _ []byte) []byte {
+	if index >= len(t.requestVias) {
+		return nil
+	}
+	if index == 0 {
+		return rewrite.ViaReceivedFrom(nil, t.requestVias[0], t.requestSrc)
+	}
+	return t.requestVias[index]
 }
 
 // maxBindingsPerMessage bounds the sip bindings one message may ask for: a request through ten
@@ -56,6 +91,10 @@ type mediaAlloc struct {
 	pair        pinhole.Pair
 	rtp, rtcp   netip.AddrPort
 	mux, held   bool
+	// rtpmap are the section's payload types (a=rtpmap), secure says SRTP: for the media
+	// relay's quality analysis.
+	rtpmap []rewrite.RTPMap
+	secure bool
 }
 
 var _ rewrite.Translator = (*msgTranslator)(nil)
@@ -92,6 +131,11 @@ func (t *msgTranslator) translate(a rewrite.Addr) (netip.AddrPort, bool, error) 
 		if b, ok := r.m.Resolve(from, addr); ok {
 			return b.ForwardTo(), true, nil
 		}
+		if a.Field == rewrite.FieldRequestURI && from == pinhole.Outside && r.cfg.Mode == Upstream {
+			// A request to sipcar's public address on a port that is no binding nor listener
+			// goes to the upstream like one to a listener: it is addressed to the upstream.
+			return r.cfg.Upstream, true, nil
+		}
 		return netip.AddrPort{}, false, nil // one of sipcar's own addresses that is no binding
 	}
 	if t.senderVia.IsValid() && addr == t.senderVia {
@@ -125,6 +169,9 @@ func (t *msgTranslator) translate(a rewrite.Addr) (netip.AddrPort, bool, error) 
 		orig = t.transport
 	}
 	r.nat.noteTransport(b, orig)
+	if t.register && a.Field == rewrite.FieldContact {
+		r.nat.noteContact(b, a.Written)
+	}
 	return b.Address(), true, nil
 }
 
@@ -134,6 +181,11 @@ func (t *msgTranslator) translate(a rewrite.Addr) (netip.AddrPort, bool, error) 
 func (t *msgTranslator) TranslateTransport(a rewrite.Addr, to netip.AddrPort) string {
 	from := a.From
 	if t.r.m.Own(from.Other(), to.Addr()) || (t.next.IsValid() && to == t.next) {
+		if a.Lower && !t.r.m.Own(from, a.AddrPort.Addr().Unmap()) {
+			// Another hop's Via hidden behind a binding: nothing is sent to it from here, so
+			// its transport stays as that hop wrote it.
+			return ""
+		}
 		return t.out
 	}
 	if own := netip.AddrPortFrom(a.AddrPort.Addr().Unmap(), a.AddrPort.Port()); t.r.m.Own(from, own.Addr()) {
@@ -168,16 +220,25 @@ func (t *msgTranslator) Media(from rewrite.Side, s *rewrite.Stream) (rewrite.Med
 		Mux:   s.Mux,
 		Held:  s.Direction != rewrite.SendRecv,
 		Fork:  t.fork,
-		// The pair faces the receiver of this SDP; the one reserved for the answer, the sender.
+		// The pair faces the receiver of this SDP, in the family of its signalling or, for an
+		// answer, of the stream's offered address; the one reserved for the answer faces the
+		// sender, in the family of the stream's own address (a mixed-family offer is answered
+		// per stream).
 		Toward: t.next.Addr(),
 		Back:   t.src.Addr(),
+	}
+	if a := t.r.calls.offeredAddr(t.callID, from.Other(), s.Part, s.Index); a.IsValid() {
+		req.Toward = a
+	}
+	if a := s.RTP.Addr(); a.IsValid() {
+		req.Back = a
 	}
 	p, err := t.tx.Media(req)
 	if err != nil {
 		return rewrite.MediaBinding{}, err
 	}
 	t.media = append(t.media, mediaAlloc{from: req.From, src: t.src, next: t.next, fork: t.fork, part: s.Part, index: s.Index, pair: p,
-		rtp: s.RTP, rtcp: s.RTCP, mux: s.Mux, held: req.Held})
+		rtp: s.RTP, rtcp: s.RTCP, mux: s.Mux, held: req.Held, secure: strings.Contains(s.Proto, "SAVP")})
 	return p, nil
 }
 

@@ -532,6 +532,19 @@ func (m *Message) TopVia() []byte {
 	return nil
 }
 
+// ViaParms appends to dst every via-parm of the message's Vias, in order, as written.
+func (m *Message) ViaParms(dst [][]byte) [][]byte {
+	for _, h := range m.hdrs {
+		if h.kind == hVia {
+			_ = eachVia(m.raw, h.value, func(p viaParm) error {
+				dst = append(dst, m.raw[p.whole.start:p.whole.end])
+				return nil
+			})
+		}
+	}
+	return dst
+}
+
 // FromTag and ToTag return the tag parameters of From and To (nil when absent, empty when the
 // tag has no value). They are read whatever the URIs hold (see tagOf).
 func (m *Message) FromTag() []byte { return m.tag(m.fromTag, m.hasFromTag) }

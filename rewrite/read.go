@@ -1,6 +1,9 @@
 package rewrite
 
-import "net/netip"
+import (
+	"net/netip"
+	"strconv"
+)
 
 // Readers of single header values, for the relay's routing decisions (RFC 3261 sections 16 and
 // 18). They accept the values as Parse checked them and report ok false for host names, which
@@ -69,6 +72,20 @@ func RouteTarget(route []byte) (a netip.AddrPort, lr bool, ok bool) {
 		return nil
 	})
 	return a, lr, ok
+}
+
+// ContactAddr returns the address of the first URI of a Contact value, when its host is an IP
+// literal.
+func ContactAddr(contact []byte) (a netip.AddrPort, ok bool) {
+	first := true
+	_ = eachNameAddr(contact, span{0, len(contact)}, hContact, func(na nameAddr) error {
+		if first {
+			a, ok = URIAddr(contact[na.uri.start:na.uri.end])
+		}
+		first = false
+		return nil
+	})
+	return a, ok
 }
 
 // URIAddr returns the host and port of a sip: or sips: URI whose host is an IP literal (the
@@ -145,4 +162,56 @@ func ViaNamesNoAddress(via []byte) bool {
 		return nil
 	})
 	return masked
+}
+
+// FirstViaParm returns the first via-parm of a Via value as written (sent-protocol, sent-by and
+// parameters), or nil when the value does not parse.
+func FirstViaParm(via []byte) []byte {
+	var out []byte
+	first := true
+	err := eachVia(via, span{0, len(via)}, func(p viaParm) error {
+		if first {
+			out = via[p.whole.start:p.whole.end]
+		}
+		first = false
+		return nil
+	})
+	if err != nil {
+		return nil
+	}
+	return out
+}
+
+// ViaReceivedFrom appends to dst a via-parm with what the first hop that received its request
+// from src adds (RFC 3261 section 18.2.1, RFC 3581): received when the sent-by is not src's
+// address or rport asks for it, and rport's value when it has none. A received the via-parm
+// already has is kept. IPv6 addresses in received are written without brackets, as RFC 3261's
+// ABNF has them.
+func ViaReceivedFrom(dst, parm []byte, src netip.AddrPort) []byte {
+	var p viaParm
+	found := false
+	_ = eachVia(parm, span{0, len(parm)}, func(v viaParm) error {
+		if !found {
+			p, found = v, true
+		}
+		return nil
+	})
+	if !found {
+		return append(dst, parm...)
+	}
+	fillPort := p.hasRport && p.rport.len() == 0
+	addReceived := p.received.len() == 0 && (fillPort || !p.sentBy.isIP() || p.sentBy.addr.Unmap() != src.Addr().Unmap())
+	at := p.whole.end
+	if fillPort {
+		at = p.rport.start
+	}
+	dst = append(dst, parm[:at]...)
+	if fillPort {
+		dst = strconv.AppendUint(append(dst, '='), uint64(src.Port()), 10)
+	}
+	dst = append(dst, parm[at:p.whole.end]...)
+	if addReceived {
+		dst = src.Addr().Unmap().AppendTo(append(dst, ";received="...))
+	}
+	return append(dst, parm[p.whole.end:]...)
 }

@@ -33,6 +33,12 @@ func TestReaders(t *testing.T) {
 	if _, lr, ok := RouteTarget([]byte("<sip:203.0.113.5:5080;transport=tcp>")); !ok || lr {
 		t.Errorf("strict route read as loose")
 	}
+	if a, ok := ContactAddr([]byte(`"Bob" <sip:bob@10.0.0.5:5070;transport=udp>;expires=60, <sip:bob@203.0.113.9>`)); !ok || a != ap("10.0.0.5:5070") {
+		t.Errorf("ContactAddr = %v %v", a, ok)
+	}
+	if _, ok := ContactAddr([]byte("<sip:bob@phone.example.com>")); ok {
+		t.Errorf("ContactAddr read a host name as an address")
+	}
 	if a, ok := URIAddr([]byte("sips:bob@[2001:db8:c::5]")); !ok || a != ap("[2001:db8:c::5]:5061") {
 		t.Errorf("URIAddr = %v %v", a, ok)
 	}
@@ -128,5 +134,30 @@ func TestViaNamesNoAddress(t *testing.T) {
 		if got := ViaNamesNoAddress([]byte(via)); got != want {
 			t.Errorf("ViaNamesNoAddress(%q) = %v, want %v", via, got, want)
 		}
+	}
+}
+
+// The first hop's received and rport (RFC 3261 18.2.1, RFC 3581) are added to the via-parm as
+// the sender wrote it, nothing else changing.
+func TestViaReceivedFrom(t *testing.T) {
+	src := netip.MustParseAddrPort("203.0.113.7:40001")
+	for _, c := range []struct{ in, want string }{
+		{"SIP/2.0/UDP 10.0.0.5;branch=z9hG4bK1;rport", "SIP/2.0/UDP 10.0.0.5;branch=z9hG4bK1;rport=40001;received=203.0.113.7"},
+		{"SIP/2.0/UDP 10.0.0.5:5062;rport;branch=z9hG4bK1", "SIP/2.0/UDP 10.0.0.5:5062;rport=40001;branch=z9hG4bK1;received=203.0.113.7"},
+		{"SIP/2.0/UDP 203.0.113.7:40001;branch=z9hG4bK1", "SIP/2.0/UDP 203.0.113.7:40001;branch=z9hG4bK1"},
+		{"SIP/2.0/UDP phone.example.com;branch=z9hG4bK1", "SIP/2.0/UDP phone.example.com;branch=z9hG4bK1;received=203.0.113.7"},
+		{"SIP/2.0/TCP [2001:db8:b::9:1];received=[2001:db8:b::9:255];branch=z9hG4bK1", "SIP/2.0/TCP [2001:db8:b::9:1];received=[2001:db8:b::9:255];branch=z9hG4bK1"},
+		{"SIP/2.0/UDP [::ffff:203.0.113.7]:40001;branch=z9hG4bK1", "SIP/2.0/UDP [::ffff:203.0.113.7]:40001;branch=z9hG4bK1"},
+	} {
+		if got := string(ViaReceivedFrom(nil, []byte(c.in), src)); got != c.want {
+			t.Errorf("ViaReceivedFrom(%s)\n got %s\nwant %s", c.in, got, c.want)
+		}
+	}
+	if got := string(FirstViaParm([]byte("SIP/2.0/UDP 10.0.0.5;branch=a , SIP/2.0/UDP x;branch=b"))); got != "SIP/2.0/UDP 10.0.0.5;branch=a" {
+		t.Errorf("FirstViaParm = %q", got)
+	}
+	v6 := netip.MustParseAddrPort("[2001:db8:b::9:1]:5060")
+	if got := string(ViaReceivedFrom(nil, []byte("SIP/2.0/UDP [2001:db8:b::9:1];rport"), v6)); got != "SIP/2.0/UDP [2001:db8:b::9:1];rport=5060;received=2001:db8:b::9:1" {
+		t.Errorf("IPv6: %s", got)
 	}
 }

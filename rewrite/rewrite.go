@@ -34,6 +34,7 @@ type Result struct {
 	media   []sdpMedia
 	parts   []sdpPart
 	strip   []span
+	rtpmaps []RTPMap // of every media section, in order (sdpMedia.rtpmaps indexes it)
 }
 
 type pendingEdit struct {
@@ -63,7 +64,7 @@ func Rewrite(res *Result, m *Message, from Side, tr Translator) error {
 	if err := res.planBody(m); err != nil {
 		return err
 	}
-	w := rewriter{res: res, raw: m.raw, from: from, tr: tr}
+	w := rewriter{res: res, raw: m.raw, from: from, tr: tr, request: m.request}
 	if err := w.headers(m); err != nil {
 		return err
 	}
@@ -72,6 +73,18 @@ func Rewrite(res *Result, m *Message, from Side, tr Translator) error {
 	}
 	w.contentLength(m)
 	res.build(m.raw)
+	return nil
+}
+
+// RTPMap returns the a=rtpmap lines that parse (payload type, encoding, clock rate) of the
+// SDP section of Streams[i], in order. They belong to r: copy them to keep them past the next
+// Rewrite.
+func (r *Result) RTPMap(i int) []RTPMap {
+	for _, m := range r.media {
+		if m.stream == i {
+			return r.rtpmaps[m.rtpmaps.start:m.rtpmaps.end:m.rtpmaps.end]
+		}
+	}
 	return nil
 }
 
@@ -84,6 +97,7 @@ func (r *Result) reset() {
 	r.media = r.media[:0]
 	r.parts = r.parts[:0]
 	r.strip = r.strip[:0]
+	r.rtpmaps = r.rtpmaps[:0]
 }
 
 // planBody finds the SDP bodies of m (the body itself or multipart parts) and plans them.
@@ -276,6 +290,9 @@ type rewriter struct {
 	raw  []byte
 	from Side
 	tr   Translator
+	// request: the message is a request; vias counts the via-parms seen so far.
+	request bool
+	vias    int
 }
 
 func (w *rewriter) edit(field Field, what string, s span, fill func(dst []byte) []byte) {
@@ -400,18 +417,32 @@ func defaultPort(transport string) uint16 {
 // hostPort translates a host and port; it returns what it asked and got, and whether the
 // address changed.
 func (w *rewriter) hostPort(field Field, transport string, hp *hostPort) (Addr, netip.AddrPort, bool, error) {
-	a := Addr{Field: field, From: w.from, Transport: transport}
+	a := Addr{Field: field, From: w.from, Transport: transport, Lower: field == FieldVia && w.vias > 1}
 	port := hp.portNum
 	if hp.port.len() == 0 {
 		port, a.PortImplicit = defaultPort(transport), true
 	}
 	a.AddrPort = netip.AddrPortFrom(hp.addr, port)
+	whole := hp.host
+	if hp.bracket {
+		whole = span{whole.start - 1, whole.end + 1}
+	}
+	if hp.port.len() > 0 {
+		whole.end = hp.port.end
+	}
+	a.Written = w.raw[whole.start:whole.end]
 	to, ok, err := w.tr.Translate(a)
 	if err != nil {
 		return a, to, false, fmt.Errorf("translate %s %s: %w", field, a.AddrPort, err)
 	}
 	if !ok || to == a.AddrPort {
 		return a, to, false, nil
+	}
+	if wt, isWT := w.tr.(WrittenTranslator); isWT {
+		if text := wt.TranslateWritten(a, to); text != nil {
+			w.edit(field, "host and port as written", whole, func(dst []byte) []byte { return append(dst, text...) })
+			return a, to, true, nil
+		}
 	}
 	if to.Addr() != hp.addr {
 		bracket := to.Addr().Is6()
@@ -449,6 +480,13 @@ func (w *rewriter) hostPort(field Field, transport string, hp *hostPort) (Addr, 
 }
 
 func (w *rewriter) via(p viaParm) error {
+	w.vias++
+	if vr, ok := w.tr.(ViaRestorer); ok && !w.request {
+		if orig := vr.RestoreVia(w.vias-1, w.raw[p.whole.start:p.whole.end]); orig != nil {
+			w.edit(FieldVia, "restored", p.whole, func(dst []byte) []byte { return append(dst, orig...) })
+			return nil
+		}
+	}
 	transport := transportName(w.raw[p.transport.start:p.transport.end])
 	if p.sentBy.isIP() {
 		a, to, changed, err := w.hostPort(FieldVia, transport, &p.sentBy)
@@ -522,6 +560,12 @@ func (w *rewriter) received(transport string, p *viaParm) error {
 		return nil
 	}
 	if to.Addr() != ip {
+		// Brackets as the sender wrote them (RFC 5118 section 4.5 sees both), but never around
+		// an IPv4 address.
+		bracketed := rs != p.received
+		if bracketed && to.Addr().Is4() {
+			rs = p.received
+		}
 		w.edit(FieldViaReceived, "address", rs, to.Addr().AppendTo)
 	}
 	if p.rport.len() > 0 && to.Port() != port {
@@ -757,7 +801,8 @@ func (w *rewriter) sessionAddrs(pi int, p *sdpPart) error {
 		return nil
 	}
 	// The session c= is in force for every stream without its own; if any of them is relayed,
-	// it must name the relay address, and all of them must agree on it.
+	// it names the first one's relay address, and a stream relayed at another (a mixed-family
+	// offer's answer, each stream in its offer's family) gets a c= line of its own.
 	var relay netip.Addr
 	for i := range w.res.media {
 		m := &w.res.media[i]
@@ -766,10 +811,12 @@ func (w *rewriter) sessionAddrs(pi int, p *sdpPart) error {
 			continue
 		}
 		a := s.Binding.RTP.Addr()
-		if relay.IsValid() && relay != a {
-			return fmt.Errorf("translate SDP c=: streams sharing the session address were given %s and %s", relay, a)
+		switch {
+		case !relay.IsValid():
+			relay = a
+		case a != relay:
+			w.addMediaConn(p, m, a)
 		}
-		relay = a
 	}
 	if relay.IsValid() {
 		w.connEdit(FieldSDPConnection, &p.sessC, relay)
@@ -779,6 +826,24 @@ func (w *rewriter) sessionAddrs(pi int, p *sdpPart) error {
 		return w.sdpConn(FieldSDPConnection, &p.sessC)
 	}
 	return nil
+}
+
+// addMediaConn writes a media-level c= line naming ip right after m's m= line.
+func (w *rewriter) addMediaConn(p *sdpPart, m *sdpMedia, ip netip.Addr) {
+	at := m.sectionEnd
+	if nl := bytes.IndexByte(w.raw[m.sectionStart:m.sectionEnd], '\n'); nl >= 0 {
+		at = m.sectionStart + nl + 1
+	}
+	w.edit(FieldSDPConnection, "SDP c= added", span{at, at}, func(dst []byte) []byte {
+		if at > 0 && w.raw[at-1] != '\n' {
+			dst = appendEOL(dst, p.crlf)
+		}
+		dst = append(dst, "c=IN IP4 "...)
+		if ip.Is6() {
+			dst[len(dst)-2] = '6'
+		}
+		return appendEOL(ip.AppendTo(dst), p.crlf)
+	})
 }
 
 // sdpConn asks the translator for an SDP address that is not a relayed stream's.

@@ -55,6 +55,7 @@ type sdpMedia struct {
 	// component 1 of each kind (see defaultCandidate).
 	ice         bool
 	host, srflx candidate
+	rtpmaps     span // indexes of its a=rtpmap lines in Result.rtpmaps
 }
 
 // sdpPart is one SDP body of a message (the body itself, or one multipart part).
@@ -189,7 +190,8 @@ func (r *Result) planSDP(raw []byte, b span, partIdx int, lenHdr span) error {
 			}
 		case 'm':
 			r.flushMedia(cur, cs)
-			r.media = append(r.media, sdpMedia{part: partIdx, index: index, line: lineNo, sectionStart: cs})
+			r.media = append(r.media, sdpMedia{part: partIdx, index: index, line: lineNo, sectionStart: cs,
+				rtpmaps: span{len(r.rtpmaps), len(r.rtpmaps)}})
 			cur = &r.media[len(r.media)-1]
 			index++
 			inMedia = true
@@ -216,6 +218,11 @@ func (r *Result) planSDP(raw []byte, b span, partIdx int, lenHdr span) error {
 				}
 			case equalFold(nb, "rtcp-mux") && inMedia:
 				cur.mux = true
+			case equalFold(nb, "rtpmap") && inMedia:
+				if m, ok := parseRTPMap(raw, value); ok {
+					r.rtpmaps = append(r.rtpmaps, m)
+					cur.rtpmaps.end = len(r.rtpmaps)
+				}
 			default:
 				if d, ok := direction(nb); ok {
 					if inMedia {
@@ -429,6 +436,44 @@ func parseRTCPAttr(raw []byte, v span, m *sdpMedia) error {
 		parseAddress(raw, f[1], f[2], f[3], &m.rtcp)
 	}
 	return nil
+}
+
+// parseRTPMap reads "a=rtpmap:<payload type> <encoding name>/<clock rate>[/<parameters>]"
+// (RFC 8866 6.6). One that does not parse is no address: it is left as it is, and not reported.
+func parseRTPMap(raw []byte, v span) (RTPMap, bool) {
+	var f [2]span
+	if fields(raw, v, f[:]) != 2 {
+		return RTPMap{}, false
+	}
+	pt, ok := parseUint(raw[f[0].start:f[0].end], 127)
+	if !ok {
+		return RTPMap{}, false
+	}
+	enc := raw[f[1].start:f[1].end]
+	slash := bytes.IndexByte(enc, '/')
+	if slash <= 0 {
+		return RTPMap{}, false
+	}
+	clock := enc[slash+1:]
+	if i := bytes.IndexByte(clock, '/'); i >= 0 {
+		clock = clock[:i]
+	}
+	rate, ok := parseUint(clock, 1<<24)
+	if !ok || rate == 0 {
+		return RTPMap{}, false
+	}
+	return RTPMap{Type: uint8(pt), Encoding: internEncoding(enc[:slash]), ClockRate: uint32(rate)}, true
+}
+
+// internEncoding returns the common encoding names without allocating.
+func internEncoding(b []byte) string {
+	for _, s := range [...]string{"PCMU", "PCMA", "G722", "G729", "telephone-event", "opus", "CN", "iLBC",
+		"speex", "AMR", "AMR-WB", "GSM", "G726-32", "H264", "VP8", "VP9", "red", "ulpfec", "rtx"} {
+		if string(b) == s {
+			return s
+		}
+	}
+	return string(b)
 }
 
 // isTCPProto reports media protocols carried over TCP (TCP/MSRP, TCP/BFCP, TCP/TLS/RTP/SAVP ...),

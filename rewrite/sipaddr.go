@@ -191,6 +191,7 @@ func isIPv4ABNF(b []byte) bool {
 
 // viaParm is one via-parm of a Via header value.
 type viaParm struct {
+	whole     span // the via-parm, from sent-protocol to its last parameter
 	transport span
 	sentBy    hostPort
 	received  span // value of received, empty if absent
@@ -205,6 +206,7 @@ func eachVia(raw []byte, v span, fn func(viaParm) error) error {
 	for {
 		var p viaParm
 		i = skipLWS(raw, i, v.end)
+		p.whole.start = i
 		// sent-protocol: name SLASH version SLASH transport, SLASH allowing LWS around it.
 		for part := 0; part < 3; part++ {
 			j := i
@@ -233,6 +235,7 @@ func eachVia(raw []byte, v span, fn func(viaParm) error) error {
 			return err
 		}
 		p.sentBy = hp
+		p.whole.end = j
 		i = skipLWS(raw, j, v.end)
 		for i < v.end && raw[i] == ';' {
 			i = skipLWS(raw, i+1, v.end)
@@ -244,6 +247,7 @@ func eachVia(raw []byte, v span, fn func(viaParm) error) error {
 				return malformed("Via", ns, "empty parameter")
 			}
 			name := span{ns, i}
+			p.whole.end = i
 			i = skipLWS(raw, i, v.end)
 			val := span{i, i}
 			hasVal := false
@@ -265,6 +269,7 @@ func eachVia(raw []byte, v span, fn func(viaParm) error) error {
 					return malformed("Via", vs, "parameter without a value after '='")
 				}
 				val, hasVal = span{vs, i}, true
+				p.whole.end = i
 				i = skipLWS(raw, i, v.end)
 			}
 			n := raw[name.start:name.end]

@@ -88,6 +88,12 @@ type Addr struct {
 	// and PortImplicit is set.
 	AddrPort     netip.AddrPort
 	PortImplicit bool
+	// Lower is set for a Via other than the top one: another hop's, which no response is sent
+	// to from here.
+	Lower bool
+	// Written is the host and port as the message wrote them (brackets included), for URIs and
+	// Vias; it is only valid during the call.
+	Written []byte
 }
 
 // Direction is an SDP stream's media direction attribute.
@@ -180,6 +186,13 @@ type Stream struct {
 	Binding     MediaBinding
 }
 
+// RTPMap is an a=rtpmap line: "a=rtpmap:96 opus/48000/2" is {96, "opus", 48000}.
+type RTPMap struct {
+	Type      uint8
+	Encoding  string
+	ClockRate uint32
+}
+
 // MediaBinding is the address a relayed media stream is advertised at on the far side.
 type MediaBinding struct {
 	// RTP is sipcar's address and relay port for RTP on the side the message goes to.
@@ -213,4 +226,19 @@ type Translator interface {
 // parameter (and sips: scheme) of a URI. An empty answer leaves the transport as written.
 type TransportTranslator interface {
 	TranslateTransport(a Addr, to netip.AddrPort) string
+}
+
+// WrittenTranslator is a Translator that can give, for an address it translated, the text to
+// write instead of the new address and port: what the party it stands for once wrote (a
+// registrar's answer lists a phone's Contact as the phone wrote it). nil writes the address.
+type WrittenTranslator interface {
+	TranslateWritten(a Addr, to netip.AddrPort) []byte
+}
+
+// ViaRestorer is a Translator that puts back the Vias of a response as the request's sender
+// wrote them: RestoreVia gets the index of a via-parm (0: the top one, the relay's own) and the
+// via-parm as the response carries it, and returns the text that replaces it whole, or nil to
+// translate it as any other address.
+type ViaRestorer interface {
+	RestoreVia(index int, current []byte) []byte
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/pprof"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -60,11 +61,55 @@ func adminHandler(r *relay.Relay, pol *policy.Policy, reg *prometheus.Registry, 
 		s := r.Map().Snapshot()
 		table(s.WriteSessionTable, w, req, s)
 	})
+	// The one-way-audio doctor: one call by its Call-ID, or every call in progress or ended in
+	// the last hour.
+	mux.HandleFunc("GET /calls/{id}/doctor", func(w http.ResponseWriter, req *http.Request) {
+		ds := r.Diagnose(req.PathValue("id"))
+		if len(ds) == 0 {
+			http.Error(w, "no call "+req.PathValue("id")+" in progress or ended in the last hour", http.StatusNotFound)
+			return
+		}
+		table(diagnoses(ds).WriteText, w, req, ds)
+	})
+	mux.HandleFunc("GET /doctor", func(w http.ResponseWriter, req *http.Request) {
+		ds := r.DiagnoseRecent()
+		table(diagnoses(ds).WriteText, w, req, ds)
+	})
 	mux.HandleFunc("GET /policy", func(w http.ResponseWriter, req *http.Request) {
 		s := pol.Snapshot()
 		table(s.Format, w, req, s)
 	})
 	return mux
+}
+
+// diagnoses prints as `sipcar doctor` does.
+type diagnoses []relay.Diagnosis
+
+func (ds diagnoses) WriteText(w io.Writer) error {
+	if len(ds) == 0 {
+		_, err := fmt.Fprintln(w, "no call in progress or ended in the last hour")
+		return err
+	}
+	for _, d := range ds {
+		if err := d.WriteText(w); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// doctor prints the one-way-audio doctor's verdict on a call (by Call-ID) or on every call in
+// progress or ended in the last hour, from a running sipcar's admin endpoint.
+func doctor(args, environ []string, stdout, stderr io.Writer) int {
+	if len(args) > 1 {
+		fmt.Fprintln(stderr, "usage: sipcar doctor [Call-ID]")
+		return 2
+	}
+	path := "/doctor"
+	if len(args) == 1 {
+		path = "/calls/" + url.PathEscape(args[0]) + "/doctor"
+	}
+	return fetchText(path, "sipcar doctor", environ, stdout, stderr)
 }
 
 // show prints the server map or the session table of a running sipcar, read from its admin
@@ -74,23 +119,29 @@ func show(args, environ []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: sipcar show servermap|sessions|policy")
 		return 2
 	}
+	return fetchText("/"+args[0], "sipcar show", environ, stdout, stderr)
+}
+
+// fetchText copies the text form of an admin endpoint's path to stdout.
+func fetchText(path, what string, environ []string, stdout, stderr io.Writer) int {
 	base, err := adminURL(environ)
 	if err != nil {
-		fmt.Fprintln(stderr, "sipcar show:", err)
+		fmt.Fprintln(stderr, what+":", err)
 		return 2
 	}
-	resp, err := http.Get(base + "/" + args[0] + "?format=text")
+	resp, err := http.Get(base + path + "?format=text")
 	if err != nil {
-		fmt.Fprintln(stderr, "sipcar show:", err)
+		fmt.Fprintln(stderr, what+":", err)
 		return 1
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		fmt.Fprintln(stderr, "sipcar show:", resp.Status)
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+		fmt.Fprintln(stderr, what+":", resp.Status+":", strings.TrimSpace(string(body)))
 		return 1
 	}
 	if _, err := io.Copy(stdout, resp.Body); err != nil {
-		fmt.Fprintln(stderr, "sipcar show:", err)
+		fmt.Fprintln(stderr, what+":", err)
 		return 1
 	}
 	_ = os.Stdout.Sync()

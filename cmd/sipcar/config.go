@@ -22,6 +22,7 @@ import (
 	"github.com/sipcar/sipcar/mediarelay"
 	"github.com/sipcar/sipcar/pinhole"
 	"github.com/sipcar/sipcar/relay"
+	"github.com/sipcar/sipcar/relay/hep"
 	"github.com/sipcar/sipcar/relay/policy"
 )
 
@@ -69,6 +70,11 @@ type config struct {
 	AdminAddr         listenAddr        `env:"ADMIN_ADDR" envDefault:"127.0.0.1:9060" help:"admin HTTP endpoint (/healthz /readyz /metrics /servermap /sessions); empty disables"`
 	Pprof             bool              `env:"PPROF" envDefault:"false" help:"serve Go's profiles at /debug/pprof/ on the admin endpoint"`
 	DrainTimeout      time.Duration     `env:"DRAIN_TIMEOUT" envDefault:"30s" help:"on SIGTERM, how long calls may go on before sipcar closes"`
+	HEPAddr           hepCollector      `env:"HEP_ADDR" help:"HEP collector (Homer, heplify-server, Kamailio sipcapture) that gets every SIP message on both sides, RTCP and quality reports: host:port (UDP), udp://host:port or tcp://host:port; empty: no export"`
+	HEPID             uint32            `env:"HEP_ID" envDefault:"2002" help:"the capture agent ID sipcar gives the HEP collector"`
+	HEPPassword       string            `env:"HEP_PASSWORD" help:"the HEP collector's password (capture password), sent in every HEP packet"`
+	CallHistory       int               `env:"CALL_HISTORY" envDefault:"10000" help:"ended calls the doctor keeps (for an hour at most) to say why they had no audio; 0: none"`
+	Trace             traceFilter       `env:"TRACE" help:"calls whose rewriting is audited (each message before and after, every change and why) at info level and to HEP: callid:<Call-ID>|src:<address or CIDR>, '|'-separated"`
 	LogLevel          string            `env:"LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`
 	LogFormat         string            `env:"LOG_FORMAT" envDefault:"text" help:"text or json"`
 }
@@ -139,6 +145,47 @@ func (p *policyRules) UnmarshalText(b []byte) error {
 	}
 	p.Rules = r
 	return nil
+}
+
+// hepCollector is SIPCAR_HEP_ADDR: a host (an IP or a name, resolved once at start-up), a port
+// and a transport.
+type hepCollector struct {
+	Network, Host string
+	Port          uint16
+}
+
+func (h *hepCollector) UnmarshalText(b []byte) error {
+	s := strings.TrimSpace(string(b))
+	*h = hepCollector{}
+	if s == "" {
+		return nil
+	}
+	h.Network = "udp"
+	if scheme, rest, ok := strings.Cut(s, "://"); ok {
+		if scheme != "udp" && scheme != "tcp" {
+			return fmt.Errorf("transport %q: want udp:// or tcp://", scheme)
+		}
+		h.Network, s = scheme, rest
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return errors.New("want host:port, udp://host:port or tcp://host:port")
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil || n == 0 || host == "" {
+		return fmt.Errorf("%q: want a host and a port from 1 to 65535", s)
+	}
+	h.Host, h.Port = host, uint16(n)
+	return nil
+}
+
+// traceFilter is SIPCAR_TRACE, parsed when the configuration is read.
+type traceFilter struct{ *relay.TraceFilter }
+
+func (t *traceFilter) UnmarshalText(b []byte) error {
+	f, err := relay.ParseTrace(string(b))
+	t.TraceFilter = f
+	return err
 }
 
 // listenAddr is host:port, :port (every address) or empty (disabled).
@@ -312,7 +359,8 @@ func printHelp(w io.Writer) {
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Commands: sipcar (run), sipcar show servermap|sessions|policy (from a running instance's admin endpoint),")
-	fmt.Fprintln(w, "sipcar healthcheck (exit status 0 when the running instance's /readyz says ready).")
+	fmt.Fprintln(w, "sipcar healthcheck (exit status 0 when the running instance's /readyz says ready),")
+	fmt.Fprintln(w, "sipcar doctor [Call-ID] (why a call in progress or ended in the last hour has no or one-way audio, per leg).")
 }
 
 // relayConfig turns the configuration into the relay's, resolving the upstream's name.
@@ -339,6 +387,8 @@ func (c config) relayConfig(ctx context.Context, log *slog.Logger) (relay.Config
 		ResponseTimeout:         c.TransactionTTL,
 	}
 	rc.Mode = c.Mode
+	rc.Trace = c.Trace.TraceFilter
+	rc.CallHistory = noCap(c.CallHistory)
 	if c.Upstream.Host != "" {
 		ip, err := resolve(ctx, c.Upstream.Host)
 		if err != nil {
@@ -408,6 +458,24 @@ func (c config) relayConfig(ctx context.Context, log *slog.Logger) (relay.Config
 	}
 	rc.ClientTLS = client
 	return rc, nil
+}
+
+// hepExporter makes the HEP exporter of SIPCAR_HEP_ADDR, resolving its name; nil when export is
+// off.
+func (c config) hepExporter(ctx context.Context, log *slog.Logger, reg prometheus.Registerer) (*hep.Exporter, error) {
+	if c.HEPAddr.Host == "" {
+		return nil, nil
+	}
+	ip, err := resolve(ctx, c.HEPAddr.Host)
+	if err != nil {
+		return nil, fmt.Errorf("%sHEP_ADDR: %w", envPrefix, err)
+	}
+	e, err := hep.New(hep.Config{Collector: netip.AddrPortFrom(ip, c.HEPAddr.Port), Network: c.HEPAddr.Network,
+		AgentID: c.HEPID, AuthKey: c.HEPPassword, Logger: log, Registerer: reg})
+	if err != nil {
+		return nil, fmt.Errorf("%sHEP_ADDR: %w", envPrefix, err)
+	}
+	return e, nil
 }
 
 // noCap turns a cap's variable into the libraries' terms: there 0 means their default and a

@@ -9,9 +9,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -35,6 +37,8 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 			return show(args[1:], environ, stdout, stderr)
 		case "healthcheck":
 			return healthcheck(args[1:], environ, stdout, stderr)
+		case "doctor":
+			return doctor(args[1:], environ, stdout, stderr)
 		default:
 			fmt.Fprintf(stderr, "sipcar: unknown argument %q (try sipcar -h)\n", args[0])
 			return 2
@@ -75,6 +79,14 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	rc.Policy = pol
+	exporter, err := cfg.hepExporter(ctx, log, reg)
+	if err != nil {
+		fmt.Fprintln(stderr, "sipcar:", err)
+		return 2
+	}
+	if exporter != nil {
+		rc.Capture = exporter
+	}
 	r, err := relay.New(rc)
 	if err != nil {
 		fmt.Fprintln(stderr, "sipcar:", err)
@@ -83,6 +95,14 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 
 	relayCtx, stopRelay := context.WithCancel(context.Background())
 	defer stopRelay()
+	if exporter != nil {
+		// The exporter outlives the relay's last message: it stops with the relay's context,
+		// after Run has returned (see below), dropping what is still queued.
+		exportDone := make(chan struct{})
+		defer func() { stopRelay(); <-exportDone }()
+		go func() { defer close(exportDone); _ = exporter.Run(relayCtx) }()
+		log.Info("HEP export", "collector", cfg.HEPAddr.Network+"://"+net.JoinHostPort(cfg.HEPAddr.Host, strconv.Itoa(int(cfg.HEPAddr.Port))), "agent_id", cfg.HEPID)
+	}
 	done := make(chan error, 1)
 	go func() { done <- r.Run(relayCtx) }()
 

@@ -15,7 +15,8 @@
 # Usage (root): integration/bench/run.sh [-q]   (-q: short runs, for a smoke test)
 # Environment: CALLS="500 1000 2000" (load points, 50 packets/s per direction per call),
 # SECONDS_PER_RUN=10, SAT_CALLS=500, SAT_SECONDS=3, SAT_RATES="80000 ... max", SAMPLE=4,
-# RELAYS="sipcar-fanin sipcar-fanin-perport sipcar-fallback rtpengine cfwd", REPEAT=2,
+# RELAYS="sipcar-fanin sipcar-fanin-perport sipcar-fallback rtpengine cfwd", REPEAT=2 (also
+# sipcar-fanin-noquality: fan-in with call-quality analysis off),
 # VERBOSE=1, RELAYD_ARGS (more flags for sipcar's relayd, e.g. "-cpuprofile /tmp/relayd.prof"),
 # STEERING=napi|rps.
 set -euo pipefail
@@ -135,6 +136,7 @@ start_relay() { # name -> sets relay_pid, pairs
   pairs=$static_pairs
   case $name in
     sipcar-fanin) ip netns exec "$relay" nice -n -15 taskset -c 0 "$work/relayd" -pairs "$pairs" -mode fanin ${RELAYD_ARGS:-} 2>"$log" & ;;
+    sipcar-fanin-noquality) ip netns exec "$relay" nice -n -15 taskset -c 0 "$work/relayd" -pairs "$pairs" -mode fanin -no-quality ${RELAYD_ARGS:-} 2>"$log" & ;;
     sipcar-fanin-perport) ip netns exec "$relay" nice -n -15 taskset -c 0 "$work/relayd" -pairs "$pairs" -mode fanin-perport ${RELAYD_ARGS:-} 2>"$log" & ;;
     sipcar-fallback) ip netns exec "$relay" nice -n -15 taskset -c 0 "$work/relayd" -pairs "$pairs" -mode fallback ${RELAYD_ARGS:-} 2>"$log" & ;;
     cfwd) ip netns exec "$relay" nice -n -15 taskset -c 0 "$work/cfwd" "$pairs" 2>"$log" & ;;

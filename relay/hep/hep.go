@@ -10,15 +10,18 @@ package hep
 
 import (
 	"encoding/binary"
+	"errors"
+	"fmt"
 	"net/netip"
 	"time"
 )
 
 // Protocol types of the HEP protocol-type chunk.
 const (
-	ProtoSIP    uint8 = 1  // a SIP message
-	ProtoRTCP   uint8 = 5  // an RTCP report, as JSON
-	ProtoReport uint8 = 34 // a stream's quality report, as JSON (what RTPAgent and rtpengine send)
+	ProtoSIP    uint8 = 1   // a SIP message
+	ProtoRTCP   uint8 = 5   // an RTCP report, as JSON
+	ProtoReport uint8 = 34  // a stream's quality report, as JSON (what RTPAgent and rtpengine send)
+	ProtoLog    uint8 = 100 // a log line, as JSON (sipcar's rewrite audit of a traced message)
 )
 
 // Transport names the transport a captured packet travelled over, for the IP protocol chunk.
@@ -131,4 +134,68 @@ func appendUint16(dst []byte, typ uint16, v uint16) []byte {
 
 func appendUint32(dst []byte, typ uint16, v uint32) []byte {
 	return binary.BigEndian.AppendUint32(appendHeader(dst, typ, 4), v)
+}
+
+// Decode reads one HEPv3 packet, as [Append] writes it: the packet, the capture agent ID and the
+// auth key. Chunks of other vendors and types are skipped. It is what tests and tools read
+// sipcar's HEP with; it never panics on input.
+func Decode(b []byte) (p Packet, agentID uint32, authKey string, err error) {
+	if len(b) < 6 || string(b[:4]) != "HEP3" {
+		return p, 0, "", errors.New("hep: not a HEPv3 packet")
+	}
+	n := int(binary.BigEndian.Uint16(b[4:]))
+	if n < 6 || n > len(b) {
+		return p, 0, "", fmt.Errorf("hep: length %d, have %d bytes", n, len(b))
+	}
+	var src, dst netip.Addr
+	var sport, dport uint16
+	var secs, micros uint32
+	for rest := b[6:n]; len(rest) > 0; {
+		if len(rest) < chunkHeader {
+			return p, 0, "", errors.New("hep: truncated chunk header")
+		}
+		vendor, typ, l := binary.BigEndian.Uint16(rest), binary.BigEndian.Uint16(rest[2:]), int(binary.BigEndian.Uint16(rest[4:]))
+		if l < chunkHeader || l > len(rest) {
+			return p, 0, "", fmt.Errorf("hep: chunk %d length %d", typ, l)
+		}
+		v := rest[chunkHeader:l]
+		rest = rest[l:]
+		if vendor != 0 {
+			continue
+		}
+		fixed := func(size int) bool { return len(v) == size }
+		switch {
+		case typ == chunkIPProto && fixed(1):
+			p.Transport = Transport(v[0])
+		case typ == chunkSrc4 && fixed(4):
+			src = netip.AddrFrom4([4]byte(v))
+		case typ == chunkDst4 && fixed(4):
+			dst = netip.AddrFrom4([4]byte(v))
+		case typ == chunkSrc6 && fixed(16):
+			src = netip.AddrFrom16([16]byte(v))
+		case typ == chunkDst6 && fixed(16):
+			dst = netip.AddrFrom16([16]byte(v))
+		case typ == chunkSrcPort && fixed(2):
+			sport = binary.BigEndian.Uint16(v)
+		case typ == chunkDstPort && fixed(2):
+			dport = binary.BigEndian.Uint16(v)
+		case typ == chunkSeconds && fixed(4):
+			secs = binary.BigEndian.Uint32(v)
+		case typ == chunkMicros && fixed(4):
+			micros = binary.BigEndian.Uint32(v)
+		case typ == chunkProto && fixed(1):
+			p.Proto = v[0]
+		case typ == chunkAgentID && fixed(4):
+			agentID = binary.BigEndian.Uint32(v)
+		case typ == chunkAuthKey:
+			authKey = string(v)
+		case typ == chunkCorrelation:
+			p.Correlation = string(v)
+		case typ == chunkPayload:
+			p.Payload = v
+		}
+	}
+	p.Src, p.Dst = netip.AddrPortFrom(src, sport), netip.AddrPortFrom(dst, dport)
+	p.Time = time.Unix(int64(secs), int64(micros)*1000)
+	return p, agentID, authKey, nil
 }

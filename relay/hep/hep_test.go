@@ -128,3 +128,46 @@ func counter(t *testing.T, reg *prometheus.Registry, result string) float64 {
 	}
 	return 0
 }
+
+// What Append writes, Decode reads back, for both families, with and without an auth key.
+func TestDecodeRoundTrip(t *testing.T) {
+	for _, p := range []Packet{
+		{Src: netip.MustParseAddrPort("198.51.100.20:5060"), Dst: netip.MustParseAddrPort("203.0.113.9:40001"), Transport: UDP,
+			Time: time.Unix(1700000000, 123456000), Proto: ProtoSIP, Correlation: "call-1", Payload: []byte("INVITE sip:x SIP/2.0\r\n\r\n")},
+		{Src: netip.MustParseAddrPort("[2001:db8::1]:5061"), Dst: netip.MustParseAddrPort("[2001:db8::2]:5060"), Transport: TCP,
+			Time: time.Unix(1700000001, 0), Proto: ProtoLog, Payload: []byte(`{"a":1}`)},
+	} {
+		for _, key := range []string{"", "secret"} {
+			got, agent, gotKey, err := Decode(Append(nil, &p, 42, key))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if agent != 42 || gotKey != key || got.Src != p.Src || got.Dst != p.Dst || got.Transport != p.Transport ||
+				!got.Time.Equal(p.Time) || got.Proto != p.Proto || got.Correlation != p.Correlation || string(got.Payload) != string(p.Payload) {
+				t.Errorf("decoded %+v (agent %d, key %q), want %+v", got, agent, gotKey, p)
+			}
+		}
+	}
+	if _, _, _, err := Decode([]byte("HEP3\x00\x07\x00")); err == nil {
+		t.Error("a truncated chunk decoded")
+	}
+}
+
+// Decode never panics, and what it reads, Append writes so that it reads the same again.
+func FuzzDecode(f *testing.F) {
+	p := Packet{Src: netip.MustParseAddrPort("198.51.100.20:5060"), Dst: netip.MustParseAddrPort("[2001:db8::2]:5060"),
+		Transport: UDP, Time: time.Unix(1, 0), Proto: ProtoSIP, Correlation: "c", Payload: []byte("x")}
+	f.Add(Append(nil, &p, 1, "k"))
+	f.Add([]byte("HEP3\x00\x06"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		got, agent, key, err := Decode(b)
+		if err != nil || !got.Src.Addr().IsValid() || !got.Dst.Addr().IsValid() || got.Src.Addr().Is4() != got.Dst.Addr().Is4() {
+			return
+		}
+		again, agent2, key2, err := Decode(Append(nil, &got, agent, key))
+		if err != nil || again.Src != got.Src || again.Dst != got.Dst || agent2 != agent || key2 != key ||
+			string(again.Payload) != string(got.Payload) || again.Correlation != got.Correlation {
+			t.Fatalf("re-encoded %+v decoded as %+v (%v)", got, again, err)
+		}
+	})
+}

@@ -26,6 +26,7 @@ func main() {
 	portMin := flag.Uint("port-min", 20000, "relay port range start")
 	portMax := flag.Uint("port-max", 29999, "relay port range end")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the run to this file")
+	noQuality := flag.Bool("no-quality", false, "turn call-quality analysis off (mediarelay.Config.NoQuality)")
 	flag.Parse()
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
@@ -40,14 +41,14 @@ func main() {
 		defer f.Close()
 		defer pprof.StopCPUProfile()
 	}
-	if err := run(*pairs, *mode, uint16(*portMin), uint16(*portMax)); err != nil {
+	if err := run(*pairs, *mode, uint16(*portMin), uint16(*portMax), *noQuality); err != nil {
 		fmt.Fprintln(os.Stderr, "relayd:", err)
 		os.Exit(1)
 	}
 }
 
-func run(pairs, mode string, portMin, portMax uint16) error {
-	cfg := mediarelay.Config{PortMin: portMin, PortMax: portMax,
+func run(pairs, mode string, portMin, portMax uint16, noQuality bool) error {
+	cfg := mediarelay.Config{PortMin: portMin, PortMax: portMax, NoQuality: noQuality,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, nil))}
 	switch mode {
 	case "fanin":
