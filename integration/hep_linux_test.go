@@ -2,6 +2,7 @@ package integration
 
 import (
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"net/netip"
@@ -22,9 +23,9 @@ import (
 // calls (SIPCAR_TRACE by Call-ID and by source) as HEP log records, and none for the untraced
 // call. sipcar's own log, at info level, shows each message of a traced call before and after
 // rewriting with its changes, and nothing of the untraced call.
-//
-// TODO(quality): once sipcar exports RTCP (HEP proto 5) and its per-stream quality reports (HEP
-// proto 34), let the phone send RTCP and assert both records of each call here.
+// The first call's phone sends an RTCP sender report, which reaches the collector as an RTCP
+// record (HEP proto 5, JSON) of its call; each call's end gives a quality report (HEP proto 34)
+// of each leg that carried media, the phone's and the PBX's, with what sipcar counted.
 func TestHEPExport(t *testing.T) {
 	for _, c := range []struct{ name, addr string }{
 		{"udp", "203.0.113.9:9060"},
@@ -71,8 +72,15 @@ func testHEPExport(t *testing.T, hepAddr string) {
 	for i, c := range calls {
 		name := fmt.Sprintf("phone-%d", i+1)
 		l.writeLongRTPPcap(name, rtpPackets)
-		phone := l.uac(l.phone, name, uacScenario{callID: c.id, offer: pcmaOffer, play: true, pauseMS: 1000},
+		pause := 1000
+		if i == 0 {
+			pause = 5000 // time to send RTCP once the call is up
+		}
+		phone := l.uac(l.phone, name, uacScenario{callID: c.id, offer: pcmaOffer, play: true, pauseMS: pause},
 			sippOpts{local: c.phone.String(), remote: publicAddr.String() + ":5060"})
+		if i == 0 {
+			l.sendHEPCallRTCP(t, collector, c.id, c.phone)
+		}
 		phone.succeeded(t, 60*time.Second, 1)
 		car.waitNoMedia(t, c.id+"'s BYE")
 	}
@@ -86,6 +94,11 @@ func testHEPExport(t *testing.T, hepAddr string) {
 		for _, c := range calls {
 			if n := countHEP(recs, c.id, 1); n < 12 {
 				return false, fmt.Sprintf("%s: %d SIP records of 12; %d records in all", c.id, n, len(recs))
+			}
+		}
+		for _, c := range calls {
+			if n := countHEP(recs, c.id, 34); n < 2 {
+				return false, fmt.Sprintf("%s: %d quality reports of 2", c.id, n)
 			}
 		}
 		for _, id := range []string{hepTracedCall, hepSourceCall} {
@@ -109,6 +122,10 @@ func testHEPExport(t *testing.T, hepAddr string) {
 		case !strings.Contains(received[0].payload, "c=IN IP4 "+c.phone.String()) || !strings.Contains(sent[0].payload, "c=IN IP4 "+plan4.inside.String()):
 			t.Errorf("%s: the two INVITEs do not show the SDP before and after rewriting:\n%s\n----\n%s", c.id, received[0].payload, sent[0].payload)
 		}
+	}
+	checkHEPMedia(t, recs, calls[0].id, calls[0].phone)
+	for _, c := range calls {
+		checkHEPQuality(t, recs, c.id, c.phone)
 	}
 	for _, r := range recs {
 		if r.agent != hepAgentID || r.auth != hepPassword {
@@ -342,7 +359,7 @@ func messageKey(msg string) string {
 	return f[1]
 }
 
-var auditLine = regexp.MustCompile(`(?m)^time=\S+ level=(\S+) msg="rewrite audit" call=(\S+) .*$`)
+var auditLine = regexp.MustCompile(`(?m)^time=\S+ level=(\S+) msg="rewrite audit" method=\S+ status=\d+ call=(\S+) .*$`)
 
 // auditLines returns sipcar's "rewrite audit" log lines by call.
 func auditLines(log string) map[string][]string {
@@ -385,4 +402,107 @@ func phoneAddrOfCall(cid string) string {
 		return otherPhoneAddr.String()
 	}
 	return phoneAddr.String()
+}
+
+// hepRTCPSSRC is the SSRC of the sender report the first call's phone sends.
+const hepRTCPSSRC = 0x5ca1ab1e
+
+// sendHEPCallRTCP waits until the collector has the call's 200 to the phone, then sends a sender
+// report from the phone's RTCP port (its SDP's RTP port + 1) to the relay's RTCP port (the 200's
+// RTP port + 1), as the phone's RTP stack would.
+func (l *upstreamLab) sendHEPCallRTCP(t *testing.T, collector *hepCollector, cid string, phone netip.Addr) {
+	t.Helper()
+	var offer, answer netip.AddrPort
+	eventually(t, 20*time.Second, "the call's INVITE and 200 to the phone at the collector", func() (bool, string) {
+		for _, r := range collector.records(t) {
+			if r.proto != 1 || r.cid != cid {
+				continue
+			}
+			switch {
+			case strings.HasPrefix(r.payload, "INVITE ") && r.src.Addr() == phone:
+				offer, _ = sdpMedia(r.payload)
+			case strings.HasPrefix(r.payload, "SIP/2.0 200") && r.dst.Addr() == phone && strings.Contains(r.payload, "m=audio"):
+				answer, _ = sdpMedia(r.payload)
+			}
+		}
+		return offer.IsValid() && answer.IsValid(), fmt.Sprintf("offer %v answer %v", offer, answer)
+	})
+	conn, err := l.phone.listenUDP(netip.AddrPortFrom(phone, offer.Port()+1).String())
+	if err != nil {
+		t.Fatalf("the phone's RTCP port: %v", err)
+	}
+	defer conn.Close()
+	// RFC 3550 6.4.1: a sender report (V=2, PT=200, length 6 words) with no report block.
+	sr := make([]byte, 28)
+	sr[0], sr[1], sr[3] = 0x80, 200, 6
+	binary.BigEndian.PutUint32(sr[4:], hepRTCPSSRC)
+	binary.BigEndian.PutUint64(sr[8:], 0xe8c0_0000_8000_0000)
+	binary.BigEndian.PutUint32(sr[20:], 42) // packets sent
+	binary.BigEndian.PutUint32(sr[24:], 42*160)
+	if _, err := conn.WriteToUDPAddrPort(sr, netip.AddrPortFrom(answer.Addr(), answer.Port()+1)); err != nil {
+		t.Fatalf("send RTCP: %v", err)
+	}
+}
+
+// checkHEPMedia checks the RTCP record of the call whose phone sent a sender report: from the
+// phone, as Homer's JSON, with the report's SSRC and counts, under the Call-ID.
+func checkHEPMedia(t *testing.T, recs []hepRecord, cid string, phone netip.Addr) {
+	t.Helper()
+	found := 0
+	for _, r := range recs {
+		if r.cid != cid || r.proto != 5 {
+			continue
+		}
+		var rep struct {
+			Type   int    `json:"type"`
+			SSRC   uint32 `json:"ssrc"`
+			Sender struct {
+				Packets uint32 `json:"packets"`
+			} `json:"sender_information"`
+		}
+		if err := json.Unmarshal([]byte(r.payload), &rep); err != nil {
+			t.Errorf("%s: an RTCP record that is no JSON: %v: %.200s", cid, err, r.payload)
+			continue
+		}
+		if r.src.Addr() != phone || rep.Type != 200 || rep.SSRC != hepRTCPSSRC || rep.Sender.Packets != 42 {
+			t.Errorf("%s: RTCP record %v -> %v: %s; want the phone's sender report", cid, r.src, r.dst, r.payload)
+			continue
+		}
+		found++
+	}
+	if found != 1 {
+		t.Errorf("%s: %d RTCP records of the phone's sender report at the collector; want 1", cid, found)
+	}
+}
+
+// checkHEPQuality checks a call's quality reports: one per leg, from the phone and from the PBX
+// (which echoes), each final, with the packets sipcar counted and a MOS.
+func checkHEPQuality(t *testing.T, recs []hepRecord, cid string, phone netip.Addr) {
+	t.Helper()
+	from := map[netip.Addr]int{}
+	for _, r := range recs {
+		if r.cid != cid || r.proto != 34 {
+			continue
+		}
+		var q struct {
+			CallID string  `json:"RTP_SIP_CALL_ID"`
+			Type   string  `json:"TYPE"`
+			SrcIP  string  `json:"SRC_IP"`
+			Total  uint64  `json:"TOTAL_PK"`
+			MOS    float64 `json:"MOS"`
+		}
+		if err := json.Unmarshal([]byte(r.payload), &q); err != nil {
+			t.Errorf("%s: a quality report that is no JSON: %v: %.200s", cid, err, r.payload)
+			continue
+		}
+		src, _ := netip.ParseAddr(q.SrcIP)
+		if q.CallID != cid || q.Type != "HANGUP" || q.Total < 10 || q.MOS < 1 || src != r.src.Addr() {
+			t.Errorf("%s: quality report %s; want the call's final report with packets and a MOS", cid, r.payload)
+			continue
+		}
+		from[src]++
+	}
+	if from[phone] != 1 || from[pbxAddr] != 1 {
+		t.Errorf("%s: quality reports by peer %v; want one from the phone %v and one from the PBX %v", cid, from, phone, pbxAddr)
+	}
 }

@@ -165,6 +165,9 @@ type Config struct {
 	// (from the latched peer), on the packet path: it must return at once, and copy what it
 	// keeps (for HEP export: encode and queue). The relay reads each SR and RR itself.
 	RTCP func(*RTCPPacket)
+	// Ended, when set, receives each stream [Relay.RemoveStream] removed, once, with its final
+	// counters (for quality reports at a call's end). It runs in RemoveStream's caller.
+	Ended func(*Stream, StreamStats)
 	// Logger defaults to discarding.
 	Logger *slog.Logger
 	// Clock stamps packet arrivals (jitter, last packet time); default time.Now. Timers (latch

@@ -118,6 +118,9 @@ type Stream struct {
 // CallID returns the Call-ID the stream was added with.
 func (s *Stream) CallID() string { return s.callID }
 
+// Secure reports whether the stream carries SRTP (its RTCP is SRTCP: only the header is clear).
+func (s *Stream) Secure() bool { return s.secure.Load() }
+
 func epIndex(l Leg, rtcp bool) int {
 	i := int(l) * 2
 	if rtcp {

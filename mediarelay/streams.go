@@ -198,8 +198,15 @@ func (r *Relay) RemoveStream(s *Stream) {
 	if !r.removeStream(s) {
 		return
 	}
+	if r.cfg.NoQuality && r.cfg.Ended == nil {
+		return
+	}
+	st := s.Stats()
 	if !r.cfg.NoQuality {
-		r.quality.streamEnded(s.Stats())
+		r.quality.streamEnded(st)
+	}
+	if r.cfg.Ended != nil {
+		r.cfg.Ended(s, st)
 	}
 }
 

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -10,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sipcar/sipcar/mediarelay"
 	"github.com/sipcar/sipcar/pinhole"
 	"github.com/sipcar/sipcar/rewrite"
@@ -29,6 +31,8 @@ type Relay struct {
 	m       *pinhole.Map
 	media   *mediarelay.Relay
 	metrics *metrics
+	// mcap exports RTCP and quality reports to the HEP collector; nil without one.
+	mcap    *mediaCapture
 	tp      *transport
 	calls   *callTable
 	nat     *natState
@@ -85,6 +89,19 @@ func (r *Relay) newMedia() error {
 	}
 	mc.PortMin, mc.PortMax = cfg.Map.MediaPorts.First, cfg.Map.MediaPorts.Last
 	mc.Events = (*mediaEvents)(r)
+	if cfg.Capture != nil && mc.RTCP == nil && mc.Ended == nil {
+		r.mcap = newMediaCapture(cfg.Capture)
+		mc.RTCP, mc.Ended = r.mcap.rtcp, r.mcap.ended
+		if cfg.Registerer != nil {
+			if err := cfg.Registerer.Register(r.mcap.dropped); err != nil {
+				var are prometheus.AlreadyRegisteredError
+				if !errors.As(err, &are) {
+					return fmt.Errorf("hep rtcp metrics: %w", err)
+				}
+				r.mcap.dropped = are.ExistingCollector.(prometheus.Counter)
+			}
+		}
+	}
 	if mc.Logger == nil {
 		mc.Logger = cfg.Logger
 	}
@@ -138,6 +155,10 @@ func (r *Relay) Run(ctx context.Context) error {
 	go func() { defer bg.Done(); r.runTransactions(ctx) }()
 	go func() { defer bg.Done(); _ = r.m.Run(ctx) }()
 	go func() { defer bg.Done(); _ = r.media.Run(ctx) }()
+	if r.mcap != nil {
+		bg.Add(1)
+		go func() { defer bg.Done(); r.mcap.run(ctx) }()
+	}
 	r.ready.Store(true)
 	r.log.Info("sipcar relaying", "mode", r.cfg.Mode.String(), "udp", r.cfg.ListenUDP, "tcp", r.cfg.ListenTCP,
 		"tls", r.cfg.ListenTLS, "media", mediaModeName(r.media))

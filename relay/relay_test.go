@@ -95,7 +95,7 @@ func (b *loopbed) send(from *net.UDPConn, to netip.AddrPort, msg string) {
 func (b *loopbed) recv(c *net.UDPConn) (sip.Message, netip.AddrPort) {
 	b.t.Helper()
 	buf := make([]byte, 65535)
-	_ = c.SetReadDeadline(time.Now().Add(time.Second))
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	n, src, err := c.ReadFromUDPAddrPort(buf)
 	if err != nil {
 		b.t.Fatalf("no message: %v", err)
