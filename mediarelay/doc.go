@@ -75,6 +75,6 @@
 // itself is package sock's). Elsewhere, for development on macOS, New runs the fallback mode
 // with a goroutine per relay port reading and writing through net.UDPConn (relay_other.go);
 // ModeFanIn fails there and ModeAuto falls back. What happens to a packet once read
-// (rxState.forward: latching, statistics) and the housekeeping that reports events are the
-// same code on every platform.
+// (rxState.forward: latching, statistics, quality analysis) and the housekeeping that reports
+// events are the same code on every platform.
 package mediarelay

@@ -51,7 +51,7 @@ func (p *udpPeer) expect(want []byte, from netip.AddrPort) {
 
 // TestFallbackForwards: the per-port mode, which every platform has, relays RTP and RTCP both
 // ways between two peers on loopback, latches on them, drops what another source sends (RTP
-// bleed), counts, and frees its ports when it stops.
+// bleed), counts, analyses quality, and frees its ports when it stops.
 func TestFallbackForwards(t *testing.T) {
 	for _, lo := range []string{"127.0.0.1", "::1"} {
 		t.Run(lo, func(t *testing.T) {
@@ -109,6 +109,11 @@ func TestFallbackForwards(t *testing.T) {
 			if st.A.Peer != phone.addr || st.B.Peer != remote.addr || st.A.RTP.Packets != 2 || st.A.RTCP.Packets != 1 || st.A.Bleed != 1 {
 				t.Errorf("stats: A peer %v, %d RTP, %d RTCP, %d bleed; B peer %v; want %v, 2, 1, 1; %v",
 					st.A.Peer, st.A.RTP.Packets, st.A.RTCP.Packets, st.A.Bleed, st.B.Peer, phone.addr, remote.addr)
+			}
+			// Quality analysis runs on the same path: the phone's two RTP packets, in sequence.
+			if q := s.Quality().A; q.Expected != 2 || q.Lost != 0 || q.SSRC != 0xa || q.CodecPT != 0 {
+				t.Errorf("quality of leg A: %d expected, %d lost, SSRC %#x, codec %d; want 2, 0, 0xa, 0",
+					q.Expected, q.Lost, q.SSRC, q.CodecPT)
 			}
 			c := r.Counters()
 			if c.Forwarded != 4 || c.Dropped[DropBleed] != 1 || c.Received[PathPerPort] != 5 || c.Received[PathFanIn] != 0 {
