@@ -1,22 +1,25 @@
 package relay
 
 import (
+	"bytes"
+	"context"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 
 	"github.com/sipcar/sipcar/pinhole"
+	"github.com/sipcar/sipcar/relay/hep"
 )
 
 // BenchmarkHugeRegister is what one REGISTER naming 1,500 Contacts (46 KB) costs sipcar: refused
 // by the Contact cap before anything is rewritten or bound. Run it with -benchtime=1x to see the
 // first such message's cost on a fresh relay (the one that would bind every Contact).
 func BenchmarkHugeRegister(b *testing.B) {
-	bed := newLoopbed(&testing.T{}, func(c *Config) {
+	bed := newLoopbed(b, func(c *Config) {
 		c.MaxErrorReplyRate = -1
 		c.Map.SignalingPorts = pinhole.PortRange{First: 40000, Last: 49999}
 	})
-	defer bed.r.m.Close()
 	var contacts []string
 	for i := range 1500 {
 		contacts = append(contacts, fmt.Sprintf("<sip:user%d@127.0.0.%d:%d;transport=udp>;expires=3600", i, 3+i%2, 6000+i))
@@ -33,4 +36,50 @@ func BenchmarkHugeRegister(b *testing.B) {
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(bed.r.m.Snapshot().SignalingPorts.InUse), "sip-ports")
+}
+
+// BenchmarkRelayMessage is what relaying one out-of-dialog request from the phone to the PBX
+// costs, every request a new transaction, without and with HEP export (the message as received
+// and as sent, encoded and queued for a collector on loopback): the export's cost per message.
+func BenchmarkRelayMessage(b *testing.B) {
+	for _, capture := range []bool{false, true} {
+		b.Run(fmt.Sprintf("capture=%v", capture), func(b *testing.B) {
+			var exp *hep.Exporter
+			if capture {
+				col, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer col.Close()
+				if exp, err = hep.New(hep.Config{Collector: addrOf(col), AgentID: 1}); err != nil {
+					b.Fatal(err)
+				}
+				ctx, cancel := context.WithCancel(context.Background())
+				defer cancel()
+				go func() { _ = exp.Run(ctx) }()
+			}
+			bed := newLoopbed(b, func(c *Config) {
+				if exp != nil {
+					c.Capture = exp
+				}
+			})
+			phone := addrOf(bed.phone)
+			msg := []byte(strings.ReplaceAll(fmt.Sprintf("OPTIONS sip:100@127.0.0.1:%d SIP/2.0\nVia: SIP/2.0/UDP %s;branch=z9hG4bK0000000000\n"+
+				"From: <sip:200@127.0.0.1>;tag=o\nTo: <sip:100@127.0.0.1>\nCall-ID: 0000000000@bench\nCSeq: 1 OPTIONS\nMax-Forwards: 70\n"+
+				"Contact: <sip:200@%s>\nContent-Length: 0\n\n", bed.sip.Port(), phone, phone), "\n", "\r\n"))
+			branch := bytes.Index(msg, []byte("z9hG4bK")) + 7
+			callID := bytes.Index(msg, []byte("Call-ID: ")) + 9
+			in := inbound{transport: "udp", src: phone, local: bed.sip, listener: true}
+			b.SetBytes(int64(len(msg)))
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := range b.N {
+				// A new transaction and call each time: the digits written in place.
+				for j, k := 9, i; j >= 0; j, k = j-1, k/10 {
+					msg[branch+j], msg[callID+j] = byte('0'+k%10), byte('0'+k%10)
+				}
+				bed.r.handle(in, msg)
+			}
+		})
+	}
 }

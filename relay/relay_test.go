@@ -20,14 +20,14 @@ import (
 // A loopback testbed for the relay in upstream mode: the PBX at 127.0.0.2 is inside, the phone
 // at 127.0.0.3 outside, and sipcar answers on 127.0.0.1 on both sides. Real sockets, no root.
 type loopbed struct {
-	t     *testing.T
+	t     testing.TB
 	r     *Relay
 	pbx   *net.UDPConn
 	phone *net.UDPConn
 	sip   netip.AddrPort // sipcar's listener
 }
 
-func newLoopbed(t *testing.T, mutate func(*Config)) *loopbed {
+func newLoopbed(t testing.TB, mutate func(*Config)) *loopbed {
 	t.Helper()
 	listen := func(addr string) *net.UDPConn {
 		c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(addr)))
@@ -73,7 +73,7 @@ func newLoopbed(t *testing.T, mutate func(*Config)) *loopbed {
 	return b
 }
 
-func freeUDPPort(t *testing.T) uint16 {
+func freeUDPPort(t testing.TB) uint16 {
 	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
