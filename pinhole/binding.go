@@ -110,6 +110,11 @@ func (b *Binding) SetPeer(peer netip.AddrPort) {
 		return
 	}
 	b.peer.Store(&peer)
+	if b.typ != TypeSIP && b.m != nil {
+		// A latched media peer is what a standby needs to relay on at once; a sip binding's
+		// peer (the session table's last flow) it does not.
+		b.m.changedCall(b.callID)
+	}
 }
 
 // SetQuality records the quality of what the binding received; nil clears it.

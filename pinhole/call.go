@@ -138,6 +138,7 @@ func (m *Map) deleteCallLocked(c *call) {
 	}
 	c.ended = true
 	delete(m.calls, c.id)
+	m.changedCall(c.id)
 	if c.source.IsValid() {
 		if n := m.perSource[c.source] - 1; n > 0 {
 			m.perSource[c.source] = n

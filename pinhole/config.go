@@ -176,6 +176,13 @@ type Config struct {
 	// should not block.
 	OnRelease func(b *Binding, r Reason)
 
+	// OnChange, when set, is told that a call's media pairs or a sip binding changed in a way a
+	// replica of the server map needs to know (made, released, registered, latched, held,
+	// ringing): it names what, and the replica reads it back later ([Map.ExportCall],
+	// [Map.ExportSignaling]). It is called with the Map's lock held, and from the goroutine
+	// that latches a media binding's peer: it must not block nor call the Map.
+	OnChange func(Change)
+
 	// Registerer receives the Map's metrics; nil registers none.
 	Registerer prometheus.Registerer
 

@@ -269,6 +269,7 @@ func (m *Map) SignalingFor(req SignalingRequest) (*Binding, error) {
 	m.publishLocked(b, now)
 	b.last.Store(now)
 	m.scheduleLocked(&b.sig.sched)
+	m.changedSig(b)
 	m.mu.Unlock()
 	return b, nil
 }
@@ -304,6 +305,7 @@ func (m *Map) Registered(b *Binding, expires time.Duration) {
 		b.sig.registeredUntil = now + int64(expires+m.cfg.RegisterMargin)
 	}
 	m.scheduleLocked(&b.sig.sched)
+	m.changedSig(b)
 }
 
 // TouchCall tells the Map that the call's signaling is alive: its media streams' setup time
@@ -339,6 +341,7 @@ func (m *Map) RingCall(callID string, d time.Duration) {
 	for _, st := range c.streams {
 		m.scheduleLocked(&st.sched)
 	}
+	m.changedCall(callID)
 }
 
 // AnswerPair returns the pair reserved with the offer of the call's stream (part, index) for its
@@ -537,8 +540,10 @@ func (m *Map) unpublishLocked(b *Binding, r Reason, out []released) []released {
 	}
 	if b.typ == TypeSIP {
 		m.sigPorts[int(b.addr.Port())-int(m.cfg.SignalingPorts.First)].Store(nil)
+		m.changedSig(b)
 	} else {
 		m.mediaPorts[int(b.addr.Port())-int(m.cfg.MediaPorts.First)].Store(nil)
+		m.changedCall(b.callID)
 	}
 	m.metrics.bindings[b.typ].Dec()
 	return append(out, released{b, r})

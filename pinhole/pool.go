@@ -15,6 +15,9 @@ type pool struct {
 
 	mu   sync.Mutex // guards the following
 	free []int32
+	// at is each slot's index in free, or -1 while it is taken, so that a given slot can be
+	// taken at once (takeSlots).
+	at   []int32
 	rand *lockedRand
 }
 
@@ -27,8 +30,10 @@ func newPool(r PortRange, step uint16, rnd *lockedRand) *pool {
 		p.slots = r.Len()
 	}
 	p.free = make([]int32, p.slots)
+	p.at = make([]int32, p.slots)
 	for i := range p.free {
 		p.free[i] = int32(i)
+		p.at[i] = int32(i)
 	}
 	return p
 }
@@ -43,16 +48,25 @@ func (p *pool) take() (slot int32, ok bool) {
 	if n == 0 {
 		return 0, false
 	}
-	i := p.rand.intN(n)
-	slot = p.free[i]
-	p.free[i] = p.free[n-1]
-	p.free = p.free[:n-1]
+	slot = p.free[p.rand.intN(n)]
+	p.removeLocked(slot)
 	return slot, true
+}
+
+// removeLocked takes a free slot out of the free list: the last one takes its place.
+func (p *pool) removeLocked(slot int32) {
+	i, last := p.at[slot], int32(len(p.free)-1)
+	moved := p.free[last]
+	p.free[i] = moved
+	p.at[moved] = i
+	p.free = p.free[:last]
+	p.at[slot] = -1
 }
 
 // put returns a slot taken before.
 func (p *pool) put(slot int32) {
 	p.mu.Lock()
+	p.at[slot] = int32(len(p.free))
 	p.free = append(p.free, slot)
 	p.mu.Unlock()
 }
@@ -78,4 +92,22 @@ func (l *lockedRand) intN(n int) int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.r.IntN(n)
+}
+
+// takeSlots removes the given slots from the free ones, all or none: false when one is not free
+// (or named twice). It restores a replica's bindings on their own ports.
+func (p *pool) takeSlots(slots ...int32) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, s := range slots {
+		if s < 0 || int(s) >= p.slots || p.at[s] < 0 {
+			for _, t := range slots[:i] {
+				p.at[t] = int32(len(p.free))
+				p.free = append(p.free, t)
+			}
+			return false
+		}
+		p.removeLocked(s)
+	}
+	return true
 }

@@ -442,6 +442,7 @@ func (tx *Tx) Commit() error {
 		}
 	}
 	c.txs--
+	m.changedCall(c.id)
 	m.deleteIfIdleLocked(c)
 	m.mu.Unlock()
 	m.finish(out)

@@ -41,6 +41,9 @@ type callTable struct {
 	diag *callLog
 	// calls counts calls by the families of their parties (sipcar_calls_total).
 	callsByFamily *prometheus.CounterVec
+
+	// changed, when set, is told the key of a call whose state went (see [Replicator]).
+	changed func(key string)
 }
 
 func newCallTable(m *pinhole.Map, media *mediarelay.Relay, log *slog.Logger, hairpin bool,
@@ -244,6 +247,9 @@ func (ct *callTable) end(callID string, reason pinhole.Reason) {
 	if c == nil {
 		return
 	}
+	if ct.changed != nil {
+		ct.changed(callID)
+	}
 	for _, st := range c.streams {
 		if st.stream != nil {
 			ct.media.RemoveStream(st.stream)
@@ -278,6 +284,9 @@ func (ct *callTable) released(b *pinhole.Binding, reason pinhole.Reason) {
 		}
 	}
 	ct.mu.Unlock()
+	if c != nil && ct.changed != nil {
+		ct.changed(b.CallID())
+	}
 	for _, s := range gone {
 		ct.media.RemoveStream(s)
 	}

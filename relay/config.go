@@ -90,6 +90,10 @@ type Config struct {
 	// Policy screens the requests that start something (nil permits every one the mode allows).
 	Policy *policy.Policy
 
+	// Replica, when set, is told of every change to the server map and the call state that a
+	// standby needs to take over (see [Replicator]); nil replicates nothing.
+	Replica Replicator
+
 	// UDPTCPFallback sends a request that would go over UDP but is larger than 1300 bytes after
 	// rewriting over TCP instead (RFC 3261 section 18.1.1); otherwise it goes over UDP anyway,
 	// fragmented by IP.

@@ -14,6 +14,9 @@ import (
 func (r *Relay) follow(p *msgPass) {
 	m, t, from, in := &p.m, p.t, p.from, p.in
 	callID := t.callID
+	if r.cfg.Replica != nil {
+		defer r.changedCallState(callID)
+	}
 	r.m.TouchCall(callID)
 	if len(t.media) > 0 || r.calls.has(callID) {
 		r.calls.update(callID, t, from, &p.res, p.initial, m.FromTag())

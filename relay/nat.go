@@ -2,6 +2,7 @@ package relay
 
 import (
 	"net/netip"
+	"slices"
 	"sync"
 
 	"github.com/sipcar/sipcar/pinhole"
@@ -13,8 +14,11 @@ import (
 // binding's own transport is the far side's: a phone on UDP behind a binding that a PBX reaches
 // over TLS).
 type natState struct {
-	mu            sync.Mutex // guards the following
-	aliases       map[aliasKey]netip.AddrPort
+	mu      sync.Mutex // guards the following
+	aliases map[aliasKey]netip.AddrPort
+	// vias is aliases the other way round: by side and source, the Vias written for it (a
+	// replica keeps them with the sip binding of that source).
+	vias          map[aliasKey][]netip.AddrPort
 	origTransport map[netip.AddrPort]string
 	// contacts is, per sip binding, the host and port a phone wrote in the Contact of its
 	// REGISTER, which the registrar's answer gives back as it was written.
@@ -31,18 +35,42 @@ type aliasKey struct {
 const maxAliases = 100000
 
 func newNATState() *natState {
-	return &natState{aliases: make(map[aliasKey]netip.AddrPort), origTransport: make(map[netip.AddrPort]string),
-		contacts: make(map[netip.AddrPort]string)}
+	return &natState{aliases: make(map[aliasKey]netip.AddrPort), vias: make(map[aliasKey][]netip.AddrPort),
+		origTransport: make(map[netip.AddrPort]string), contacts: make(map[netip.AddrPort]string)}
 }
 
-// setAlias records that what a sender on side wrote as via came from src.
-func (n *natState) setAlias(side pinhole.Side, via, src netip.AddrPort) {
+// setAlias records that what a sender on side wrote as via came from src, and reports whether
+// that is news.
+func (n *natState) setAlias(side pinhole.Side, via, src netip.AddrPort) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	k := aliasKey{side, via}
+	old, ok := n.aliases[k]
+	if ok && old == src {
+		return false
+	}
 	if len(n.aliases) > maxAliases {
 		clear(n.aliases)
+		clear(n.vias)
+		ok = false
 	}
-	n.aliases[aliasKey{side, via}] = src
+	if ok {
+		was := aliasKey{side, old}
+		n.vias[was] = slices.DeleteFunc(n.vias[was], func(a netip.AddrPort) bool { return a == via })
+		if len(n.vias[was]) == 0 {
+			delete(n.vias, was)
+		}
+	}
+	n.aliases[k] = src
+	n.vias[aliasKey{side, src}] = append(n.vias[aliasKey{side, src}], via)
+	return true
+}
+
+// viasOf returns the Vias senders on side wrote that stand for src.
+func (n *natState) viasOf(side pinhole.Side, src netip.AddrPort) []netip.AddrPort {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return slices.Clone(n.vias[aliasKey{side, src}])
 }
 
 // alias returns where packets from the sender that wrote a on side come from.
@@ -53,14 +81,26 @@ func (n *natState) alias(side pinhole.Side, a netip.AddrPort) (netip.AddrPort, b
 	return src, ok
 }
 
-// noteTransport records the transport a sip binding's original address is reached over.
-func (n *natState) noteTransport(b *pinhole.Binding, transport string) {
+// noteTransport records the transport a sip binding's original address is reached over, and
+// reports whether that is news.
+func (n *natState) noteTransport(b *pinhole.Binding, transport string) bool {
 	if transport == "" || transport == b.Transport() {
-		return
+		return false
 	}
 	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.origTransport[b.Address()] == transport {
+		return false
+	}
 	n.origTransport[b.Address()] = transport
-	n.mu.Unlock()
+	return true
+}
+
+// recordedTransport returns what noteTransport recorded for b, "" when nothing.
+func (n *natState) recordedTransport(b netip.AddrPort) string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.origTransport[b]
 }
 
 // originalTransport returns the transport that reaches what b stands for.
@@ -74,13 +114,15 @@ func (n *natState) originalTransport(b *pinhole.Binding) string {
 }
 
 // noteContact records the host and port a REGISTER's Contact named, as written, for the binding
-// that stands for it.
-func (n *natState) noteContact(b *pinhole.Binding, written []byte) {
+// that stands for it, and reports whether that is news.
+func (n *natState) noteContact(b *pinhole.Binding, written []byte) bool {
 	n.mu.Lock()
-	if cur, ok := n.contacts[b.Address()]; !ok || cur != string(written) {
-		n.contacts[b.Address()] = string(written)
+	defer n.mu.Unlock()
+	if cur, ok := n.contacts[b.Address()]; ok && cur == string(written) {
+		return false
 	}
-	n.mu.Unlock()
+	n.contacts[b.Address()] = string(written)
+	return true
 }
 
 // contact returns what noteContact recorded for the binding at a.

@@ -239,7 +239,7 @@ func (r *Relay) rewriteFor(p *msgPass, out string) error {
 		if via, ok := topViaSentBy(&p.m); ok {
 			t.senderVia = via
 			if via != p.in.src {
-				r.nat.setAlias(p.from, via, p.in.src)
+				t.aliased = r.nat.setAlias(p.from, via, p.in.src)
 			}
 		}
 	}

@@ -77,6 +77,9 @@ func New(cfg Config) (*Relay, error) {
 	}
 	r.calls = newCallTable(r.m, r.media, r.log, r.cfg.Mode == Upstream, r.bindAddr, r.mediaPeer)
 	r.calls.diag, r.calls.callsByFamily = r.diag, r.metrics.calls
+	if rep := cfg.Replica; rep != nil {
+		r.calls.changed = func(key string) { rep.Changed(callRecordPrefix + key) }
+	}
 	return r, nil
 }
 
@@ -121,6 +124,9 @@ func (r *Relay) newMedia() error {
 	}
 	pc.ReserveSignaling = r.tp.reserve
 	pc.OnRelease = r.released
+	if cfg.Replica != nil {
+		pc.OnChange = r.mapChanged
+	}
 	// The answerer's first packets often overtake its answer: the media relay forwards them
 	// through the answer's pair, reserved with the offer.
 	pc.ReserveAnswerPair = true

@@ -34,6 +34,9 @@ type msgTranslator struct {
 	sawVia bool
 	// bindings counts the sip bindings the message asked for (maxBindingsPerMessage).
 	bindings int
+	// aliased: the sender's Via (senderVia) is news to the NAT state, which a replica keeps
+	// with the sender's binding.
+	aliased bool
 	// requestVias are, for a response, the via-parms of its request as the sender wrote them,
 	// and requestSrc where that request came from (see RestoreVia).
 	requestVias [][]byte
@@ -168,9 +171,12 @@ func (t *msgTranslator) translate(a rewrite.Addr) (netip.AddrPort, bool, error) 
 	if orig == "" || addr == t.src {
 		orig = t.transport
 	}
-	r.nat.noteTransport(b, orig)
-	if t.register && a.Field == rewrite.FieldContact {
-		r.nat.noteContact(b, a.Written)
+	changed := r.nat.noteTransport(b, orig) || (t.aliased && addr == t.src)
+	if t.register && a.Field == rewrite.FieldContact && r.nat.noteContact(b, a.Written) {
+		changed = true
+	}
+	if changed {
+		r.changedSig(b)
 	}
 	return b.Address(), true, nil
 }
@@ -364,7 +370,9 @@ func (r *Relay) senderBinding(p *msgPass) (netip.AddrPort, *pinhole.Binding, err
 	if err != nil {
 		return netip.AddrPort{}, nil, err
 	}
-	r.nat.noteTransport(b, in.transport)
+	if r.nat.noteTransport(b, in.transport) {
+		r.changedSig(b)
+	}
 	return b.Address(), b, nil
 }
 

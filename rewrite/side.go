@@ -12,3 +12,16 @@ func (s Side) MarshalText() ([]byte, error) {
 	}
 	return []byte(s.String()), nil
 }
+
+// UnmarshalText parses "inside" or "outside", as MarshalText writes them.
+func (s *Side) UnmarshalText(text []byte) error {
+	switch string(text) {
+	case "inside":
+		*s = Inside
+	case "outside":
+		*s = Outside
+	default:
+		return fmt.Errorf("side %q: want inside or outside", text)
+	}
+	return nil
+}

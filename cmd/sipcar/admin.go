@@ -20,17 +20,20 @@ import (
 	"github.com/sipcar/sipcar/relay/policy"
 )
 
-// adminHandler serves /healthz, /readyz, /metrics, /servermap, /sessions and /policy (JSON, or
-// the vendors' text shape with ?format=text).
-func adminHandler(r *relay.Relay, pol *policy.Policy, reg *prometheus.Registry, profiles bool) http.Handler {
+// adminHandler serves /healthz, /readyz (as ready says), /metrics, /servermap, /sessions and
+// /policy (JSON, or the vendors' text shape with ?format=text).
+func adminHandler(r *relay.Relay, pol *policy.Policy, reg *prometheus.Registry, profiles bool, ready func() (bool, string)) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !r.Ready() {
-			http.Error(w, "not ready: starting or draining", http.StatusServiceUnavailable)
+		if ok, why := ready(); !ok {
+			http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ready")
+	})
+	mux.HandleFunc("POST /takeover", func(w http.ResponseWriter, _ *http.Request) {
+		http.Error(w, "takeover refused: this sipcar is the active one", http.StatusConflict)
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	if profiles {

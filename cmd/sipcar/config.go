@@ -21,6 +21,7 @@ import (
 
 	"github.com/sipcar/sipcar/mediarelay"
 	"github.com/sipcar/sipcar/pinhole"
+	"github.com/sipcar/sipcar/pinhole/replica"
 	"github.com/sipcar/sipcar/relay"
 	"github.com/sipcar/sipcar/relay/hep"
 	"github.com/sipcar/sipcar/relay/policy"
@@ -77,6 +78,23 @@ type config struct {
 	Trace             traceFilter       `env:"TRACE" help:"calls whose rewriting is audited (each message before and after, every change and why) at info level and to HEP: callid:<Call-ID>|src:<address or CIDR>, '|'-separated"`
 	LogLevel          string            `env:"LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`
 	LogFormat         string            `env:"LOG_FORMAT" envDefault:"text" help:"text or json"`
+	ReplicaRedis      string            `env:"REPLICA_REDIS" help:"Redis that keeps the calls for a standby: redis://host:6379 (rediss:// for TLS; Sentinels: redis://s1:26379?master_name=m&addr=s2:26379); empty: no replication"`
+	ReplicaRole       replicaRole       `env:"REPLICA_ROLE" envDefault:"active" help:"active (takes over the calls in Redis at start, unless another sipcar is active) or standby (keeps a copy, takes over when its addresses come to this host or on POST /takeover)"`
+	ReplicaPrefix     string            `env:"REPLICA_PREFIX" envDefault:"sipcar" help:"prefix of the replica's Redis keys: one per pair of sipcars sharing a Redis"`
+	ReplicaBatch      time.Duration     `env:"REPLICA_BATCH" envDefault:"50ms" help:"how long changes gather before they are written to Redis in one batch"`
+	ReplicaMaxLag     time.Duration     `env:"REPLICA_MAX_LAG" envDefault:"2s" help:"a standby that has not read the replication log to its end for longer is stale: it refuses to take over (/readyz says why)"`
+}
+
+// replicaRole is SIPCAR_REPLICA_ROLE.
+type replicaRole string
+
+func (r *replicaRole) UnmarshalText(b []byte) error {
+	switch v := replicaRole(strings.ToLower(strings.TrimSpace(string(b)))); v {
+	case "active", "standby":
+		*r = v
+		return nil
+	}
+	return fmt.Errorf("%q: want active or standby", b)
 }
 
 const envPrefix = "SIPCAR_"
@@ -309,6 +327,24 @@ func loadConfig(environ []string) (config, error) {
 	}
 	if cfg.LogFormat != "text" && cfg.LogFormat != "json" {
 		bad("LOG_FORMAT", fmt.Sprintf("%q: want text or json", cfg.LogFormat))
+	}
+	if cfg.ReplicaRedis != "" {
+		if err := replica.CheckURL(cfg.ReplicaRedis); err != nil {
+			bad("REPLICA_REDIS", err.Error())
+		}
+	} else if cfg.ReplicaRole == "standby" {
+		bad("REPLICA_ROLE", "a standby needs SIPCAR_REPLICA_REDIS")
+	}
+	if cfg.ReplicaPrefix == "" || strings.ContainsAny(cfg.ReplicaPrefix, "{} ") {
+		bad("REPLICA_PREFIX", fmt.Sprintf("%q: want a name without braces or spaces", cfg.ReplicaPrefix))
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"REPLICA_BATCH", cfg.ReplicaBatch}, {"REPLICA_MAX_LAG", cfg.ReplicaMaxLag}} {
+		if d.v <= 0 {
+			bad(d.name, fmt.Sprintf("%v: want a positive duration", d.v))
+		}
 	}
 	if len(lines) > 0 {
 		return cfg, errors.New(strings.Join(lines, "\n"))

@@ -33,6 +33,14 @@ func TestConfigErrors(t *testing.T) {
 			"SIPCAR_MESSAGE_TIMEOUT=0s", "SIPCAR_MAX_CONNECTIONS_PER_SOURCE=many"},
 			[]string{"SIPCAR_MAX_CONTACTS: -3: want 0", "SIPCAR_RATE_PREFIX_V4: 33: want 1 to 32", "SIPCAR_MESSAGE_TIMEOUT: 0s: want a positive",
 				"SIPCAR_MAX_CONNECTIONS_PER_SOURCE: "}},
+		{[]string{"SIPCAR_UPSTREAM=sip:pbx", "SIPCAR_PUBLIC_ADDR=203.0.113.1", "SIPCAR_REPLICA_ROLE=standby"},
+			[]string{"SIPCAR_REPLICA_ROLE: a standby needs SIPCAR_REPLICA_REDIS"}},
+		{[]string{"SIPCAR_UPSTREAM=sip:pbx", "SIPCAR_PUBLIC_ADDR=203.0.113.1", "SIPCAR_REPLICA_ROLE=primary",
+			"SIPCAR_REPLICA_REDIS=http://redis:6379", "SIPCAR_REPLICA_PREFIX={x}", "SIPCAR_REPLICA_MAX_LAG=0s"},
+			[]string{`SIPCAR_REPLICA_ROLE: "primary": want active or standby`, "SIPCAR_REPLICA_REDIS: replica Redis URL",
+				`SIPCAR_REPLICA_PREFIX: "{x}"`, "SIPCAR_REPLICA_MAX_LAG: 0s: want a positive"}},
+		{[]string{"SIPCAR_UPSTREAM=sip:pbx", "SIPCAR_PUBLIC_ADDR=203.0.113.1", "SIPCAR_REPLICA_REDIS=redis://s1:26379?master_name=m&bogus=1"},
+			[]string{"SIPCAR_REPLICA_REDIS: replica Redis URL"}},
 	}
 	for _, tc := range tests {
 		_, err := loadConfig(tc.env)
@@ -66,6 +74,15 @@ func TestConfigErrors(t *testing.T) {
 	cfg, err = loadConfig([]string{"SIPCAR_UPSTREAM=sip:pbx", "SIPCAR_PUBLIC_ADDR=203.0.113.1", "SIPCAR_LISTEN_TCP="})
 	if err != nil || cfg.ListenTCP.IsValid() || !cfg.ListenUDP.IsValid() {
 		t.Errorf("SIPCAR_LISTEN_TCP= did not disable TCP: %+v %v", cfg.ListenTCP, err)
+	}
+	cfg, err = loadConfig([]string{"SIPCAR_UPSTREAM=sip:pbx", "SIPCAR_PUBLIC_ADDR=203.0.113.1", "SIPCAR_PUBLIC_BIND_ADDR=10.0.0.5",
+		"SIPCAR_INSIDE_ADDR=192.168.1.10", "SIPCAR_REPLICA_ROLE=Standby",
+		"SIPCAR_REPLICA_REDIS=redis://:secret@s1:26379?master_name=mymaster&addr=s2:26379"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if own := fmt.Sprint(cfg.ownAddrs()); cfg.ReplicaRole != "standby" || own != "[192.168.1.10 10.0.0.5]" || cfg.ReplicaBatch.String() != "50ms" {
+		t.Errorf("replica: role %q, own addresses %s, batch %v", cfg.ReplicaRole, own, cfg.ReplicaBatch)
 	}
 	cfg, err = loadConfig([]string{"SIPCAR_UPSTREAM=sip:[2001:db8:a::10]:5060", "SIPCAR_PUBLIC_ADDR=203.0.113.1,2001:db8:b::1"})
 	if err != nil {
