@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -20,9 +21,14 @@ func (tb *testbed) startKamailio(ns *netns) *proc {
 // kamailioListen is the listen line of testdata/kamailio.cfg, which startKamailioAt replaces.
 const kamailioListen = "listen=udp:198.18.0.10:5060"
 
+// kamailioRoutes starts the routing blocks of testdata/kamailio.cfg: extra global settings
+// (modparam lines) go before it.
+const kamailioRoutes = "request_route {"
+
 // startKamailioAt is [testbed.startKamailio] with kamailio listening on addr:5060 only (an
-// IPv6 address is written as kamailio wants it, in brackets).
-func (tb *testbed) startKamailioAt(ns *netns, addr netip.Addr) *proc {
+// IPv6 address is written as kamailio wants it, in brackets), and the global settings of
+// extra (`modparam("registrar", "min_expires", 5)`) added to the configuration.
+func (tb *testbed) startKamailioAt(ns *netns, addr netip.Addr, extra ...string) *proc {
 	tb.t.Helper()
 	bin := needProgram(tb.t, "kamailio", "kamailio")
 	dir := tb.workdir("kamailio")
@@ -34,8 +40,15 @@ func (tb *testbed) startKamailioAt(ns *netns, addr netip.Addr) *proc {
 		tb.t.Fatalf("testdata/kamailio.cfg has no line %q to put the address in", kamailioListen)
 	}
 	kam := netip.AddrPortFrom(addr, 5060)
+	src = bytes.Replace(src, []byte(kamailioListen), []byte("listen=udp:"+kam.String()), 1)
+	if len(extra) > 0 {
+		if !bytes.Contains(src, []byte(kamailioRoutes)) {
+			tb.t.Fatalf("testdata/kamailio.cfg has no %q to put the extra settings before", kamailioRoutes)
+		}
+		src = bytes.Replace(src, []byte(kamailioRoutes), []byte(strings.Join(extra, "\n")+"\n\n"+kamailioRoutes), 1)
+	}
 	cfg := filepath.Join(dir, "kamailio.cfg")
-	if err := os.WriteFile(cfg, bytes.Replace(src, []byte(kamailioListen), []byte("listen=udp:"+kam.String()), 1), 0o644); err != nil {
+	if err := os.WriteFile(cfg, src, 0o644); err != nil {
 		tb.t.Fatal(err)
 	}
 	// -DD: stay in the foreground; -E: log to stderr; small shared and private memory; its

@@ -47,7 +47,7 @@
 // its latched source, or to its SDP address until one is learned. Packets from other sources
 // are dropped and counted (RTP bleed). A leg whose peer is not known yet (an offer without
 // answer) receives nothing, but its own packets are relayed as soon as they latch it: early
-// media works.
+// media works (until the answer, only from the signalling peer's address: [LegSpec.Unanswered]).
 //
 // # Call quality
 //

@@ -36,8 +36,12 @@ const (
 	// preferred packet came for a LatchWindow since the first such packet, and only then
 	// latched (a phone whose media leaves from another address than its signalling still gets
 	// audio, after the window; an attacker spraying the port before the peer's first packet
-	// gets nothing through). A tentative latch becomes final after the window. Packets from any
-	// other source are dropped and counted (RTP bleed).
+	// gets nothing through). Two kinds of port never take another source by the window: a leg
+	// whose peer has not answered ([LegSpec.Unanswered]), and the RTCP port of a non-muxed leg,
+	// which takes another source only from the address the leg's RTP latched on (RFC 3550: a
+	// peer's RTCP comes from the host that sends its RTP; a peer that sends no RTCP would
+	// otherwise leave the port to whoever sprays it). A tentative latch becomes final after the
+	// window. Packets from any other source are dropped and counted (RTP bleed).
 	LatchLearn LatchMode = iota
 	// LatchStrict accepts packets only from the SDP address.
 	LatchStrict
@@ -62,7 +66,13 @@ type LegSpec struct {
 	// its peer (a phone behind a NAT sends media from its signalling address, another port);
 	// zero when not known.
 	Signal netip.Addr
-	Latch  LatchMode
+	// Unanswered says the peer has not answered the offer it was sent: it gave no SDP yet (Peer
+	// is zero), and it sends media only once it has sent its answer (RFC 3264), so until then
+	// only packets from Signal's address are accepted, however long it rings. (A peer that
+	// answered with a placeholder or an address sipcar may not send to also has a zero Peer,
+	// but may be learned by the window.)
+	Unanswered bool
+	Latch      LatchMode
 	// Shared lets this leg's relay ports carry the same leg of other streams that also share
 	// them: the dialogs of a forked call, each answering the one offer whose pair this leg is.
 	// A packet arriving on a shared port belongs to the stream whose peer it comes from (latched
@@ -163,18 +173,19 @@ const (
 // peerState is an endpoint's view of its peer. It is immutable: a change installs a new one
 // with CompareAndSwap, so packet goroutines read it without locks.
 type peerState struct {
-	state  latchState
-	strict bool
-	sdp    netip.AddrPort // the SDP address; invalid when not known
-	signal netip.Addr     // the signalling peer's address; invalid when not known
-	addr   netip.AddrPort // the latched source; invalid when latchNone
+	state      latchState
+	strict     bool
+	unanswered bool           // LegSpec.Unanswered
+	sdp        netip.AddrPort // the SDP address; invalid when not known
+	signal     netip.Addr     // the signalling peer's address; invalid when not known
+	addr       netip.AddrPort // the latched source; invalid when latchNone
 	// dst is where packets to the peer go (addr when latched, else sdp), encoded once for the
 	// packet path.
 	dst sock.Addr
 }
 
-func newPeerState(state latchState, strict bool, sdp netip.AddrPort, signal netip.Addr, addr netip.AddrPort) *peerState {
-	p := &peerState{state: state, strict: strict, sdp: sdp, signal: signal, addr: addr}
+func newPeerState(state latchState, strict, unanswered bool, sdp netip.AddrPort, signal netip.Addr, addr netip.AddrPort) *peerState {
+	p := &peerState{state: state, strict: strict, unanswered: unanswered, sdp: sdp, signal: signal, addr: addr}
 	if state == latchNone {
 		p.dst.Set(sdp)
 	} else {
@@ -185,7 +196,7 @@ func newPeerState(state latchState, strict bool, sdp netip.AddrPort, signal neti
 
 // latched returns the state that latches p's peer on src.
 func (p *peerState) latched(state latchState, src netip.AddrPort) *peerState {
-	return newPeerState(state, p.strict, p.sdp, p.signal, src)
+	return newPeerState(state, p.strict, p.unanswered, p.sdp, p.signal, src)
 }
 
 // preferred reports whether src is where signalling says the peer is: the SDP's IP address or
@@ -220,7 +231,16 @@ func (e *endpoint) accept(src netip.AddrPort, now, window int64) bool {
 				return false
 			}
 			next = p.latched(latchTentative, src)
-		case p.preferred(src) || !p.knows():
+		case p.preferred(src):
+			next = p.latched(latchTentative, src)
+		case p.unanswered:
+			return false
+		case !p.knows():
+			next = p.latched(latchTentative, src)
+		case e.rtcp:
+			if a := e.rtpLatched(); !a.IsValid() || src.Addr() != a.Addr() {
+				return false
+			}
 			next = p.latched(latchTentative, src)
 		default:
 			// Another source while the leg learns: not before a preferred one had its window.
@@ -240,18 +260,33 @@ func (e *endpoint) accept(src netip.AddrPort, now, window int64) bool {
 	}
 }
 
+// rtpLatched returns where the RTP port of an RTCP port's leg latched; invalid while it has not.
+func (e *endpoint) rtpLatched() netip.AddrPort {
+	if p := e.stream.eps[epIndex(e.leg, false)].peer.Load(); p.state != latchNone {
+		return p.addr
+	}
+	return netip.AddrPort{}
+}
+
 // pickShared chooses among the endpoints that share a port (forks of one offer) the one a packet
-// from src belongs to: the one latched on src, else the one whose SDP names src, else the first
-// still learning its peer, else the first (which drops it as bleed).
+// from src belongs to: the one latched on src, else the one whose SDP names src, else an RTCP
+// port still learning whose leg's RTP latched on src's address, else the first still learning
+// its peer, else the first (which drops it as bleed).
 func pickShared(eps []*endpoint, src netip.AddrPort) *endpoint {
-	var learning *endpoint
+	var learning, follows *endpoint
 	for _, e := range eps {
 		p := e.peer.Load()
 		if p.state != latchNone && p.addr == src {
 			return e
 		}
-		if learning == nil && p.state == latchNone && (!p.strict || p.sdp == src) {
+		if p.state != latchNone {
+			continue
+		}
+		if learning == nil && (!p.strict || p.sdp == src) {
 			learning = e
+		}
+		if follows == nil && e.rtcp && !p.strict && e.rtpLatched().Addr() == src.Addr() {
+			follows = e
 		}
 	}
 	for _, e := range eps {
@@ -259,7 +294,10 @@ func pickShared(eps []*endpoint, src netip.AddrPort) *endpoint {
 			return e
 		}
 	}
-	if learning != nil {
+	switch {
+	case follows != nil:
+		return follows
+	case learning != nil:
 		return learning
 	}
 	return eps[0]

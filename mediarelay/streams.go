@@ -142,7 +142,7 @@ func (r *Relay) addEndpointLocked(s *Stream, l Leg, rtcp bool, ls *LegSpec) erro
 		return fmt.Errorf("relay port %v in use by another stream", local)
 	}
 	e := &endpoint{stream: s, leg: l, rtcp: rtcp, mux: ls.Mux && !rtcp, local: local, shared: ls.Shared, sock: sock}
-	e.peer.Store(newPeerState(latchNone, ls.Latch == LatchStrict, sdp, ls.Signal.Unmap(), netip.AddrPort{}))
+	e.peer.Store(newPeerState(latchNone, ls.Latch == LatchStrict, ls.Unanswered, sdp, ls.Signal.Unmap(), netip.AddrPort{}))
 	s.eps[epIndex(l, rtcp)] = e
 	return nil
 }
@@ -180,9 +180,9 @@ func (r *Relay) UpdateStream(s *Stream, spec StreamSpec) error {
 			if rtcp {
 				sdp = ls.peerRTCP()
 			}
-			if p := e.peer.Load(); p.sdp != sdp || p.strict != strict || p.signal != ls.Signal.Unmap() {
+			if p := e.peer.Load(); p.sdp != sdp || p.strict != strict || p.unanswered != ls.Unanswered || p.signal != ls.Signal.Unmap() {
 				e.learnSince.Store(0)
-				e.peer.Store(newPeerState(latchNone, strict, sdp, ls.Signal.Unmap(), netip.AddrPort{}))
+				e.peer.Store(newPeerState(latchNone, strict, ls.Unanswered, sdp, ls.Signal.Unmap(), netip.AddrPort{}))
 			}
 		}
 	}

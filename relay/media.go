@@ -110,9 +110,8 @@ func (ct *callTable) wire(st *relayedStream) {
 			ct.mu.Unlock()
 			return
 		}
-		// Only the offer is known: the answer's reserved pair, its peer learned from the first
-		// packet.
-		// The answerer is where the offer went: its packets are preferred while the leg learns.
+		// Only the offer is known: the answer's reserved pair, its peer learned from its packets.
+		// The answerer is where the offer went: until it answers, only its packets are taken.
 		if in == nil {
 			in = &mediaAlloc{pair: st.answer, src: out.next}
 		} else {
@@ -125,10 +124,10 @@ func (ct *callTable) wire(st *relayedStream) {
 		CallID: st.callID,
 		A: mediarelay.LegSpec{RTP: a, RTCP: netip.AddrPortFrom(a.Addr(), out.pair.RTCPPort),
 			Mux: mux, Peer: ct.peer(pinhole.Inside, in.rtp, in.src), PeerRTCP: ct.peer(pinhole.Inside, in.rtcp, in.src),
-			Signal: in.src.Addr()},
+			Signal: in.src.Addr(), Unanswered: st.legs[pinhole.Inside] == nil},
 		B: mediarelay.LegSpec{RTP: b, RTCP: netip.AddrPortFrom(b.Addr(), in.pair.RTCPPort),
 			Mux: mux, Peer: ct.peer(pinhole.Outside, out.rtp, out.src), PeerRTCP: ct.peer(pinhole.Outside, out.rtcp, out.src),
-			Signal: out.src.Addr()},
+			Signal: out.src.Addr(), Unanswered: st.legs[pinhole.Outside] == nil},
 		Hold:         in.held || out.held,
 		PayloadTypes: payloadTypes(in.rtpmap, out.rtpmap),
 		Secure:       in.secure || out.secure,
