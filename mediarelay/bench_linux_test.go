@@ -11,6 +11,8 @@ import (
 
 	"github.com/pion/rtcp"
 	"golang.org/x/sys/unix"
+
+	"github.com/sipcar/sipcar/mediarelay/sock"
 )
 
 // benchWorker builds a relay's forwarding table with n streams, without sockets, and a worker
@@ -35,7 +37,7 @@ func benchWorker(b testing.TB, n int, noQuality bool) (*worker, [][2]netip.AddrP
 		}
 		for _, a := range []netip.AddrPort{spec.A.RTP, spec.A.RTCP, spec.B.RTP, spec.B.RTCP} {
 			s := &portSocket{fd: -1, idx: r.slot(a), local: a}
-			s.localSA.set(a)
+			s.localSA.Set(a)
 			r.ports[s.idx].sock.Store(s)
 		}
 		if _, err := r.AddStream(spec); err != nil {
@@ -43,7 +45,8 @@ func benchWorker(b testing.TB, n int, noQuality bool) (*worker, [][2]netip.AddrP
 		}
 		flows = append(flows, [2]netip.AddrPort{spec.A.Peer, spec.A.RTP})
 	}
-	w := &worker{r: r, rx: newRxBatch()}
+	w := &worker{rx: newRxBatch()}
+	w.r, w.c = r, &w.packetCounters
 	for i := range batchSize {
 		copy(w.rx.slot(i)[headroom:], rtpPacket(uint16(i), uint32(160*i), 0xa, 0))
 	}
@@ -109,7 +112,7 @@ func BenchmarkPacketPath(b *testing.B) {
 					binary.BigEndian.PutUint32(pkt[4:], 160*seq)
 					w.handle(slot, 172, 0, f[0], f[1])
 					p := &w.pend[w.npnd-1]
-					putUDPHeader(w.rx.slot(slot), int(p.n), &p.out.sock.localSA, &p.dst.dst)
+					sock.PutUDPHeader(w.rx.slot(slot)[headroom-sock.UDPHeaderLen:headroom+int(p.n)], &p.out.sock.localSA, &p.dst.dst)
 					if w.npnd == batchSize {
 						w.npnd = 0
 					}

@@ -8,6 +8,7 @@ import (
 
 // The collector reports what the relay counts.
 func TestCollector(t *testing.T) {
+	isolate(t)
 	r, err := New(Config{PortMin: 41000, PortMax: 41099, Mode: ModeFallback})
 	if err != nil {
 		t.Fatal(err)
@@ -17,8 +18,8 @@ func TestCollector(t *testing.T) {
 	if err := reg.Register(NewCollector(r)); err != nil {
 		t.Fatal(err)
 	}
-	r.workers[0].queued.Add(7)
-	r.workers[0].drops[dropBleed].Add(3)
+	r.counters[0].queued.Add(7)
+	r.counters[0].drops[dropBleed].Add(3)
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)

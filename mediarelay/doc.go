@@ -73,5 +73,14 @@
 // The packet path takes no lock that the control plane holds: the forwarding table and each
 // endpoint's peer are atomic pointers to immutable values, counters are atomic or guarded by
 // a per-endpoint mutex no other worker contends for. All exported methods are safe for
-// concurrent use. Linux only.
+// concurrent use.
+//
+// # Platforms
+//
+// Fan-in, batches and raw sends are Linux's (relay_linux.go, worker_linux.go; the socket code
+// itself is package sock's). Elsewhere, for development on macOS, New runs the fallback mode
+// with a goroutine per relay port reading and writing through net.UDPConn (relay_other.go);
+// ModeFanIn fails there and ModeAuto falls back. What happens to a packet once read
+// (rxState.forward: latching, statistics, quality analysis) and the housekeeping that reports
+// events are the same code on every platform.
 package mediarelay

@@ -1,8 +1,8 @@
 package mediarelay
 
-// The relay-wide counters live in the workers (atomic, one set per worker so that the packet
-// path never shares a cache line with another worker) and are summed on demand, for the
-// session table and for the Prometheus [Collector].
+// The relay-wide counters live with the packet goroutines (packetCounters: atomic, one set per
+// goroutine so that the packet path never shares a cache line with another worker) and are
+// summed on demand, for the session table and for the Prometheus [Collector].
 
 // Drop reasons, as they appear in [Counters].
 const (
@@ -25,10 +25,10 @@ type Counters struct {
 	Kernel uint64
 }
 
-// Counters sums the workers' counters. Safe to call at any time.
+// Counters sums the packet goroutines' counters. Safe to call at any time.
 func (r *Relay) Counters() Counters {
 	c := Counters{Dropped: make(map[string]uint64, numDrops)}
-	for _, w := range r.workers {
+	for _, w := range r.counters {
 		c.Forwarded += w.queued.Load()
 		for i := range numDrops {
 			c.Dropped[dropReasons[i]] += w.drops[i].Load()

@@ -4,16 +4,18 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sipcar/sipcar/mediarelay/sock"
 )
 
-// Batch geometry. A slot holds one datagram behind headroom for the raw send scheme's
-// headers; RTP is far smaller than a slot, and a datagram that does not fit is dropped as
-// truncated rather than forwarded cut.
+// Batch geometry. A slot holds one datagram (up to maxPayload) behind headroom, where the raw
+// send scheme writes the UDP header instead of copying the payload (the kernel writes the IP
+// header: see package sock).
 const (
-	batchSize  = 64
-	slotSize   = 2048
-	maxPayload = slotSize - headroom
-	ctrlSize   = 64 // one cmsghdr with a sockaddr_in6 (IP(V6)_ORIGDSTADDR)
+	batchSize = 64
+	headroom  = sock.UDPHeaderLen
+	slotSize  = headroom + maxPayload
+	ctrlSize  = 64 // one cmsghdr with a sockaddr_in6 (IP(V6)_ORIGDSTADDR)
 )
 
 // rxBatch is the receive side of a worker: the slots, and the recvmmsg headers pointing into
@@ -41,7 +43,7 @@ func newRxBatch() *rxBatch {
 func (b *rxBatch) prepare(from, to int, withCtrl bool) {
 	for i := from; i < to; i++ {
 		h := &b.msgs[i].Hdr
-		b.iov[i].Len = maxPayload
+		b.iov[i].SetLen(maxPayload)
 		h.Namelen = unix.SizeofSockaddrInet6
 		h.Flags = 0
 		if withCtrl {
@@ -67,7 +69,7 @@ type txBatch struct {
 // points to (not copied).
 func (t *txBatch) set(i int, packet []byte, name *unix.RawSockaddrInet6, nameLen uint32, ctrl []byte) {
 	t.iov[i].Base = &packet[0]
-	t.iov[i].Len = uint64(len(packet))
+	t.iov[i].SetLen(len(packet))
 	t.names[i] = *name
 	h := &t.msgs[i].Hdr
 	h.Name = (*byte)(unsafe.Pointer(&t.names[i]))
@@ -79,45 +81,4 @@ func (t *txBatch) set(i int, packet []byte, name *unix.RawSockaddrInet6, nameLen
 		h.Control = &ctrl[0]
 		h.SetControllen(len(ctrl))
 	}
-}
-
-// The batch calls never block (MSG_DONTWAIT on non-blocking sockets), so they go through
-// RawSyscall6: with Syscall6 every batch that took more than sysmon's 20 us tick had its P
-// handed to a new thread and back (a futex wake-up and two scheduler passes per batch, about
-// 5% of a saturated worker's CPU in a profile). The worker yields between batches instead
-// (worker.run), so the SIP goroutines still get the CPU within one batch.
-
-// recvmmsg reads up to len(msgs) datagrams without blocking.
-func recvmmsg(fd int, msgs []unix.Mmsghdr) (int, unix.Errno) {
-	n, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&msgs[0])),
-		uintptr(len(msgs)), unix.MSG_DONTWAIT, 0, 0)
-	if e != 0 {
-		return 0, e
-	}
-	return int(n), 0
-}
-
-// sendmmsg sends msgs without blocking and returns how many went out; a message the kernel
-// refuses (no route, full buffer) is skipped and counted as failed.
-func sendmmsg(fd int, msgs []unix.Mmsghdr) (sent, failed int) {
-	for len(msgs) > 0 {
-		n, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&msgs[0])),
-			uintptr(len(msgs)), unix.MSG_DONTWAIT, 0, 0)
-		switch {
-		case e == unix.EINTR:
-			continue
-		case e == unix.EAGAIN || e == unix.ENOBUFS:
-			// The send buffer is full: drop the rest rather than stall every other stream.
-			return sent, failed + len(msgs)
-		case e != 0:
-			failed++
-			msgs = msgs[1:]
-		case n == 0:
-			return sent, failed + len(msgs)
-		default:
-			sent += int(n)
-			msgs = msgs[n:]
-		}
-	}
-	return sent, failed
 }

@@ -1,15 +1,11 @@
 package mediarelay
 
 import (
-	"bytes"
 	"fmt"
-	"os"
-	"os/exec"
 	"strconv"
 	"strings"
-	"syscall"
 
-	"golang.org/x/sys/unix"
+	"github.com/sipcar/sipcar/mediarelay/sock"
 )
 
 // nftTable is the table of sipcar's own that holds the fan-in rule. It is replaced whole at
@@ -55,38 +51,10 @@ func nftRules(s nftSpec) string {
 	return b.String()
 }
 
+// runNft runs an nft script (one transaction).
 func runNft(script string) error {
-	cmd := exec.Command("nft", "-f", "-")
-	cmd.Stdin = strings.NewReader(script)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if caps := nftAmbientCaps(); caps != nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{AmbientCaps: caps}
-	}
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("nft: %w: %s", err, strings.TrimSpace(out.String()))
-	}
-	return nil
-}
-
-// nftAmbientCaps returns the capabilities nft must inherit when sipcar runs as a user other
-// than root with CAP_NET_ADMIN in its permitted set (the container image gives the binary
-// file capabilities): an exec drops them otherwise, and nft would be refused. Root's
-// children get every capability of the bounding set anyway; a process without the
-// capability has none to pass on (nft then fails and says why).
-func nftAmbientCaps() []uintptr {
-	if os.Geteuid() == 0 {
-		return nil
-	}
-	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-	var data [2]unix.CapUserData
-	if err := unix.Capget(&hdr, &data[0]); err != nil {
-		return nil
-	}
-	if data[unix.CAP_NET_ADMIN/32].Permitted&(1<<(unix.CAP_NET_ADMIN%32)) == 0 {
-		return nil
-	}
-	return []uintptr{unix.CAP_NET_ADMIN}
+	_, err := sock.RunNft(script, "-f", "-")
+	return err
 }
 
 func installNft(s nftSpec) error {

@@ -154,22 +154,3 @@ func probeTarget(s Side) netip.Addr {
 	}
 	return v6
 }
-
-// logPaths says once per side and interface which path its media takes, and why.
-func (r *Relay) logPaths() {
-	for _, p := range r.paths {
-		r.log.Info("mediarelay: receive path", "side", p.Side, "ingress", p.Ingress, "path", p.Path.String(),
-			"reason", p.Reason, "why", p.Detail)
-	}
-}
-
-// setPaths gives every side the same path, for the modes that decide without probing.
-func (r *Relay) setPaths(p Path, reason, detail string) {
-	for _, s := range r.cfg.Sides {
-		r.paths = append(r.paths, SidePath{Side: s.Name, Path: p, Reason: reason, Detail: detail})
-	}
-}
-
-// Paths returns the receive path of every side's media, per interface it arrives on, as New
-// chose them.
-func (r *Relay) Paths() []SidePath { return append([]SidePath(nil), r.paths...) }

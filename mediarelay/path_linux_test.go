@@ -1,6 +1,7 @@
 package mediarelay
 
 import (
+	"encoding/binary"
 	"fmt"
 	"log/slog"
 	"net"
@@ -191,6 +192,22 @@ func TestProbeFrame(t *testing.T) {
 			t.Errorf("destination %v; want %v", got, dst)
 		}
 	}
+}
+
+// onesSum adds b to the one's complement sum acc (RFC 1071), folded to 16 bits, 16 bits at a
+// time: the obvious way, to check the frame against.
+func onesSum(acc uint16, b []byte) uint16 {
+	s := uint32(acc)
+	for i := 0; i+1 < len(b); i += 2 {
+		s += uint32(binary.BigEndian.Uint16(b[i:]))
+	}
+	if len(b)%2 == 1 {
+		s += uint32(b[len(b)-1]) << 8
+	}
+	for s>>16 != 0 {
+		s = s&0xffff + s>>16
+	}
+	return uint16(s)
 }
 
 // TestProbeRuleSkipsBridges: ModeAuto's table leaves packets from bridges to the ports' sockets

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sipcar/sipcar/mediarelay/sock"
 )
 
 // The probe's temporary veth pair: probeOuter is the end the probe sends on, probeInner the
@@ -72,7 +74,7 @@ func (r *Relay) probeBridge(nl *rtnl, br linkInfo, dst netip.Addr) probeOutcome 
 	var plain int
 	var port uint16
 	for p := r.cfg.PortMin; ; p++ {
-		plain, err = openPortSocket(netip.AddrPortFrom(dst, p), 0)
+		plain, err = sock.OpenPort(netip.AddrPortFrom(dst, p))
 		if err == nil {
 			port = p
 			break
@@ -207,59 +209,37 @@ func probeSource(nl *rtnl, br linkInfo, dst netip.Addr) (netip.Addr, error) {
 
 // probeFrame builds an Ethernet frame carrying a UDP datagram from src to dst.
 func probeFrame(dstMAC, srcMAC net.HardwareAddr, src, dst netip.AddrPort, payload []byte) []byte {
-	udpLen := 8 + len(payload)
-	udp := make([]byte, udpLen)
-	binary.BigEndian.PutUint16(udp[0:], src.Port())
-	binary.BigEndian.PutUint16(udp[2:], dst.Port())
-	binary.BigEndian.PutUint16(udp[4:], uint16(udpLen))
-	copy(udp[8:], payload)
+	udp := make([]byte, sock.UDPHeaderLen+len(payload))
+	copy(udp[sock.UDPHeaderLen:], payload)
+	var srcA, dstA sock.Addr
+	srcA.Set(src)
+	dstA.Set(dst)
+	sock.PutUDPHeader(udp, &srcA, &dstA) // with the checksum, which IPv6 requires
 	var ip []byte
 	etherType := uint16(unix.ETH_P_IP)
-	pseudo := append(src.Addr().AsSlice(), dst.Addr().AsSlice()...)
 	if src.Addr().Is4() {
 		ip = make([]byte, 20)
 		ip[0] = 0x45
-		binary.BigEndian.PutUint16(ip[2:], uint16(20+udpLen))
+		binary.BigEndian.PutUint16(ip[2:], uint16(20+len(udp)))
 		ip[8] = 64 // TTL
 		ip[9] = unix.IPPROTO_UDP
-		copy(ip[12:], pseudo)
-		binary.BigEndian.PutUint16(ip[10:], ^onesSum(0, ip))
-		pseudo = append(pseudo, 0, unix.IPPROTO_UDP, byte(udpLen>>8), byte(udpLen))
+		copy(ip[12:], src.Addr().AsSlice())
+		copy(ip[16:], dst.Addr().AsSlice())
+		binary.BigEndian.PutUint16(ip[10:], sock.Checksum(ip))
 	} else {
 		etherType = unix.ETH_P_IPV6
 		ip = make([]byte, 40)
 		ip[0] = 0x60
-		binary.BigEndian.PutUint16(ip[4:], uint16(udpLen))
+		binary.BigEndian.PutUint16(ip[4:], uint16(len(udp)))
 		ip[6] = unix.IPPROTO_UDP
 		ip[7] = 64 // hop limit
-		copy(ip[8:], pseudo)
-		pseudo = append(pseudo, 0, 0, byte(udpLen>>8), byte(udpLen), 0, 0, 0, unix.IPPROTO_UDP)
+		copy(ip[8:], src.Addr().AsSlice())
+		copy(ip[24:], dst.Addr().AsSlice())
 	}
-	// The UDP checksum, which IPv6 requires.
-	sum := ^onesSum(onesSum(0, pseudo), udp)
-	if sum == 0 {
-		sum = 0xffff
-	}
-	binary.BigEndian.PutUint16(udp[6:], sum)
-	frame := make([]byte, 0, 14+len(ip)+udpLen)
+	frame := make([]byte, 0, 14+len(ip)+len(udp))
 	frame = append(frame, dstMAC...)
 	frame = append(frame, srcMAC...)
 	frame = binary.BigEndian.AppendUint16(frame, etherType)
 	frame = append(frame, ip...)
 	return append(frame, udp...)
-}
-
-// onesSum adds b to the one's complement sum acc (RFC 1071), folded to 16 bits.
-func onesSum(acc uint16, b []byte) uint16 {
-	s := uint32(acc)
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		s += uint32(b[len(b)-1]) << 8
-	}
-	for s>>16 != 0 {
-		s = s&0xffff + s>>16
-	}
-	return uint16(s)
 }

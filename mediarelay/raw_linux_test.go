@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sipcar/sipcar/mediarelay/sock"
 )
 
 // A raw UDP socket gets a copy of every UDP datagram for its address: the send socket of the
@@ -40,22 +42,26 @@ func TestRawSendSocketReceivesNothing(t *testing.T) {
 // rawCopies opens the raw scheme's socket and a plain raw UDP socket, sends one datagram to
 // to, and returns what each has queued.
 func rawCopies(v4 bool, to netip.AddrPort) (queued, control int, err error) {
-	fd, err := openRaw(v4)
+	fd, err := sock.OpenRaw(v4, true)
 	if err != nil {
 		return 0, 0, err
 	}
 	defer unix.Close(fd)
-	plain, err := unix.Socket(family(v4), unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	fam, sa := unix.AF_INET6, unix.Sockaddr(&unix.SockaddrInet6{Port: int(to.Port()), Addr: to.Addr().As16()})
+	if v4 {
+		fam, sa = unix.AF_INET, &unix.SockaddrInet4{Port: int(to.Port()), Addr: to.Addr().As4()}
+	}
+	plain, err := unix.Socket(fam, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
 	if err != nil {
 		return 0, 0, err
 	}
 	defer unix.Close(plain)
-	udp, err := unix.Socket(family(v4), unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	udp, err := unix.Socket(fam, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
 	if err != nil {
 		return 0, 0, err
 	}
 	defer unix.Close(udp)
-	if err := unix.Sendto(udp, []byte("not for the relay"), 0, sockaddrOf(to)); err != nil {
+	if err := unix.Sendto(udp, []byte("not for the relay"), 0, sa); err != nil {
 		return 0, 0, fmt.Errorf("send: %w", err)
 	}
 	for deadline := time.Now().Add(2 * time.Second); control == 0 && time.Now().Before(deadline); {

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/netip"
 	"sync/atomic"
+
+	"github.com/sipcar/sipcar/mediarelay/sock"
 )
 
 // Leg names one of the two legs of a stream: a relay port (pair) and the peer it faces.
@@ -178,16 +180,17 @@ type peerState struct {
 	sdp        netip.AddrPort // the SDP address; invalid when not known
 	signal     netip.Addr     // the signalling peer's address; invalid when not known
 	addr       netip.AddrPort // the latched source; invalid when latchNone
-	// dst is where packets to the peer go (addr when latched, else sdp), encoded for sendmmsg.
-	dst sockaddr
+	// dst is where packets to the peer go (addr when latched, else sdp), encoded once for the
+	// packet path.
+	dst sock.Addr
 }
 
 func newPeerState(state latchState, strict, unanswered bool, sdp netip.AddrPort, signal netip.Addr, addr netip.AddrPort) *peerState {
 	p := &peerState{state: state, strict: strict, unanswered: unanswered, sdp: sdp, signal: signal, addr: addr}
 	if state == latchNone {
-		p.dst.set(sdp)
+		p.dst.Set(sdp)
 	} else {
-		p.dst.set(addr)
+		p.dst.Set(addr)
 	}
 	return p
 }

@@ -250,7 +250,7 @@ func relayGoroutines() int {
 	buf = buf[:runtime.Stack(buf, true)]
 	n := 0
 	for _, g := range strings.Split(string(buf), "\n\n") {
-		if strings.Contains(g, "mediarelay.(*Relay).start.func") || strings.Contains(g, "mediarelay.(*Relay).housekeep") ||
+		if strings.Contains(g, "mediarelay.(*Relay).startLocked.func") || strings.Contains(g, "mediarelay.(*Relay).housekeep") ||
 			strings.Contains(g, "mediarelay.(*Relay).Run") {
 			n++
 		}

@@ -4,10 +4,10 @@ import (
 	"fmt"
 	"net/netip"
 	"runtime"
-	"sync/atomic"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sipcar/sipcar/mediarelay/sock"
 )
 
 // What an epoll event's data (EpollEvent.Pad) names.
@@ -17,50 +17,20 @@ const (
 	evPort             // a relay port's socket (fallback mode); Fd is the port's slot
 )
 
-// Why a packet was dropped; indexes of worker.drops and label values of the metric.
-const (
-	dropUnknownPort = iota // no stream on the port, or addressed to another address
-	dropBleed              // not from the latched (or, strict, the SDP) peer
-	dropNoPeer             // the other leg's peer is not known yet
-	dropTruncated          // larger than a slot
-	dropSend               // the kernel refused to send it
-	numDrops
-)
-
-var dropReasons = [numDrops]string{DropUnknownPort, DropBleed, DropNoPeer, DropTruncated, DropSend}
-
 // worker is one packet goroutine: its own epoll set, fan-in sockets, raw sockets and batch
 // buffers. Nothing in it is shared with other workers but the counters, which are atomic.
 type worker struct {
-	r      *Relay
 	epfd   int
 	fanIn  [2]int // per family (0 IPv4, 1 IPv6), -1 when absent
 	raw    [2]int
 	events [batchSize]unix.EpollEvent
 
-	rx   *rxBatch
-	nrx  int // slots in use since the last flush
-	pend [batchSize]pending
-	npnd int
-	tx   txBatch
+	rx  *rxBatch
+	nrx int // slots in use since the last flush
+	tx  txBatch
 
-	nowNs     int64 // the batch's arrival time, unix nanoseconds
-	sinceBase int64 // the same, since Relay.base
-
-	queued atomic.Uint64 // packets handed to flush; those the kernel refused count in drops too
-	drops  [numDrops]atomic.Uint64
-	// Packets read from fan-in sockets and from the ports' own, whatever became of them.
-	rxFanIn, rxPort atomic.Uint64
-
-	q workerQuality // quality_linux.go
-}
-
-// pending is a packet processed and waiting for the flush.
-type pending struct {
-	slot int32
-	n    int32
-	out  *endpoint  // the endpoint it leaves from
-	dst  *peerState // where it goes
+	rxState // its relay (w.r); its time is the batch's; pend holds the batch's packets until the flush
+	packetCounters
 }
 
 func newWorker(r *Relay) (*worker, error) {
@@ -68,7 +38,8 @@ func newWorker(r *Relay) (*worker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("epoll: %w", err)
 	}
-	w := &worker{r: r, epfd: epfd, fanIn: [2]int{-1, -1}, raw: [2]int{-1, -1}, rx: newRxBatch()}
+	w := &worker{epfd: epfd, fanIn: [2]int{-1, -1}, raw: [2]int{-1, -1}, rx: newRxBatch()}
+	w.r, w.c = r, &w.packetCounters
 	ev := unix.EpollEvent{Events: unix.EPOLLIN, Pad: evWake}
 	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, r.wake, &ev); err != nil {
 		unix.Close(epfd)
@@ -91,10 +62,11 @@ func (w *worker) openRaw() error {
 		if w.fanIn[fam] < 0 {
 			continue
 		}
-		fd, err := openRaw(v4)
+		fd, err := sock.OpenRaw(v4, true)
 		if err != nil {
 			return err
 		}
+		sock.SetBuffers(fd, 0, sendBuf)
 		w.raw[fam] = fd
 	}
 	return nil
@@ -141,7 +113,7 @@ func (w *worker) run() {
 			}
 		}
 		w.flush()
-		runtime.Gosched() // the batch calls do not give the P up (see recvmmsg)
+		runtime.Gosched() // the batch calls do not give the P up (see sock.Recvmmsg)
 	}
 }
 
@@ -162,15 +134,15 @@ func (w *worker) room(want int) int {
 func (w *worker) readFanIn(fd int) {
 	from := w.room(batchSize / 2)
 	w.rx.prepare(from, batchSize, true)
-	n, e := recvmmsg(fd, w.rx.msgs[from:])
+	n, e := sock.Recvmmsg(fd, w.rx.msgs[from:], false)
 	if e != 0 {
 		return // EAGAIN: another event raced us; anything else shows up again
 	}
 	w.rxFanIn.Add(uint64(n))
 	for i := from; i < from+n; i++ {
 		h := &w.rx.msgs[i]
-		src := addrPortFromRaw(unsafe.Pointer(&w.rx.names[i]))
-		dst := origDst(w.rx.ctrl[i][:h.Hdr.Controllen])
+		src := sock.AddrPortOf(&w.rx.names[i])
+		dst := sock.OrigDst(w.rx.ctrl[i][:h.Hdr.Controllen])
 		w.handle(i, int(h.Len), h.Hdr.Flags, src, dst)
 	}
 	w.nrx = from + n
@@ -186,7 +158,7 @@ func (w *worker) readPort(idx int) {
 	}
 	from := w.room(1)
 	w.rx.prepare(from, batchSize, false)
-	n, e := recvmmsg(s.fd, w.rx.msgs[from:])
+	n, e := sock.Recvmmsg(s.fd, w.rx.msgs[from:], false)
 	s.release()
 	if e != 0 {
 		return
@@ -194,60 +166,17 @@ func (w *worker) readPort(idx int) {
 	w.rxPort.Add(uint64(n))
 	for i := from; i < from+n; i++ {
 		h := &w.rx.msgs[i]
-		w.handle(i, int(h.Len), h.Hdr.Flags, addrPortFromRaw(unsafe.Pointer(&w.rx.names[i])), s.local)
+		w.handle(i, int(h.Len), h.Hdr.Flags, sock.AddrPortOf(&w.rx.names[i]), s.local)
 	}
 	w.nrx = from + n
 }
 
-// handle processes the packet in slot i, n bytes from src to the relay address dst: it finds
-// the endpoint, applies latching, counts, and queues the packet for the other leg. This is
-// the per-packet path: it allocates nothing (latching aside, once per stream).
+// handle processes the packet in slot i, n bytes from src to the relay address dst, and queues
+// it for the flush unless it is dropped (see rxState.forward). The per-packet path: it
+// allocates nothing, and it inlines into the loops that call it (go build -gcflags=-m says
+// so), so that a packet costs one call into forward, as when this was all one function.
 func (w *worker) handle(i, n int, flags int32, src, dst netip.AddrPort) {
-	if flags&unix.MSG_TRUNC != 0 || n > maxPayload {
-		w.drops[dropTruncated].Add(1)
-		return
-	}
-	r := w.r
-	idx := int(dst.Port()) - int(r.cfg.PortMin)
-	if idx < 0 || idx >= len(r.ports) {
-		w.drops[dropUnknownPort].Add(1)
-		return
-	}
-	slot := &r.ports[idx]
-	e := slot.ep.Load()
-	if sh := slot.shared.Load(); sh != nil {
-		e = pickShared(*sh, src)
-	}
-	if e == nil || e.local.Addr() != dst.Addr() {
-		w.drops[dropUnknownPort].Add(1)
-		return
-	}
-	payload := w.rx.buf[i*slotSize+headroom : i*slotSize+headroom+n]
-	rtcp := e.rtcp || (e.mux && n >= 2 && payload[1] >= 200 && payload[1] <= 207)
-	if !e.accept(src, w.nowNs, int64(r.cfg.LatchWindow)) {
-		e.rx.bleedPacket()
-		w.drops[dropBleed].Add(1)
-		return
-	}
-	out := e.outRTP
-	if rtcp {
-		out = e.outRTCP
-		e.rx.rtcpPacket(n, w.nowNs)
-		w.rtcpPacket(e, src, dst, payload)
-	} else if n >= 12 && payload[0]>>6 == 2 && !r.cfg.NoQuality {
-		w.rtpPacket(e, n, payload)
-	} else {
-		e.rx.otherPacket(n, w.nowNs)
-	}
-	p := out.peer.Load()
-	if p.dst.nameLen == 0 {
-		w.drops[dropNoPeer].Add(1)
-		return
-	}
-	out.sent.add(n)
-	w.queued.Add(1)
-	w.pend[w.npnd] = pending{slot: int32(i), n: int32(n), out: out, dst: p}
-	w.npnd++
+	w.forward(i, w.rx.buf[i*slotSize+headroom:], n, flags&unix.MSG_TRUNC != 0, src, dst)
 }
 
 // flush sends every pending packet and frees the slots.
@@ -272,15 +201,14 @@ func (w *worker) flushRaw() {
 		k := 0
 		for i := range w.npnd {
 			p := &w.pend[i]
-			if p.dst.dst.v4 != v4 {
+			if p.dst.dst.Is4() != v4 {
 				continue
 			}
-			slot := w.rx.slot(int(p.slot))
-			sock := p.out.sock
-			start := putUDPHeader(slot, int(p.n), &sock.localSA, &p.dst.dst)
-			var name unix.RawSockaddrInet6
-			p.dst.dst.rawName(&name)
-			w.tx.set(k, slot[start:headroom+int(p.n)], &name, p.dst.dst.nameLen, sock.srcInfo[:sock.srcLen])
+			dgram := w.rx.slot(int(p.slot))[headroom-sock.UDPHeaderLen : headroom+int(p.n)]
+			from := p.out.sock
+			sock.PutUDPHeader(dgram, &from.localSA, &p.dst.dst)
+			name, nameLen := p.dst.dst.RawName()
+			w.tx.set(k, dgram, &name, nameLen, from.srcInfo[:from.srcLen])
 			k++
 		}
 		if k > 0 {
@@ -304,7 +232,8 @@ func (w *worker) flushPerPort() {
 		for j < len(pend) && pend[j].out.sock == s {
 			p := &pend[j]
 			slot := w.rx.slot(int(p.slot))
-			w.tx.set(j-i, slot[headroom:headroom+int(p.n)], &p.dst.dst.name, p.dst.dst.nameLen, nil)
+			name, nameLen := p.dst.dst.Name()
+			w.tx.set(j-i, slot[headroom:headroom+int(p.n)], &name, nameLen, nil)
 			j++
 		}
 		if s.acquire() {
@@ -318,7 +247,7 @@ func (w *worker) flushPerPort() {
 }
 
 func (w *worker) send(fd, k int) {
-	_, failed := sendmmsg(fd, w.tx.msgs[:k])
+	_, failed := sock.Sendmmsg(fd, w.tx.msgs[:k], false)
 	if failed > 0 {
 		w.drops[dropSend].Add(uint64(failed))
 	}

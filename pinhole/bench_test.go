@@ -24,28 +24,6 @@ func BenchmarkAllocateRelease(b *testing.B) {
 	}
 }
 
-// BenchmarkAllocateReleaseSockets: the same with ReserveSocket binding two UDP sockets on
-// loopback per pair: the cost the host adds.
-func BenchmarkAllocateReleaseSockets(b *testing.B) {
-	lo := Addrs{IPv4: netip.MustParseAddr("127.0.0.1")}
-	m, err := New(Config{Inside: lo, Public: lo})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer m.Close()
-	req := MediaRequest{From: Inside, RTP: ap("127.0.0.1:3000")}
-	for b.Loop() {
-		tx := m.Begin("c", netip.Addr{})
-		if _, err := tx.Media(req); err != nil {
-			b.Fatal(err)
-		}
-		if err := tx.Commit(); err != nil {
-			b.Fatal(err)
-		}
-		m.ReleaseCall("c", ReasonCallEnded)
-	}
-}
-
 // activeCalls fills m with n calls, each an offer from inside and an answer from outside: two
 // pairs, four bindings.
 func activeCalls(tb testing.TB, m *Map, n int) []uint16 {

@@ -90,8 +90,8 @@ func (b *Binding) Live() bool { return b.live.Load() }
 // a=rtcp-mux in its latest SDP. The pair keeps its RTCP port either way.
 func (b *Binding) Mux() bool { return b.mux.Load() }
 
-// Reservation returns what holds the binding's port: the Closer the [ReserveFunc] returned (a
-// *net.UDPConn with [ReserveSocket] for UDP). The Map closes it on release; the caller must not.
+// Reservation returns what holds the binding's port: the Closer the [ReserveFunc] returned.
+// The Map closes it on release; the caller must not.
 func (b *Binding) Reservation() io.Closer { return b.res }
 
 // Peer returns the far end the binding's traffic is with: for media, the source latched from its

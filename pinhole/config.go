@@ -166,8 +166,8 @@ type Config struct {
 
 	// ReserveMedia holds each media port (RTP and RTCP, "udp") until its binding is released;
 	// ReserveSignaling each sip binding's port ("udp" for UDP, "tcp" for TCP, TLS and WebSocket).
-	// They are called with the binding's own address. Nil means [ReserveSocket], which binds
-	// real sockets. The media relay passes its own ReserveMedia, which opens the port's socket.
+	// They are called with the binding's own address. Both are required: the relay passes the
+	// media relay's port sockets and its SIP transport's bindings, tests pass fakes.
 	ReserveMedia, ReserveSignaling ReserveFunc
 
 	// OnRelease, when set, is told of every binding released, with the reason. It is called
@@ -220,15 +220,15 @@ func (c Config) withDefaults() (Config, error) {
 			*l.v = l.def
 		}
 	}
-	if c.ReserveMedia == nil {
-		c.ReserveMedia = ReserveSocket
-	}
-	if c.ReserveSignaling == nil {
-		c.ReserveSignaling = ReserveSocket
-	}
 	c.Inside.IPv4, c.Public.IPv4 = c.Inside.IPv4.Unmap(), c.Public.IPv4.Unmap()
 
 	var errs []error
+	if c.ReserveMedia == nil {
+		errs = append(errs, errors.New("reserve media: no ReserveFunc"))
+	}
+	if c.ReserveSignaling == nil {
+		errs = append(errs, errors.New("reserve signaling: no ReserveFunc"))
+	}
 	if err := c.Inside.validate("inside address"); err != nil {
 		errs = append(errs, err)
 	}

@@ -41,6 +41,7 @@ func TestPortRangeUnmarshalText(t *testing.T) {
 func TestConfigErrors(t *testing.T) {
 	v4 := Addrs{IPv4: netip.MustParseAddr("198.18.0.1")}
 	pub := Addrs{IPv4: netip.MustParseAddr("198.51.100.1")}
+	hold := newFakeReserve(t).reserve
 	for _, tc := range []struct {
 		name    string
 		cfg     Config
@@ -54,6 +55,8 @@ func TestConfigErrors(t *testing.T) {
 		{"media range without a pair", Config{Inside: v4, Public: pub, MediaPorts: PortRange{20001, 20001}}, "no even/odd pair"},
 		{"negative lifetime", Config{Inside: v4, Public: pub, MediaIdle: -1}, "media idle -1ns: negative"},
 		{"negative call cap", Config{Inside: v4, Public: pub, MaxCalls: -1}, "max calls -1: negative"},
+		{"no media reservation", Config{Inside: v4, Public: pub, ReserveSignaling: hold}, "reserve media: no ReserveFunc"},
+		{"no signaling reservation", Config{Inside: v4, Public: pub, ReserveMedia: hold}, "reserve signaling: no ReserveFunc"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := New(tc.cfg)

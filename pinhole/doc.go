@@ -15,11 +15,12 @@
 // stream answered by several early dialogs of a forked call has an answer pair per dialog
 // ([MediaRequest] Fork) until a 2xx settles it ([Map.SettleFork], [Map.EndFork]).
 //
-// Every port is random within its range, held on the host by a [ReserveFunc] (real sockets by
-// default) from allocation to release, and in use on one side at a time, so that a port alone
-// names its binding: [Map.LookupMedia] is the media relay's lock-free per-packet lookup, and
-// [Binding.Received] and [Binding.Sent] its lock-free counters. [Map.Run] expires bindings at
-// their deadlines; Config.OnRelease tells the relays of every release and why.
+// Every port is random within its range, held on the host from allocation to release by a
+// [ReserveFunc] its user passes (the Map knows no sockets), and in use on one side at a time, so
+// that a port alone names its binding: [Map.LookupMedia] is the media relay's lock-free
+// per-packet lookup, and [Binding.Received] and [Binding.Sent] its lock-free counters. [Map.Run]
+// expires bindings at their deadlines; Config.OnRelease tells the relays of every release and
+// why.
 //
 // pinhole imports no other sipcar package. Its [Side] and [Pair] have the shapes of package
 // rewrite's Side and MediaBinding, so the relay's translator converts them directly.

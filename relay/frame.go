@@ -30,6 +30,13 @@ const (
 // nextFrame finds the first thing in a TCP/TLS receive buffer: a keep-alive (RFC 5626 section
 // 3.5.1), CRLFs to skip (RFC 3261 section 7.5), or a whole message framed by its Content-Length
 // (a message without one has no body: RFC 3261 section 18.3 makes it mandatory on streams).
+//
+// sipgo's stream parser (sip.Parser.Parse with stream set) frames only messages it can parse
+// whole: a message with one header it cannot read (a CSeq of "INVITE 1", a To without its
+// closing bracket) fails to frame, and the connection would have to close, where the Content-
+// Length frames it and sipcar answers it 400 and reads on. It also parses every header to find
+// one (about 16 µs and 31 allocations for an INVITE, against 0.7 µs and none here, measured with
+// sipgo v1.7.2). So framing reads only what frames: the header block's end and Content-Length.
 func nextFrame(buf []byte) (n int, kind frameKind, err error) {
 	if bytes.HasPrefix(buf, []byte("\r\n\r\n")) {
 		return 4, framePing, nil

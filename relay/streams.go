@@ -14,7 +14,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/libp2p/go-reuseport"
+	"github.com/sipcar/sipcar/mediarelay/sock"
 )
 
 // streamConn is a TCP or TLS connection sipcar reads SIP from and writes SIP to, in either
@@ -129,7 +129,7 @@ func (t *transport) accepted(c net.Conn, transport string, local netip.AddrPort,
 		// TPROXY keeps the original destination as the local address; REDIRECT says it through
 		// SO_ORIGINAL_DST.
 		sc.local, sc.transparent = addrPortOf(c.LocalAddr()), true
-		if dst, ok := soOriginalDst(c); ok && dst != sc.local && !dst.Addr().IsLoopback() {
+		if dst, ok := sock.OriginalDst(c); ok && dst != sc.local && !dst.Addr().IsLoopback() {
 			sc.local = dst
 		}
 	}
@@ -372,15 +372,9 @@ func (c *streamConn) closeErr() error {
 
 // serveBindingTCP listens on a sip binding's port for connections a peer opens to it.
 func (t *transport) serveBindingTCP(addr netip.AddrPort) (io.Closer, error) {
-	l, err := reuseport.Listen("tcp", addr.String())
+	l, err := sock.ReserveTCP(addr)
 	if err != nil {
-		wild := netip.AddrPortFrom(netip.IPv4Unspecified(), addr.Port())
-		if addr.Addr().Is6() {
-			wild = netip.AddrPortFrom(netip.IPv6Unspecified(), addr.Port())
-		}
-		if l, err = reuseport.Listen("tcp", wild.String()); err != nil {
-			return nil, fmt.Errorf("listen tcp %v: %w", addr, err)
-		}
+		return nil, err
 	}
 	t.serveStreams(l, "tcp", addr, false)
 	return l, nil

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/libp2p/go-reuseport"
+
+	"github.com/sipcar/sipcar/mediarelay/sock"
 )
 
 // transport carries SIP over UDP, TCP and TLS for the relay. It owns every SIP socket (the
@@ -66,16 +68,18 @@ func newTransport(cfg *Config, m *metrics, limits *connLimits, rep *replier) *tr
 // address: a dual-stack sipcar takes SIP in both families without being told twice.
 func (t *transport) listen() error {
 	if t.cfg.ListenUDP.IsValid() {
-		listen := listenUDP
-		if t.cfg.Mode == Transparent {
-			listen = listenTransparentUDP
-		}
 		for i, a := range t.listenAddrs(t.cfg.ListenUDP) {
 			network := "udp" // as configured: [::] is dual-stack
 			if i > 0 {
 				network = "udp6" // the twin of an IPv4 wildcard: IPv6 only
 			}
-			c, err := listen(network, a)
+			var c *net.UDPConn
+			var err error
+			if t.cfg.Mode == Transparent {
+				c, err = sock.ListenTransparentUDP(a) // of a's family: a transparent socket serves one
+			} else {
+				c, err = listenUDP(network, a)
+			}
 			if err != nil {
 				return err
 			}
@@ -100,7 +104,7 @@ func (t *transport) listen() error {
 				network = "tcp6"
 			}
 			if t.cfg.Mode == Transparent {
-				ln, err = listenTransparentTCP(a)
+				ln, err = sock.ListenTransparentTCP(a)
 			} else {
 				ln, err = reuseport.Listen(network, a.String())
 			}

@@ -9,11 +9,16 @@ import (
 
 	"github.com/libp2p/go-reuseport"
 
-	"github.com/sipcar/sipcar/pinhole"
+	"github.com/sipcar/sipcar/mediarelay/sock"
 )
 
 // maxUDPMessage is the largest UDP payload: a message is read whole or not at all.
 const maxUDPMessage = 65535
+
+// sipSocketBuffer is the receive and send buffer of SIP UDP sockets: enough for bursts of a few
+// thousand messages while a reader is busy (the kernel default of about 200 KB overflows at
+// ~1,500 calls/s).
+const sipSocketBuffer = 4 << 20
 
 // udpSocket is a UDP socket sipcar receives SIP on and sends from: a listener, or the socket
 // of a sip binding (held open by the binding's reservation). Closing it stops its reader.
@@ -40,7 +45,7 @@ func listenUDP(network string, addr netip.AddrPort) (*net.UDPConn, error) {
 // serveUDP registers c under addr and reads it until it is closed. It returns nil if the
 // transport is closed.
 func (t *transport) serveUDP(c *net.UDPConn, addr netip.AddrPort, listener, transparent bool) *udpSocket {
-	raiseBuffers(c)
+	sock.RaiseBuffers(c, sipSocketBuffer, sipSocketBuffer)
 	s := &udpSocket{t: t, conn: c, addr: addr, listener: listener, transparent: transparent}
 	t.mu.Lock()
 	if t.closed {
@@ -62,14 +67,9 @@ func (t *transport) reserve(network string, addr netip.AddrPort) (io.Closer, err
 	if network != "udp" {
 		return t.serveBindingTCP(addr)
 	}
-	res, err := pinhole.ReserveSocket(network, addr)
+	c, err := sock.ReserveUDP(addr)
 	if err != nil {
 		return nil, err
-	}
-	c, ok := res.(*net.UDPConn)
-	if !ok {
-		res.Close()
-		return nil, fmt.Errorf("reserve %s %v: not a UDP socket", network, addr)
 	}
 	s := t.serveUDP(c, addr, false, false)
 	if s == nil {
@@ -86,7 +86,7 @@ func (s *udpSocket) read() {
 	}
 	for {
 		// Wait without a buffer, then read into one lent for the message's handling only.
-		if err := waitReadable(s.conn); err != nil {
+		if err := sock.WaitReadable(s.conn); err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
@@ -118,8 +118,8 @@ func (s *udpSocket) readTransparent() {
 			}
 			continue
 		}
-		dst, ok := origDst(oob[:oobn])
-		if !ok || isKeepalive(buf[:n]) {
+		dst := sock.OrigDst(oob[:oobn])
+		if !dst.IsValid() || isKeepalive(buf[:n]) {
 			continue // not intercepted: nothing sipcar should relay
 		}
 		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
@@ -179,7 +179,7 @@ const maxSpoofSockets = 4096
 // spoofSocket returns a socket that sends from a, an address that is not the host's: in
 // transparent mode a phone must see a reply come from the server it addressed.
 func (t *transport) spoofSocket(a netip.AddrPort) (*udpSocket, error) {
-	c, err := bindTransparentUDP(a)
+	c, err := sock.ListenTransparentUDP(a)
 	if err != nil {
 		return nil, err
 	}

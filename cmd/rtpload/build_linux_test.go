@@ -12,7 +12,8 @@ import (
 // header; building one allocates nothing (it runs for every packet sent).
 func TestBuildPacket(t *testing.T) {
 	g := &generator{o: options{size: 172}, runID: 7}
-	s := &stream{src: netip.MustParseAddrPort("198.18.0.10:40000"), dst: netip.MustParseAddrPort("198.51.100.1:20000")}
+	st := newStream(netip.MustParseAddrPort("198.18.0.10:40000"), netip.MustParseAddrPort("198.51.100.1:20000"), netip.AddrPort{})
+	s := &st
 	var slot [slotBytes]byte
 	start := g.build(slot[:], s, 41, 1234, 99)
 	p := slot[headroom : headroom+g.o.size]

@@ -1,12 +1,10 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
 	"net/netip"
-	"os/exec"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,7 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/sipcar/sipcar/mediarelay/rawudp"
+	"github.com/sipcar/sipcar/mediarelay/sock"
 )
 
 // The payload after the 12-byte RTP header: send time, stream index, magic, run.
@@ -30,7 +28,7 @@ const (
 	magic       = 0x52544c44 // "RTLD"
 
 	batch     = 64
-	headroom  = 8 // the UDP header, written in front of the payload
+	headroom  = sock.UDPHeaderLen // the UDP header, written in front of the payload
 	slotBytes = 2048
 	histMax   = 200_000 // latency histogram: 1 us buckets up to 200 ms, then one overflow bucket
 	nftTable  = "rtpload"
@@ -41,8 +39,20 @@ const (
 type stream struct {
 	src, dst netip.AddrPort
 	arrive   netip.AddrPort
-	srcMsg   [rawudp.SourceSpace]byte // src as the source of the raw socket's datagram, built once
-	srcLen   int
+	// Built once: src and dst encoded for the UDP header and the raw socket's msg_name, and
+	// src as the source of the raw socket's datagram.
+	srcAddr, dstAddr sock.Addr
+	srcMsg           [sock.SourceSpace]byte
+	srcLen           int
+}
+
+// newStream returns the stream from src to the relay address dst, arriving at arrive.
+func newStream(src, dst, arrive netip.AddrPort) stream {
+	s := stream{src: src, dst: dst, arrive: arrive}
+	s.srcAddr.Set(src)
+	s.dstAddr.Set(dst)
+	s.srcLen = sock.Source(&s.srcMsg, src.Addr())
+	return s
 }
 
 type generator struct {
@@ -87,11 +97,7 @@ func newGenerator(calls []call, o options) (*generator, error) {
 	g := &generator{o: o, calls: len(calls), raw: [2]int{-1, -1}, fanIn: [2]int{-1, -1}, hist: make([]uint64, histMax+1)}
 	minPort, maxPort := uint16(65535), uint16(0)
 	for _, c := range calls {
-		g.streams = append(g.streams, stream{src: c.a, dst: c.relayA, arrive: c.b}, stream{src: c.b, dst: c.relayB, arrive: c.a})
-		for i := len(g.streams) - 2; i < len(g.streams); i++ {
-			s := &g.streams[i]
-			s.srcLen = rawudp.Source(&s.srcMsg, s.src.Addr())
-		}
+		g.streams = append(g.streams, newStream(c.a, c.relayA, c.b), newStream(c.b, c.relayB, c.a))
 		for _, e := range []netip.AddrPort{c.a, c.b} {
 			minPort, maxPort = min(minPort, e.Port()), max(maxPort, e.Port())
 		}
@@ -119,7 +125,7 @@ func newGenerator(calls []call, o options) (*generator, error) {
 			return nil, err
 		}
 	}
-	if err := runNft(nftScript(minPort, maxPort, tport, sampledPorts)); err != nil {
+	if _, err := sock.RunNft(nftScript(minPort, maxPort, tport, sampledPorts), "-f", "-"); err != nil {
 		g.close()
 		return nil, err
 	}
@@ -136,7 +142,7 @@ func (g *generator) close() {
 		}
 	}
 	if g.nft {
-		_ = runNft(fmt.Sprintf("table inet %s\ndelete table inet %s\n", nftTable, nftTable))
+		_, _ = sock.RunNft(fmt.Sprintf("table inet %s\ndelete table inet %s\n", nftTable, nftTable), "-f", "-")
 	}
 }
 
@@ -293,10 +299,13 @@ func (g *generator) send(ctx context.Context) {
 				seq := uint32((idx + j) / n)
 				start := g.build(slots[j][:], s, si, seq, stamp)
 				pkt := slots[j][start : headroom+g.o.size]
-				iov[j] = unix.Iovec{Base: &pkt[0], Len: uint64(len(pkt))}
-				names[j] = rawName(s.dst)
-				msgs[j].Hdr = unix.Msghdr{Name: (*byte)(unsafe.Pointer(&names[j])), Namelen: nameLen(s.dst), Iov: &iov[j], Iovlen: 1,
-					Control: &s.srcMsg[0], Controllen: uint64(s.srcLen)}
+				iov[j] = unix.Iovec{Base: &pkt[0]}
+				iov[j].SetLen(len(pkt))
+				var nameLen uint32
+				names[j], nameLen = s.dstAddr.RawName()
+				msgs[j].Hdr = unix.Msghdr{Name: (*byte)(unsafe.Pointer(&names[j])), Namelen: nameLen, Iov: &iov[j], Iovlen: 1,
+					Control: &s.srcMsg[0]}
+				msgs[j].Hdr.SetControllen(s.srcLen)
 				byFam[fam(s.dst)] = append(byFam[fam(s.dst)], j)
 			}
 			var sent, failed int
@@ -308,7 +317,7 @@ func (g *generator) send(ctx context.Context) {
 				for i, j := range byFam[f] {
 					group[i] = msgs[j]
 				}
-				s, e := sendmmsg(g.raw[f], group[:len(byFam[f])])
+				s, e := sock.Sendmmsg(g.raw[f], group[:len(byFam[f])], true)
 				sent, failed = sent+s, failed+e
 			}
 			g.sentAll.Add(uint64(sent))
@@ -332,7 +341,9 @@ func (g *generator) build(slot []byte, s *stream, si int, seq uint32, stamp int6
 	binary.BigEndian.PutUint32(p[offStream:], uint32(si))
 	binary.BigEndian.PutUint32(p[offMagic:], magic)
 	binary.BigEndian.PutUint32(p[offRun:], g.runID)
-	return putUDPHeader(slot, g.o.size, s.src, s.dst)
+	start := headroom - sock.UDPHeaderLen
+	sock.PutUDPHeader(slot[start:headroom+g.o.size], &s.srcAddr, &s.dstAddr)
+	return start
 }
 
 // receive reads packets from a fan-in socket until told to stop and records their latency.
@@ -346,16 +357,17 @@ func (g *generator) receive(fd int) {
 	deadline := int64(g.o.deadline)
 	for !g.stopRecv.Load() {
 		for j := range batch {
-			iov[j] = unix.Iovec{Base: &slots[j][0], Len: slotBytes}
-			msgs[j].Hdr = unix.Msghdr{Iov: &iov[j], Iovlen: 1, Control: &ctrl[j][0], Controllen: 64}
+			iov[j] = unix.Iovec{Base: &slots[j][0]}
+			iov[j].SetLen(slotBytes)
+			msgs[j].Hdr = unix.Msghdr{Iov: &iov[j], Iovlen: 1, Control: &ctrl[j][0]}
+			msgs[j].Hdr.SetControllen(len(ctrl[j]))
 		}
-		n, _, e := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&msgs[0])), batch,
-			unix.MSG_WAITFORONE, 0, 0)
+		n, e := sock.Recvmmsg(fd, msgs[:], true)
 		if e != 0 {
 			continue // the receive timeout: look at the stop flag
 		}
 		now := int64(time.Since(g.base))
-		for j := range int(n) {
+		for j := range n {
 			p := slots[j][:msgs[j].Len]
 			if len(p) < minPacket || binary.BigEndian.Uint32(p[offMagic:]) != magic {
 				misrouted++
@@ -366,7 +378,7 @@ func (g *generator) receive(fd int) {
 				continue
 			}
 			si := int(binary.BigEndian.Uint32(p[offStream:]))
-			if si >= len(g.streams) || origDst(ctrl[j][:msgs[j].Hdr.Controllen]) != g.streams[si].arrive {
+			if si >= len(g.streams) || sock.OrigDst(ctrl[j][:msgs[j].Hdr.Controllen]) != g.streams[si].arrive {
 				misrouted++
 				continue
 			}
@@ -424,9 +436,9 @@ func readCounter(reset bool) (uint64, error) {
 	if reset {
 		verb = "reset"
 	}
-	out, err := exec.Command("nft", verb, "counter", "inet", nftTable, "rx").CombinedOutput()
+	out, err := sock.RunNft("", verb, "counter", "inet", nftTable, "rx")
 	if err != nil {
-		return 0, fmt.Errorf("nft %s counter: %w: %s", verb, err, bytes.TrimSpace(out))
+		return 0, err
 	}
 	f := strings.Fields(string(out))
 	for i := 0; i+1 < len(f); i++ {
@@ -439,15 +451,4 @@ func readCounter(reset bool) (uint64, error) {
 		}
 	}
 	return 0, fmt.Errorf("nft counter: no packet count in %q", out)
-}
-
-func runNft(script string) error {
-	cmd := exec.Command("nft", "-f", "-")
-	cmd.Stdin = strings.NewReader(script)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("nft: %w: %s", err, strings.TrimSpace(out.String()))
-	}
-	return nil
 }

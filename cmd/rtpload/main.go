@@ -22,15 +22,10 @@ package main
 
 import (
 	"bufio"
-	"context"
-	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"net/netip"
 	"os"
-	"os/signal"
-	"runtime"
 	"strings"
 	"time"
 )
@@ -69,41 +64,6 @@ func main() {
 		fmt.Fprintln(os.Stderr, "rtpload:", err)
 		os.Exit(1)
 	}
-}
-
-func run(o options) error {
-	if o.pairs == "" {
-		return errors.New("-pairs is required")
-	}
-	if o.size < minPacket || o.size > 1400 {
-		return fmt.Errorf("-size %d: want %d-1400", o.size, minPacket)
-	}
-	if o.sample < 1 {
-		return fmt.Errorf("-sample %d: want >= 1", o.sample)
-	}
-	calls, err := readPairs(o.pairs, o.calls)
-	if err != nil {
-		return err
-	}
-	// The sender and the receiver each need a thread, also when pinned to one core.
-	runtime.GOMAXPROCS(max(2, runtime.GOMAXPROCS(0)))
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	defer stop()
-	g, err := newGenerator(calls, o)
-	if err != nil {
-		return err
-	}
-	defer g.close()
-	res, err := g.run(ctx)
-	if err != nil {
-		return err
-	}
-	if o.jsonOut {
-		return json.NewEncoder(os.Stdout).Encode(res)
-	}
-	fmt.Print(res.String())
-	return nil
 }
 
 // call is one emulated call: endpoints A and B and the relay addresses facing each.

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command flood floods a relay with the RTP of the calls of an rtpload pairs file, as fast as
 // one core can send, for the benchmark's flood test: rtpload sends from userspace and times
 // what comes back, which costs its core more than a kernel relay costs the relay's, so it
