@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	pionsdp "github.com/pion/sdp/v3"
+
 	"github.com/sipcar/sipcar/pinhole"
 )
 
