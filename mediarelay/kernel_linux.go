@@ -201,16 +201,18 @@ func (kp *kernelPath) wantLocked(s *Stream, e *endpoint, removed bool) (kernel.K
 	}
 	out := e.outRTP
 	q := out.peer.Load()
+	// Only toward a peer whose latch is final: one not heard from yet may answer from another
+	// address (a NAT), which userspace follows at once and a rule only at the next sweep.
 	var to netip.AddrPort
-	switch q.state {
-	case latchFinal:
+	if q.state == latchFinal {
 		to = q.addr
-	case latchNone:
-		// Not heard from yet: where userspace sends too. Its first packet from elsewhere
-		// changes the rule within a sweep.
-		to = q.sdp
 	}
 	if !to.IsValid() {
+		return kernel.Key{}, kernel.Rule{}, false
+	}
+	if v4 := e.local.Addr().Unmap().Is4(); out.local.Addr().Unmap().Is4() != v4 || to.Addr().Unmap().Is4() != v4 {
+		// A leg of each family (an IPv6 phone, an IPv4 PBX): the program rewrites addresses in
+		// place and cannot change the IP version. Userspace relays it.
 		return kernel.Key{}, kernel.Rule{}, false
 	}
 	key := kernel.NewKey(e.local, p.addr)

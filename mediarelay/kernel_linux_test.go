@@ -191,6 +191,31 @@ func TestKernelForwardsLatchedLegs(t *testing.T) {
 	}
 }
 
+// A stream whose legs are of different families (an IPv6 phone, an IPv4 PBX) stays in userspace:
+// the program cannot change a packet's IP version. Media flows both ways through sweeps that
+// would otherwise have handed it over.
+func TestKernelLeavesMixedFamilies(t *testing.T) {
+	for _, m := range kernelModes {
+		t.Run(m.name, func(t *testing.T) {
+			l := newLab(t)
+			r := startKernelRelay(t, l, m, Config{})
+			spec := StreamSpec{CallID: "mixed", A: pairSpec(families[1]).A, B: pairSpec(families[0]).B}
+			phone, remote := l.listen(t, l.phone, spec.A.Peer.String()), l.listen(t, l.remote, spec.B.Peer.String())
+			addStream(t, r, spec)
+			exchange(t, spec, phone, remote, 0, 2)
+			time.Sleep(4 * kernelLatchWindow) // several sweeps after both legs latched
+			if rules, err := r.KernelRules(); err != nil || len(rules) != 0 {
+				t.Fatalf("kernel rules %v (%v), want none for a stream across families", rules, err)
+			}
+			before := received(r)
+			exchange(t, spec, phone, remote, 2, 10)
+			if got := received(r) - before; got != 20 {
+				t.Errorf("userspace read %d packets, want all 20", got)
+			}
+		})
+	}
+}
+
 // A re-INVITE that moves the phone's media to another port takes the old rule away at once;
 // the new port, once it latched, gets one, and the remote's rule sends there.
 func TestKernelReinviteMovesRule(t *testing.T) {

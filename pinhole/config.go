@@ -180,7 +180,8 @@ type Config struct {
 	// replica of the server map needs to know (made, released, registered, latched, held,
 	// ringing): it names what, and the replica reads it back later ([Map.ExportCall],
 	// [Map.ExportSignaling]). It is called with the Map's lock held, and from the goroutine
-	// that latches a media binding's peer: it must not block nor call the Map.
+	// that latches a media binding's peer: it must not block nor call the Map. What Close
+	// releases is not reported: sipcar going away does not end the calls a standby takes over.
 	OnChange func(Change)
 
 	// Registerer receives the Map's metrics; nil registers none.

@@ -24,13 +24,13 @@ type Change struct {
 }
 
 func (m *Map) changedCall(id string) {
-	if f := m.cfg.OnChange; f != nil {
+	if f := m.cfg.OnChange; f != nil && !m.closing.Load() {
 		f(Change{Call: id})
 	}
 }
 
 func (m *Map) changedSig(b *Binding) {
-	if f := m.cfg.OnChange; f != nil {
+	if f := m.cfg.OnChange; f != nil && !m.closing.Load() {
 		f(Change{Signaling: b.addr})
 	}
 }

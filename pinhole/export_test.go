@@ -202,3 +202,27 @@ func TestPoolTakeSlots(t *testing.T) {
 		t.Error("a slot put back cannot be taken by takeSlots")
 	}
 }
+
+// Closing the Map (sipcar going away) reports no change: a replica keeps the calls and the
+// registration for the standby, where releasing them one by one would delete them.
+func TestCloseReportsNoChange(t *testing.T) {
+	var ch changes
+	m, _ := newTestMap(t, Config{OnChange: ch.record})
+	phone := ap("203.0.113.5:5060")
+	sig, err := m.SignalingFor(SignalingRequest{From: Outside, Transport: "udp", Addr: phone, CallID: "reg", Source: phone.Addr()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Registered(sig, time.Hour)
+	offer(t, m, "call", Inside, "198.18.0.10:3000")
+	if calls, sigs := ch.reset(); calls["call"] == 0 || len(sigs) == 0 {
+		t.Fatalf("changes before Close: calls %v sip bindings %v; want the call and the binding", calls, sigs)
+	}
+	m.Close()
+	if calls, sigs := ch.reset(); len(calls) != 0 || len(sigs) != 0 {
+		t.Errorf("Close reported changes: calls %v sip bindings %v; want none", calls, sigs)
+	}
+	if sig.Live() {
+		t.Error("the sip binding is still live after Close")
+	}
+}

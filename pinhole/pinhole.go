@@ -58,6 +58,9 @@ type Map struct {
 	sigPorts   []atomic.Pointer[Binding]
 	metrics    *metrics
 	wake       chan struct{} // tells Run the earliest deadline moved
+	// closing is set by Close before it releases everything: those releases are sipcar going
+	// away, not calls ending, and a replica must keep the calls (see Config.OnChange).
+	closing atomic.Bool
 
 	mu        sync.Mutex // guards the following, the calls, streams and sigStates
 	closed    bool
@@ -419,6 +422,7 @@ func (m *Map) Release(b *Binding, r Reason) {
 // after; either order is safe.
 func (m *Map) Close() error {
 	var out []released
+	m.closing.Store(true)
 	m.mu.Lock()
 	m.closed = true
 	for _, b := range m.sigs {
