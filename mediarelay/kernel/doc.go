@@ -18,7 +18,7 @@
 // The program is assembled at run time with cilium/ebpf's asm package: no compiled object is
 // kept in the repository and building sipcar needs no C compiler. It is attached through TCX
 // links (Linux 6.6), which the kernel detaches when the process exits or dies: nothing of it
-// outlives sipcar. Open also detaches any program of its name left attached in the namespace.
+// outlives sipcar, and another sipcar's program in the namespace is left alone.
 //
 // Why tc and eBPF, not nftables: the kernels sipcar runs on may lack nftables flowtables (this
 // project's test machines do), so nftables would forward through conntrack, NAT and the whole

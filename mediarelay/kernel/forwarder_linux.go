@@ -32,9 +32,8 @@ type Config struct {
 //
 // Nothing of it outlives the process: the program is attached through BPF links, which the
 // kernel detaches when their last descriptor closes, as it does when the process dies; the
-// maps and the program go with the last reference. [Open] also detaches programs of this name
-// that an earlier process left attached through links that outlived it (a pinned link, say),
-// as the fan-in's nftables table is replaced at start.
+// maps and the program go with the last reference. [Open] leaves other processes' programs
+// alone: another sipcar in the namespace keeps its fast path.
 //
 // All methods are safe for concurrent use.
 type Forwarder struct {
@@ -99,7 +98,6 @@ func (f *Forwarder) open() error {
 		if err != nil {
 			return fmt.Errorf("netlink: %w", err)
 		}
-		f.removeStale()
 		// Attaching to the loopback interface (index 1 in every namespace) and detaching at
 		// once shows whether TCX is there before a call needs it.
 		l, err := link.AttachTCX(link.TCXOptions{Interface: 1, Program: f.prog, Attach: ebpf.AttachTCXIngress})
@@ -121,17 +119,9 @@ func explain(err error) error {
 	return err
 }
 
-// removeStale detaches programs of this name from every interface's tc ingress: an earlier
-// process's, whose link outlived it. Without such a leftover there is nothing to do.
-func (f *Forwarder) removeStale() {
-	atts, _ := attachments(f.nl)
-	for _, a := range atts {
-		if old, err := link.NewFromID(a.link); err == nil {
-			_ = old.Detach()
-			old.Close()
-		}
-	}
-}
+// Nothing of an earlier process needs removing: a TCX link that is not pinned (sipcar pins
+// none) goes with the process that made it, a crash included. Detaching what another process
+// attached would take a running sibling's fast path away.
 
 type attachment struct {
 	ifname string
