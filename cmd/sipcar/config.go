@@ -84,7 +84,7 @@ type config struct {
 	ReplicaBatch      time.Duration     `env:"REPLICA_BATCH" envDefault:"50ms" help:"how long changes gather before they are written to Redis in one batch"`
 	ReplicaMaxLag     time.Duration     `env:"REPLICA_MAX_LAG" envDefault:"2s" help:"a standby that has not read the replication log to its end for longer is stale: it refuses to take over (/readyz says why)"`
 
-	MediaKernel mediarelay.KernelMode `env:"MEDIA_KERNEL" envDefault:"auto" help:"auto (hand latched RTP legs to an eBPF program on tc ingress where the kernel and capabilities allow: CAP_BPF, CAP_NET_ADMIN, Linux 6.6; says at start-up why not), on (required) or off (userspace only)"`
+	MediaKernel mediarelay.KernelMode `env:"MEDIA_KERNEL" envDefault:"off" help:"off (userspace only: every packet analysed for call quality), auto (hand latched RTP legs to an eBPF program on tc ingress where the kernel and capabilities allow: CAP_BPF, CAP_NET_ADMIN, Linux 6.6; says at start-up why not) or on (required); a leg in the kernel is counted but no longer analysed"`
 }
 
 // replicaRole is SIPCAR_REPLICA_ROLE.
