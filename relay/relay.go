@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/sipcar/sipcar/mediarelay"
 	"github.com/sipcar/sipcar/pinhole"
 	"github.com/sipcar/sipcar/rewrite"
@@ -97,11 +98,17 @@ func (r *Relay) newMedia() error {
 		mc.RTCP, mc.Ended = r.mcap.rtcp, r.mcap.ended
 		if cfg.Registerer != nil {
 			if err := cfg.Registerer.Register(r.mcap.dropped); err != nil {
+				// Another relay on the same registry (tests): count into its counter.
 				var are prometheus.AlreadyRegisteredError
-				if !errors.As(err, &are) {
+				var c prometheus.Counter
+				ok := errors.As(err, &are)
+				if ok {
+					c, ok = are.ExistingCollector.(prometheus.Counter)
+				}
+				if !ok {
 					return fmt.Errorf("hep rtcp metrics: %w", err)
 				}
-				r.mcap.dropped = are.ExistingCollector.(prometheus.Counter)
+				r.mcap.dropped = c
 			}
 		}
 	}
