@@ -90,7 +90,10 @@ func TestCaptureRTCPAndQuality(t *testing.T) {
 	if _, err := phoneRTCP.WriteToUDPAddrPort(sr, relayRTCP); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the phone's sender report exported", func() bool { return len(capt.of(hep.ProtoRTCP)) == 1 })
+	eventuallyOK(t, func() bool { return len(capt.of(hep.ProtoRTCP)) == 1 }, "the phone's sender report exported")
+	if t.Failed() {
+		t.FailNow()
+	}
 	r := capt.of(hep.ProtoRTCP)[0]
 	var report struct {
 		Type   int    `json:"type"`
@@ -115,7 +118,7 @@ func TestCaptureRTCPAndQuality(t *testing.T) {
 	b.send(b.pbx, src, fmt.Sprintf("SIP/2.0 200 OK\nVia: %s\nFrom: <sip:200@127.0.0.1>;tag=p1\nTo: <sip:100@127.0.0.1>;tag=x1\n"+
 		"Call-ID: q1\nCSeq: 2 BYE\nContent-Length: 0\n\n", m.(*sip.Request).Via().Value()))
 	b.recv(b.phone)
-	waitFor(t, "the call's quality report", func() bool { return len(capt.of(hep.ProtoReport)) > 0 })
+	eventuallyOK(t, func() bool { return len(capt.of(hep.ProtoReport)) > 0 }, "the call's quality report")
 	reports := capt.of(hep.ProtoReport)
 	if len(reports) != 1 {
 		t.Fatalf("%d quality reports; want one, for the phone's leg (the PBX sent nothing)", len(reports))
@@ -129,15 +132,5 @@ func TestCaptureRTCPAndQuality(t *testing.T) {
 	}
 	if q.TotalPackets != 8 || q.PacketLoss != 2 || q.Type != "HANGUP" {
 		t.Errorf("quality report lacks 8 packets, 2 lost, final: %s", reports[0].Payload)
-	}
-}
-
-// waitFor waits up to 10 s for cond, for what the relay does in a goroutine of its own.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s", what)
-		}
 	}
 }
