@@ -42,13 +42,19 @@ import (
 type kernelPath struct {
 	f   *kernel.Forwarder
 	log *slog.Logger
+	// apply is f.Apply; tests make the kernel refuse a batch through it. retry is kernelRetry.
+	apply func(putKeys []kernel.Key, putRules []kernel.Rule, del []kernel.Key) error
+	retry time.Duration
 
 	mu        sync.Mutex // guards the following fields and every endpoint's kern; after Relay.mu
 	installed map[kernel.Key]*endpoint
 	slotted   map[*endpoint]struct{} // endpoints holding a counter slot
 	retiring  []*endpoint            // of removed streams, their slots to be freed
 	retired   uint64                 // packets counted in slots since freed
-	closed    bool
+	// stale holds rules the relay took away whose deletion from the kernel failed: each sweep
+	// deletes them again, for a rule left behind would forward for a leg that is gone.
+	stale  map[kernel.Key]struct{}
+	closed bool
 }
 
 // kernelLeg is the kernel path's state of an endpoint. kernelPath.mu guards it, except kp,
@@ -64,11 +70,16 @@ type kernelLeg struct {
 	final   kernel.Counts // what the freed slot had counted
 	gone    time.Time     // when the stream was removed; the slot is freed a sweep later
 	// failed remembers the last hand-over that failed, so that a leg the kernel cannot take is
-	// not retried every sweep: the key and destination it was tried with, and why.
+	// not retried every sweep: the key and destination it was tried with, why, and when (it is
+	// tried again kernelRetry later, for the cause may pass: a route, a full map).
 	failedKey kernel.Key
 	failedTo  netip.AddrPort
 	failed    string
+	failedAt  time.Time
 }
+
+// kernelRetry is how long a leg whose hand-over failed stays in userspace before the next try.
+const kernelRetry = 30 * time.Second
 
 // slotGrace is how long a removed leg's counter slot stays before it is freed: far longer than a
 // packet takes through the program, which may still count in it after its rule went.
@@ -90,7 +101,8 @@ func (r *Relay) openKernel() error {
 		r.log.Warn("mediarelay: no kernel fast path: latched media stays in userspace", "reason", err)
 		return nil
 	}
-	r.kern = &kernelPath{f: f, log: r.log, installed: map[kernel.Key]*endpoint{}, slotted: map[*endpoint]struct{}{}}
+	r.kern = &kernelPath{f: f, log: r.log, apply: f.Apply, retry: kernelRetry,
+		installed: map[kernel.Key]*endpoint{}, slotted: map[*endpoint]struct{}{}, stale: map[kernel.Key]struct{}{}}
 	r.kernWhy = "eBPF on tc ingress (TCX)"
 	r.log.Info("mediarelay: kernel fast path: latched RTP legs are forwarded by an eBPF program on tc ingress", "rules", n)
 	return nil
@@ -147,7 +159,7 @@ func (r *Relay) kernelSync(s *Stream, now time.Time) {
 			continue
 		}
 		k := &e.kern
-		key, rule, ok := kp.wantLocked(s, e, removed)
+		key, rule, ok := kp.wantLocked(s, e, removed, now)
 		switch {
 		case !ok && k.on:
 			ch.del = append(ch.del, k.key)
@@ -172,26 +184,50 @@ func (r *Relay) kernelSync(s *Stream, now time.Time) {
 	if len(ch.del)+len(ch.putKeys) == 0 {
 		return
 	}
-	if err := kp.f.Apply(ch.putKeys, ch.putRules, ch.del); err != nil {
+	if err := kp.apply(ch.putKeys, ch.putRules, ch.del); err != nil {
 		kp.log.Warn("mediarelay: kernel rules of a stream not applied: its legs stay in userspace", "call", s.callID, "err", err)
-		// What went in is taken out again, so that the kernel has nothing the relay does not
-		// know of.
-		var undo []kernel.Key
+		// What went in is taken out again, and what was to go is deleted again, so that the
+		// kernel has nothing the relay does not know of; what still fails, the sweep retries.
+		undo := ch.del
 		for _, e := range s.eps {
 			if e != nil && e.kern.on {
 				undo = append(undo, e.kern.key)
 				delete(kp.installed, e.kern.key)
 				e.kern.on = false
 				_, to := e.kern.rule.Endpoints(e.kern.key)
-				e.kern.failed, e.kern.failedKey, e.kern.failedTo = err.Error(), e.kern.key, to
+				e.kern.failed, e.kern.failedKey, e.kern.failedTo, e.kern.failedAt = err.Error(), e.kern.key, to, now
 			}
 		}
-		_ = kp.f.Apply(nil, nil, undo)
+		if err := kp.apply(nil, nil, undo); err != nil {
+			for _, k := range undo {
+				kp.stale[k] = struct{}{}
+			}
+			kp.log.Warn("mediarelay: kernel rules not deleted; retried at each sweep", "call", s.callID, "rules", len(undo), "err", err)
+		}
 	}
 }
 
+// deleteStaleLocked deletes again the rules whose deletion failed, unless a leg holds the key
+// again (its rule replaced the stale one).
+func (kp *kernelPath) deleteStaleLocked() {
+	if len(kp.stale) == 0 {
+		return
+	}
+	var keys []kernel.Key
+	for k := range kp.stale {
+		if kp.installed[k] == nil {
+			keys = append(keys, k)
+		}
+	}
+	if err := kp.apply(nil, nil, keys); err != nil {
+		kp.log.Debug("mediarelay: stale kernel rules still not deleted", "rules", len(keys), "err", err)
+		return
+	}
+	clear(kp.stale)
+}
+
 // wantLocked returns the rule endpoint e should have, if any.
-func (kp *kernelPath) wantLocked(s *Stream, e *endpoint, removed bool) (kernel.Key, kernel.Rule, bool) {
+func (kp *kernelPath) wantLocked(s *Stream, e *endpoint, removed bool, now time.Time) (kernel.Key, kernel.Rule, bool) {
 	if removed || s.hold.Load() {
 		return kernel.Key{}, kernel.Rule{}, false
 	}
@@ -224,11 +260,11 @@ func (kp *kernelPath) wantLocked(s *Stream, e *endpoint, removed bool) (kernel.K
 	if other := kp.installed[key]; other != nil && other != e {
 		return kernel.Key{}, kernel.Rule{}, false // a fork latched on the same source: userspace tells them apart
 	}
-	if k.failed != "" && k.failedKey == key && k.failedTo == to {
+	if k.failed != "" && k.failedKey == key && k.failedTo == to && now.Sub(k.failedAt) < kp.retry {
 		return kernel.Key{}, kernel.Rule{}, false
 	}
 	fail := func(err error) (kernel.Key, kernel.Rule, bool) {
-		k.failed, k.failedKey, k.failedTo = err.Error(), key, to
+		k.failed, k.failedKey, k.failedTo, k.failedAt = err.Error(), key, to, now
 		kp.log.Debug("mediarelay: leg stays in userspace", "call", s.callID, "port", e.local, "peer", p.addr, "to", to, "reason", err)
 		return kernel.Key{}, kernel.Rule{}, false
 	}
@@ -263,8 +299,8 @@ func (kp *kernelPath) wantLocked(s *Stream, e *endpoint, removed bool) (kernel.K
 	return key, kernel.NewRule(key, out.local, to, e.mux, ifindex, k.slot), true
 }
 
-// kernelSweep frees the counter slots of legs removed long enough ago. The housekeeping sweep
-// calls it first.
+// kernelSweep deletes the rules whose deletion failed before and frees the counter slots of
+// legs removed long enough ago. The housekeeping sweep calls it first.
 func (r *Relay) kernelSweep(now time.Time) {
 	kp := r.kern
 	if kp == nil {
@@ -272,6 +308,7 @@ func (r *Relay) kernelSweep(now time.Time) {
 	}
 	kp.mu.Lock()
 	defer kp.mu.Unlock()
+	kp.deleteStaleLocked()
 	keep := kp.retiring[:0]
 	for _, e := range kp.retiring {
 		if now.Sub(e.kern.gone) < slotGrace {

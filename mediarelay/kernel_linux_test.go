@@ -1,6 +1,7 @@
 package mediarelay
 
 import (
+	"errors"
 	"net/netip"
 	"slices"
 	"strings"
@@ -392,5 +393,70 @@ func TestKernelThroughBridge(t *testing.T) {
 	}
 	if st := s.Stats(); st.A.RTP.Packets != 22 || st.B.RTP.Packets != 22 {
 		t.Errorf("received A %d B %d, want 22 each", st.A.RTP.Packets, st.B.RTP.Packets)
+	}
+}
+
+// refuseKernel makes the kernel refuse every batch of rule changes until the returned function
+// lets it accept them again.
+func refuseKernel(r *Relay) (restore func()) {
+	kp := r.kern
+	kp.mu.Lock()
+	defer kp.mu.Unlock()
+	apply := kp.apply
+	kp.apply = func([]kernel.Key, []kernel.Rule, []kernel.Key) error { return errors.New("refused by the test") }
+	return func() {
+		kp.mu.Lock()
+		defer kp.mu.Unlock()
+		kp.apply = apply
+	}
+}
+
+// A rule whose deletion failed would go on forwarding for a leg that is gone: the sweep
+// deletes it again until the kernel takes it.
+func TestKernelRetriesFailedDelete(t *testing.T) {
+	l := newLab(t)
+	r := startKernelRelay(t, l, kernelModes[0], Config{})
+	spec := pairSpec(families[0])
+	phone, remote := l.listen(t, l.phone, spec.A.Peer.String()), l.listen(t, l.remote, spec.B.Peer.String())
+	s := addStream(t, r, spec)
+	exchange(t, spec, phone, remote, 0, 2)
+	waitRules(t, r, [2]netip.AddrPort{spec.A.RTP, spec.A.Peer}, [2]netip.AddrPort{spec.B.RTP, spec.B.Peer})
+
+	restore := refuseKernel(r)
+	r.RemoveStream(s)
+	time.Sleep(3 * kernelLatchWindow) // sweeps, every one refused
+	if rules, err := r.KernelRules(); err != nil || len(rules) != 2 {
+		t.Fatalf("kernel rules %v (%v) while the kernel refuses, want the 2 left behind", rules, err)
+	}
+	restore()
+	waitRules(t, r)
+}
+
+// A leg the kernel refused once stays in userspace, and is offered again after the retry
+// time.
+func TestKernelRetriesFailedHandOver(t *testing.T) {
+	l := newLab(t)
+	r := startKernelRelay(t, l, kernelModes[0], Config{})
+	r.kern.mu.Lock()
+	r.kern.retry = 4 * kernelLatchWindow
+	r.kern.mu.Unlock()
+	spec := pairSpec(families[0])
+	phone, remote := l.listen(t, l.phone, spec.A.Peer.String()), l.listen(t, l.remote, spec.B.Peer.String())
+	addStream(t, r, spec)
+
+	restore := refuseKernel(r)
+	exchange(t, spec, phone, remote, 0, 2)
+	time.Sleep(2 * kernelLatchWindow)
+	before := received(r)
+	exchange(t, spec, phone, remote, 2, 5)
+	if got := received(r) - before; got != 10 {
+		t.Errorf("userspace read %d packets while the kernel refused the legs, want 10", got)
+	}
+	restore()
+	waitRules(t, r, [2]netip.AddrPort{spec.A.RTP, spec.A.Peer}, [2]netip.AddrPort{spec.B.RTP, spec.B.Peer})
+	before = received(r)
+	exchange(t, spec, phone, remote, 7, 5)
+	if got := received(r) - before; got != 0 {
+		t.Errorf("userspace read %d packets after the retried hand-over, want 0", got)
 	}
 }
