@@ -19,7 +19,9 @@
 # RELAYS="sipcar-fanin sipcar-kernel kernel-nat sipcar-fanin-perport sipcar-fallback rtpengine
 # cfwd" (also sipcar-fanin-noquality: fan-in with call-quality analysis off), REPEAT=2,
 # VERBOSE=1, RELAYD_ARGS (more flags for sipcar's relayd, e.g. "-cpuprofile /tmp/relayd.prof"),
-# STEERING=napi|rps.
+# STEERING=napi|rps, GEN_DEFER="ROUNDS NS" (napi: the generator's veths poll ROUNDS more times
+# every NS nanoseconds before waiting for a wake-up, a NIC's interrupt moderation; default "2
+# 20000", as the relay's).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -100,7 +102,7 @@ for l in "$relay in0" "$relay out0" "$gen ga0" "$gen gb0"; do ip -n "${l% *}" li
 napi_thread() { # ns dev cpu
   local before after thread
   ip netns exec "$1" ethtool -K "$2" tso off gro on >/dev/null
-  ip netns exec "$1" sh -c "echo 2 >/sys/class/net/$2/napi_defer_hard_irqs; echo 20000 >/sys/class/net/$2/gro_flush_timeout"
+  ip netns exec "$1" sh -c "echo ${4:-2} >/sys/class/net/$2/napi_defer_hard_irqs; echo ${5:-20000} >/sys/class/net/$2/gro_flush_timeout"
   before=$(pgrep '^napi/' | sort || true)
   ip netns exec "$1" sh -c "echo 1 >/sys/class/net/$2/threaded"
   after=$(pgrep '^napi/' | sort || true)
@@ -115,7 +117,7 @@ relay_napi=() # the NAPI threads of the relay's veths: its receive path, and the
 case $steering in
   napi)
     napi_thread "$relay" in0 0; napi_thread "$relay" out0 0
-    napi_thread "$gen" ga0 1; napi_thread "$gen" gb0 1 ;;
+    napi_thread "$gen" ga0 1 ${GEN_DEFER:-}; napi_thread "$gen" gb0 1 ${GEN_DEFER:-} ;;
   rps)
     ip netns exec "$relay" sh -c 'echo 1 >/sys/class/net/in0/queues/rx-0/rps_cpus; echo 1 >/sys/class/net/out0/queues/rx-0/rps_cpus'
     ip netns exec "$gen" sh -c 'echo 2 >/sys/class/net/ga0/queues/rx-0/rps_cpus; echo 2 >/sys/class/net/gb0/queues/rx-0/rps_cpus' ;;
@@ -187,10 +189,25 @@ snapshot() {
   done
 }
 cpu0_busy() { snapshot; echo "$snap_c"; }
+# drops prints, for VERBOSE, where packets were dropped so far: each veth's rx/tx drop
+# counters and each namespace's UDP receive-buffer errors (a socket that did not keep up).
+drops() {
+  local ns dev
+  for nd in "$gen ga0" "$gen gb0" "$relay in0" "$relay out0"; do
+    ns=${nd% *} dev=${nd#* }
+    printf '%s rx_dropped %s tx_dropped %s; ' "$dev" "$(ip netns exec "$ns" cat "/sys/class/net/$dev/statistics/rx_dropped")" \
+      "$(ip netns exec "$ns" cat "/sys/class/net/$dev/statistics/tx_dropped")"
+  done
+  for ns in "$gen" "$relay"; do
+    printf '%s udp %s; ' "${ns: -1}" "$(ip netns exec "$ns" awk '/^Udp:/ { if (h) print "rcvbuf_errors " $6 " sndbuf_errors " $7; h = 1 }' /proc/net/snmp)"
+  done
+  echo
+}
 json_field() { sed -n "s/.*\"$2\":\([-0-9.e+]*\).*/\1/p" <<<"$1"; }
 
 start_relay() { # name -> sets relay_pid, pairs
   local name=$1 log="$work/$1.log"
+  relay_log=$log
   pairs=$static_pairs
   case $name in
     sipcar-fanin) ip netns exec "$relay" taskset -c 0 "$work/relayd" -pairs "$pairs" -mode fanin ${RELAYD_ARGS:-} 2>"$log" & ;;
@@ -233,6 +250,7 @@ start_relay() { # name -> sets relay_pid, pairs
 stop_relay() {
   kill "$relay_pid" 2>/dev/null || true
   wait "$relay_pid" 2>/dev/null || true
+  if [ -n "${VERBOSE:-}" ]; then grep -v ' level=INFO ' "$relay_log" | tail -n 5 >&2 || true; fi
   relay_pid=""
   nat_off
 }
@@ -270,7 +288,7 @@ load() {
   wait "$lp" || { cat "$work/rtpload.log" >&2; exit 1; }
   local j
   j=$(cat "$work/out.json")
-  [ -n "${VERBOSE:-}" ] && echo "$name $calls rate=$rate: $j over $(((snap_t - t0) / 1000)) ms: cpu0 $((snap_c - c0)) relay $((snap_p - p0)) jiffies, with NAPI $(((snap_n - n0) / 1000000)) ms" >&2
+  [ -n "${VERBOSE:-}" ] && echo "$name $calls rate=$rate: $j over $(((snap_t - t0) / 1000)) ms: cpu0 $((snap_c - c0)) relay $((snap_p - p0)) jiffies, with NAPI $(((snap_n - n0) / 1000000)) ms; drops so far: $(drops)" >&2
   # Per packet: the share of a second each consumed, over the packets of a second.
   awk -v dt="$((snap_t - t0))" -v c="$((snap_c - c0))" -v p="$((snap_p - p0))" -v hz="$clk_tck" -v n="$((snap_n - n0))" \
     -v pps="$(json_field "$j" received_pps)" -v loss="$(json_field "$j" late_or_lost_percent)" \
