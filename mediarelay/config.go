@@ -176,6 +176,10 @@ type Config struct {
 	// Clock stamps packet arrivals (jitter, last packet time); default time.Now. Timers (latch
 	// window, idle timeout) run on the time package in the relay's housekeeping goroutine.
 	Clock func() time.Time
+
+	// sweep, when set, replaces sweepInterval's figure: tests that must tell the sweep from
+	// what happens between sweeps set it longer than they run.
+	sweep time.Duration
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -219,6 +223,9 @@ func (c Config) withDefaults() (Config, error) {
 // sweepInterval is how often housekeeping looks at every stream: often enough that latch
 // windows and idle timeouts end within a quarter of the shorter one, at most once a second.
 func (c Config) sweepInterval() time.Duration {
+	if c.sweep > 0 {
+		return c.sweep
+	}
 	d := min(c.LatchWindow, c.IdleTimeout) / 4
 	return max(min(d, time.Second), time.Millisecond)
 }

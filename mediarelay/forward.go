@@ -81,10 +81,14 @@ func (st *rxState) forward(slot int, room []byte, n int, truncated bool, src, ds
 	}
 	payload := room[:n]
 	rtcp := e.rtcp || (e.mux && n >= 2 && payload[1] >= 200 && payload[1] <= 207)
-	if !e.accept(src, st.nowNs, int64(r.cfg.LatchWindow)) {
+	ok, final := e.accept(src, st.nowNs, int64(r.cfg.LatchWindow))
+	if !ok {
 		e.rx.bleedPacket()
 		c.drops[dropBleed].Add(1)
 		return
+	}
+	if final {
+		r.latchedFinal(e)
 	}
 	out := e.outRTP
 	if rtcp {

@@ -24,7 +24,9 @@ type endpointHousekeeping struct {
 
 // housekeep sweeps every stream at the sweep interval until ctx ends: it closes latch windows,
 // reports latched peers and idle streams. Time here is the time package's; packets are not
-// timed by it, so the sweep's own observations define when a stream went quiet.
+// timed by it, so the sweep's own observations define when a stream went quiet. Between
+// sweeps, it hands to the kernel path the streams whose legs latched for good when the packet
+// path wakes it.
 func (r *Relay) housekeep(ctx context.Context) {
 	t := time.NewTicker(r.cfg.sweepInterval())
 	defer t.Stop()
@@ -36,8 +38,29 @@ func (r *Relay) housekeep(ctx context.Context) {
 			return
 		case now := <-t.C:
 			streams, events = r.sweep(now, streams[:0], events[:0])
+		case <-r.kernelWake():
+			streams = r.handOver(time.Now(), streams[:0])
 		}
 	}
+}
+
+// handOver syncs with the kernel path the streams marked for it (Stream.handover); it returns
+// its buffer for reuse.
+func (r *Relay) handOver(now time.Time, streams []*Stream) []*Stream {
+	r.mu.Lock()
+	for s := range r.streams {
+		if s.handover.Load() {
+			streams = append(streams, s)
+		}
+	}
+	r.mu.Unlock()
+	for _, s := range streams {
+		if s.handover.Swap(false) {
+			r.kernelSync(s, now)
+		}
+	}
+	clear(streams)
+	return streams
 }
 
 type event struct {
@@ -83,6 +106,7 @@ func (r *Relay) sweep(now time.Time, streams []*Stream, events []event) ([]*Stre
 				events = append(events, event{s: s, leg: e.leg, rtcp: e.rtcp, peer: p.addr})
 			}
 		}
+		s.handover.Store(false)
 		r.kernelSync(s, now) // hand what latched to the kernel
 		if activity != hk.reported {
 			hk.reported = activity

@@ -29,8 +29,12 @@ import (
 //
 // The kernel state of a stream follows it at once: UpdateStream re-examines the stream
 // (a new SDP address relearns the leg, and takes its rule away in the same call; hold takes
-// every rule away), RemoveStream deletes its rules; the housekeeping sweep hands over what
-// latched since the last one. Every change is one batch of map updates.
+// every rule away), RemoveStream deletes its rules. A leg that a packet (or Latch) latches for
+// good wakes the housekeeping goroutine, which hands the stream over at once: until then every
+// packet of the stream crosses userspace, and when many calls start together (a burst, a
+// standby taking over) that is more than userspace can take. A latch that becomes final when
+// its window ends is handed over by the sweep that ended it. Every change is one batch of map
+// updates.
 //
 // Counters: the program counts each leg's packets and payload bytes in the leg's counter slot,
 // which the leg keeps from its first hand-over until the stream is removed (a sweep later, the
@@ -45,6 +49,9 @@ type kernelPath struct {
 	// apply is f.Apply; tests make the kernel refuse a batch through it. retry is kernelRetry.
 	apply func(putKeys []kernel.Key, putRules []kernel.Rule, del []kernel.Key) error
 	retry time.Duration
+	// wake tells the housekeeping goroutine that a stream has a leg newly latched for good
+	// (Stream.handover); one pending wake stands for any number of them.
+	wake chan struct{}
 
 	mu        sync.Mutex // guards the following fields and every endpoint's kern; after Relay.mu
 	installed map[kernel.Key]*endpoint
@@ -101,7 +108,7 @@ func (r *Relay) openKernel() error {
 		r.log.Warn("mediarelay: no kernel fast path: latched media stays in userspace", "reason", err)
 		return nil
 	}
-	r.kern = &kernelPath{f: f, log: r.log, apply: f.Apply, retry: kernelRetry,
+	r.kern = &kernelPath{f: f, log: r.log, apply: f.Apply, retry: kernelRetry, wake: make(chan struct{}, 1),
 		installed: map[kernel.Key]*endpoint{}, slotted: map[*endpoint]struct{}{}, stale: map[kernel.Key]struct{}{}}
 	r.kernWhy = "eBPF on tc ingress (TCX)"
 	r.log.Info("mediarelay: kernel fast path: latched RTP legs are forwarded by an eBPF program on tc ingress", "rules", n)
@@ -138,6 +145,30 @@ type kernelChange struct {
 	putKeys  []kernel.Key
 	putRules []kernel.Rule
 	del      []kernel.Key
+}
+
+// latchedFinal marks e's stream for the hand-over pass and wakes the housekeeping goroutine
+// for it, without waiting: e has just latched its peer for good. The packet path (at most once
+// per endpoint and latch) and Latch call it.
+func (r *Relay) latchedFinal(e *endpoint) {
+	kp := r.kern
+	if kp == nil || e.rtcp {
+		return
+	}
+	e.stream.handover.Store(true)
+	select {
+	case kp.wake <- struct{}{}:
+	default: // a wake is pending: its pass takes this stream too
+	}
+}
+
+// kernelWake is what the housekeeping goroutine waits on for a hand-over pass; nil (never
+// ready) without the kernel path.
+func (r *Relay) kernelWake() <-chan struct{} {
+	if r.kern == nil {
+		return nil
+	}
+	return r.kern.wake
 }
 
 // kernelSync hands the stream's legs to the kernel, changes their rules or takes them back, as

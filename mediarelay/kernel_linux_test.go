@@ -12,7 +12,8 @@ import (
 )
 
 // The kernel path's tests run the relay with KernelOn, a latch window short enough that
-// housekeeping sweeps (and hands legs over) every 50 ms, and check where packets went by the
+// housekeeping sweeps every 50 ms (a leg latched by its SDP address is handed over between
+// sweeps, at once), and check where packets went by the
 // relay's own counters: what userspace read (Counters().Received) and what the kernel forwarded
 // (Counters().Kernel).
 
@@ -99,16 +100,18 @@ func TestKernelForwardsLatchedLegs(t *testing.T) {
 				phoneRTCP, remoteRTCP := l.listen(t, l.phone, f.at(f.phone, 30001).String()), l.listen(t, l.remote, f.at(f.remote, 40001).String())
 				s := addStream(t, r, spec)
 
-				// Latching happens in userspace; the next sweep hands both legs over.
-				exchange(t, spec, phone, remote, 0, 2)
+				// Latching happens in userspace; the hand-over pass it wakes hands both legs over.
+				// (One packet each way: the first latches its leg, and a second could meet the
+				// hand-over half done.)
+				exchange(t, spec, phone, remote, 0, 1)
 				waitRules(t, r, [2]netip.AddrPort{spec.A.RTP, spec.A.Peer}, [2]netip.AddrPort{spec.B.RTP, spec.B.Peer})
 				before, kernelBefore := received(r), r.Counters().Kernel
-				exchange(t, spec, phone, remote, 2, 50)
+				exchange(t, spec, phone, remote, 1, 51)
 				if got := received(r) - before; got != 0 {
 					t.Errorf("userspace read %d packets after the hand-over, want 0", got)
 				}
-				if got := r.Counters().Kernel - kernelBefore; got != 100 {
-					t.Errorf("the kernel forwarded %d packets, want 100", got)
+				if got := r.Counters().Kernel - kernelBefore; got != 102 {
+					t.Errorf("the kernel forwarded %d packets, want 102", got)
 				}
 
 				// Counters stay exact across the hand-over: 52 packets of 172 bytes each way.
@@ -124,9 +127,9 @@ func TestKernelForwardsLatchedLegs(t *testing.T) {
 				if !st.A.Kernel || !st.B.Kernel {
 					t.Errorf("Kernel A %v B %v, want both", st.A.Kernel, st.B.Kernel)
 				}
-				// Quality says what it rates: the 2 packets userspace analysed, not the kernel's 50.
-				if q := st.A.Quality(); !q.Kernel || q.KernelPackets != 50 || q.Packets != 52 || q.Expected != 2 || !strings.Contains(q.String(), "kernel forwarded 50 packets") {
-					t.Errorf("leg A quality: kernel %v, kernel packets %d, packets %d, expected %d, %q; want true, 50, 52, 2 and the kernel named",
+				// Quality says what it rates: the packet userspace analysed, not the kernel's 51.
+				if q := st.A.Quality(); !q.Kernel || q.KernelPackets != 51 || q.Packets != 52 || q.Expected != 1 || !strings.Contains(q.String(), "kernel forwarded 51 packets") {
+					t.Errorf("leg A quality: kernel %v, kernel packets %d, packets %d, expected %d, %q; want true, 51, 52, 1 and the kernel named",
 						q.Kernel, q.KernelPackets, q.Packets, q.Expected, q.String())
 				}
 				if time.Since(st.A.LastPacket) > 5*time.Second || time.Since(st.B.LastPacket) > 5*time.Second {
@@ -458,5 +461,46 @@ func TestKernelRetriesFailedHandOver(t *testing.T) {
 	exchange(t, spec, phone, remote, 7, 5)
 	if got := received(r) - before; got != 0 {
 		t.Errorf("userspace read %d packets after the retried hand-over, want 0", got)
+	}
+}
+
+// A leg latched for good goes to the kernel without waiting for a sweep (here, none comes
+// while the test runs): latched by its first packet from the SDP address, or by Latch, as a
+// standby taking over calls latches them. Until the hand-over, every packet of the stream
+// crosses userspace.
+func TestKernelHandsOverWithoutSweep(t *testing.T) {
+	for _, f := range families {
+		t.Run(f.name, func(t *testing.T) {
+			l := newLab(t)
+			r := startKernelRelay(t, l, kernelModes[0], Config{sweep: time.Hour})
+			spec := pairSpec(f)
+			phone, remote := l.listen(t, l.phone, spec.A.Peer.String()), l.listen(t, l.remote, spec.B.Peer.String())
+			addStream(t, r, spec)
+			exchange(t, spec, phone, remote, 0, 1)
+			want := [][2]netip.AddrPort{{spec.A.RTP, spec.A.Peer}, {spec.B.RTP, spec.B.Peer}}
+			waitRules(t, r, want...)
+			before, kernelBefore := received(r), r.Counters().Kernel
+			exchange(t, spec, phone, remote, 1, 10)
+			if got, kern := received(r)-before, r.Counters().Kernel-kernelBefore; got != 0 || kern != 20 {
+				t.Errorf("after the hand-over: userspace read %d packets, the kernel forwarded %d; want 0 and 20", got, kern)
+			}
+
+			// A standby's restored stream: latched before any packet.
+			restored := spec
+			restored.CallID = "call-2@phone"
+			restored.A.RTP, restored.A.RTCP = f.at(f.sipcarIn, 20004), f.at(f.sipcarIn, 20005)
+			restored.B.RTP, restored.B.RTCP = f.at(f.sipcarOut, 20006), f.at(f.sipcarOut, 20007)
+			restored.A.Peer, restored.B.Peer = f.at(f.phone, 30002), f.at(f.remote, 40002)
+			s := addStream(t, r, restored)
+			for _, leg := range []struct {
+				leg  Leg
+				peer netip.AddrPort
+			}{{LegA, restored.A.Peer}, {LegB, restored.B.Peer}} {
+				if err := r.Latch(s, leg.leg, false, leg.peer); err != nil {
+					t.Fatal(err)
+				}
+			}
+			waitRules(t, r, append(want, [2]netip.AddrPort{restored.A.RTP, restored.A.Peer}, [2]netip.AddrPort{restored.B.RTP, restored.B.Peer})...)
+		})
 	}
 }

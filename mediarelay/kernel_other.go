@@ -28,6 +28,8 @@ func (r *Relay) openKernel() error {
 func (r *Relay) KernelPath() (bool, string) { return false, "the kernel fast path needs Linux" }
 
 func (r *Relay) kernelSync(*Stream, time.Time) {}
+func (r *Relay) latchedFinal(*endpoint)        {}
+func (r *Relay) kernelWake() <-chan struct{}   { return nil }
 func (r *Relay) kernelSweep(time.Time)         {}
 func (r *Relay) kernelForwarded() uint64       { return 0 }
 func (e *endpoint) kernelActivity() uint64     { return 0 }

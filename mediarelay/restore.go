@@ -30,5 +30,6 @@ func (r *Relay) Latch(s *Stream, leg Leg, rtcp bool, peer netip.AddrPort) error 
 	}
 	p := e.peer.Load()
 	e.peer.Store(p.latched(latchFinal, peer))
+	r.latchedFinal(e)
 	return nil
 }

@@ -119,6 +119,9 @@ type Stream struct {
 	payloads atomic.Pointer[payloadTable]
 	secure   atomic.Bool
 	removed  atomic.Bool
+	// handover: a leg latched for good since the last hand-over pass, which hands the stream
+	// to the kernel path (kernel_linux.go) before the next sweep would.
+	handover atomic.Bool
 	// rtcp is what each leg's peer said in RTCP and what the relay timed of it (rtcp.go).
 	rtcp [2]rtcpLeg
 
@@ -211,36 +214,37 @@ func (p *peerState) preferred(src netip.AddrPort) bool {
 func (p *peerState) knows() bool { return p.sdp.IsValid() || p.signal.IsValid() }
 
 // accept applies the latching rules to a packet from src that arrived at now (ns) and reports
-// whether it is the peer's; window is the learning window (ns). It allocates only when the peer
-// changes, which happens at most a few times per stream.
-func (e *endpoint) accept(src netip.AddrPort, now, window int64) bool {
+// whether it is the peer's, and whether it latched the peer for good (final: this packet did, no
+// other); window is the learning window (ns). It allocates only when the peer changes, which
+// happens at most a few times per stream.
+func (e *endpoint) accept(src netip.AddrPort, now, window int64) (ok, final bool) {
 	for {
 		p := e.peer.Load()
 		var next *peerState
 		switch {
 		case p.state == latchFinal:
-			return src == p.addr
+			return src == p.addr, false
 		case p.state == latchTentative && src == p.addr:
-			return true
+			return true, false
 		case src == p.sdp:
 			next = p.latched(latchFinal, src)
 		case p.strict:
-			return false
+			return false, false
 		case p.state == latchTentative:
 			// A source signalling names takes over from one it does not.
 			if !p.preferred(src) || p.preferred(p.addr) {
-				return false
+				return false, false
 			}
 			next = p.latched(latchTentative, src)
 		case p.preferred(src):
 			next = p.latched(latchTentative, src)
 		case p.unanswered:
-			return false
+			return false, false
 		case !p.knows():
 			next = p.latched(latchTentative, src)
 		case e.rtcp:
 			if a := e.rtpLatched(); !a.IsValid() || src.Addr() != a.Addr() {
-				return false
+				return false, false
 			}
 			next = p.latched(latchTentative, src)
 		default:
@@ -248,15 +252,15 @@ func (e *endpoint) accept(src netip.AddrPort, now, window int64) bool {
 			since := e.learnSince.Load()
 			if since == 0 {
 				e.learnSince.CompareAndSwap(0, now)
-				return false
+				return false, false
 			}
 			if now-since < window {
-				return false
+				return false, false
 			}
 			next = p.latched(latchTentative, src)
 		}
 		if e.peer.CompareAndSwap(p, next) {
-			return true
+			return true, next.state == latchFinal
 		}
 	}
 }

@@ -24,10 +24,16 @@ func learningStream(ls LegSpec) *Stream {
 	return s
 }
 
+// accepts reports whether e takes a packet from src that arrived at now.
+func accepts(e *endpoint, src netip.AddrPort, now int64) bool {
+	ok, _ := e.accept(src, now, testWindow)
+	return ok
+}
+
 // spray sends the endpoint a packet from src at the start and after twice the window, and
 // reports whether either was accepted.
 func spray(e *endpoint, src netip.AddrPort, start int64) bool {
-	return e.accept(src, start, testWindow) || e.accept(src, start+2*testWindow, testWindow)
+	return accepts(e, src, start) || accepts(e, src, start+2*testWindow)
 }
 
 // A leg's RTCP port takes no source by the window: only the address its RTP latched on. The
@@ -41,13 +47,13 @@ func TestRTCPFollowsRTPLatch(t *testing.T) {
 		t.Fatalf("RTCP port took the attacker after the window, before any RTP")
 	}
 	// Media from another address than signalling says: RTP latches it after the window.
-	if rtp.accept(media, 1, testWindow) || !rtp.accept(media, 1+testWindow, testWindow) {
+	if accepts(rtp, media, 1) || !accepts(rtp, media, 1+testWindow) {
 		t.Fatalf("RTP from %v: want held back during the window and accepted after", media)
 	}
 	if spray(rtcp, attacker, 1+testWindow) {
 		t.Errorf("RTCP port took the attacker after the leg's RTP latched on %v", media)
 	}
-	if src := ap("203.0.113.7:7001"); !rtcp.accept(src, 2+testWindow, testWindow) {
+	if src := ap("203.0.113.7:7001"); !accepts(rtcp, src, 2+testWindow) {
 		t.Errorf("RTCP from %v (the host the RTP latched on) dropped", src)
 	}
 	if got := rtcp.peer.Load().addr; got != ap("203.0.113.7:7001") {
@@ -56,7 +62,7 @@ func TestRTCPFollowsRTPLatch(t *testing.T) {
 	// Signalling's own addresses are still preferred on the RTCP port.
 	s = learningStream(LegSpec{Peer: ap("198.51.100.2:40000"), Signal: netip.MustParseAddr("198.51.100.9")})
 	rtcp = s.eps[epIndex(LegB, true)]
-	if src := ap("198.51.100.9:50001"); !rtcp.accept(src, 1, testWindow) {
+	if src := ap("198.51.100.9:50001"); !accepts(rtcp, src, 1) {
 		t.Errorf("RTCP from the signalling address %v dropped", src)
 	}
 }
@@ -72,7 +78,7 @@ func TestUnansweredLegAcceptsOnlySignal(t *testing.T) {
 		if spray(e, attacker, 1) {
 			t.Errorf("rtcp=%v: an unanswered leg took %v after the window", rtcp, attacker)
 		}
-		if src := netip.AddrPortFrom(proxy, 20000); !e.accept(src, 3*testWindow, testWindow) {
+		if src := netip.AddrPortFrom(proxy, 20000); !accepts(e, src, 3*testWindow) {
 			t.Errorf("rtcp=%v: an unanswered leg dropped %v, where the offer went", rtcp, src)
 		}
 	}
@@ -100,11 +106,34 @@ func TestSharedRTCPGoesToForkOfItsRTP(t *testing.T) {
 	if e.stream != fork2 {
 		t.Fatalf("RTCP from %v went to another fork than the one its RTP latched on", src)
 	}
-	if !e.accept(src, 3*testWindow, testWindow) {
+	if !accepts(e, src, 3*testWindow) {
 		t.Errorf("fork 2's RTCP from %v dropped", src)
 	}
 	// An attacker's RTCP on the shared port gets nowhere.
 	if a := ap("203.0.113.66:6666"); spray(pickShared(shared, a), a, 4*testWindow) {
 		t.Errorf("the shared RTCP port took %v", a)
+	}
+}
+
+// A packet from the SDP address latches its leg for good, and says so once: that is when the
+// kernel path is told to take the leg. A tentative latch (another source, after the window)
+// is not final; the sweep that ends its window hands it over.
+func TestAcceptReportsFinalLatchOnce(t *testing.T) {
+	sdp := ap("198.51.100.2:40000")
+	e := learningStream(LegSpec{Peer: sdp}).eps[epIndex(LegB, false)]
+	for i, want := range []bool{true, false} {
+		if ok, final := e.accept(sdp, int64(i+1), testWindow); !ok || final != want {
+			t.Errorf("packet %d from the SDP address: accepted %v, final %v; want true, %v", i+1, ok, final, want)
+		}
+	}
+	e = learningStream(LegSpec{Peer: sdp}).eps[epIndex(LegB, false)]
+	other := ap("203.0.113.7:7000")
+	for _, now := range []int64{1, 1 + testWindow, 2 + testWindow} {
+		if _, final := e.accept(other, now, testWindow); final {
+			t.Errorf("a packet from %v at %d made the latch final; only the window's end does", other, now)
+		}
+	}
+	if p := e.peer.Load(); p.state != latchTentative || p.addr != other {
+		t.Errorf("latched %v in state %d; want %v, tentative", p.addr, p.state, other)
 	}
 }
