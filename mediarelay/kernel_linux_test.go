@@ -13,9 +13,8 @@ import (
 
 // The kernel path's tests run the relay with KernelOn, a latch window short enough that
 // housekeeping sweeps every 50 ms (a leg latched by its SDP address is handed over between
-// sweeps, at once), and check where packets went by the
-// relay's own counters: what userspace read (Counters().Received) and what the kernel forwarded
-// (Counters().Kernel).
+// sweeps, at once), and check where packets went by the relay's own counters: what userspace
+// read (Counters().Received) and what the kernel forwarded (Counters().Kernel).
 
 var kernelModes = []relayMode{
 	{"fanin-raw", ModeFanIn, SendRaw},
