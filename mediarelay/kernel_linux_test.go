@@ -503,3 +503,39 @@ func TestKernelHandsOverWithoutSweep(t *testing.T) {
 		})
 	}
 }
+
+// The kernel path reuses a route answer for a while (a burst of hand-overs asks the same
+// questions), and asks again after it: a destination without a route, then given one, is
+// refused at first and reachable later.
+func TestKernelRouteAnswersExpire(t *testing.T) {
+	l := newLab(t)
+	r := startKernelRelay(t, l, kernelModes[0], Config{})
+	f := families[0]
+	from, to := f.at(f.sipcarOut, 20002).Addr(), netip.MustParseAddr("203.0.113.9")
+	out, err := r.kern.f.Route(from, f.at(f.remote, 40000).Addr())
+	if err != nil {
+		t.Fatalf("route to the remote party: %v", err)
+	}
+	asked := time.Now()
+	if _, err := r.kern.f.Route(from, to); err == nil {
+		t.Fatalf("route to %v: found before there was one", to)
+	}
+	run(t, "ip", "-n", l.sipcar, "route", "add", "203.0.113.0/24", "via", f.remote)
+	_, err = r.kern.f.Route(from, to)
+	// (A machine too loaded to add the route within the answer's lifetime cannot tell.)
+	if err == nil && time.Since(asked) < kernel.RouteTTL {
+		t.Errorf("route to %v: asked the kernel again at once, want the answer reused", to)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		got, err := r.kern.f.Route(from, to)
+		if err == nil {
+			if got != out {
+				t.Errorf("route to %v leaves by interface %d, want %d (out0)", to, got, out)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("route to %v: still %v after the route was added", to, err)
+		}
+	}
+}

@@ -51,17 +51,16 @@ type Forwarder struct {
 	free   []uint32 // free counter slots
 	closed bool
 
-	// Route's answers, kept for routeTTL: when many calls start together (or a standby takes
-	// over) every leg asks, and most ask the same few questions (the way to the PBX, to the
+	// Route's answers, kept for RouteTTL: when many calls start together (or a standby takes
+	// over) every leg asks, and many ask the same few questions (the way to the PBX, to the
 	// router the phones are behind), each two netlink round trips of about 15 us.
-	routeMu  sync.Mutex // guards the following fields
-	routes   map[routeQuery]routeAnswer
-	ethernet map[int]error // per interface index (never reused in a namespace's life): nil if Ethernet
+	routeMu sync.Mutex // guards routes
+	routes  map[routeQuery]routeAnswer
 }
 
-// routeTTL is how long Route's answer to a question is reused. A rule keeps the interface it
-// was made with anyway, until its leg's peer changes.
-const routeTTL = time.Second
+// RouteTTL is how long [Forwarder.Route] reuses its answer to a question. A rule keeps the
+// interface it was made with anyway, until its leg's peer changes.
+const RouteTTL = time.Second
 
 // routeCacheMax bounds the routes kept; past it, the expired ones go, or else all.
 const routeCacheMax = 4096
@@ -84,7 +83,7 @@ func Open(cfg Config) (*Forwarder, error) {
 	if cfg.InNetns == nil {
 		cfg.InNetns = func(fn func() error) error { return fn() }
 	}
-	f := &Forwarder{cfg: cfg, links: map[int]link.Link{}, routes: map[routeQuery]routeAnswer{}, ethernet: map[int]error{}}
+	f := &Forwarder{cfg: cfg, links: map[int]link.Link{}, routes: map[routeQuery]routeAnswer{}}
 	if err := f.open(); err != nil {
 		f.Close()
 		return nil, err
@@ -201,17 +200,18 @@ func isOurs(id ebpf.ProgramID) bool {
 
 // Route returns the interface packets from src to dst leave by, if the kernel can forward them
 // there: a unicast route through an Ethernet interface. A destination on this host (a local
-// route) or through an interface without link-layer addresses stays with userspace.
+// route) or through an interface without link-layer addresses stays with userspace. The answer
+// may be up to RouteTTL old.
 func (f *Forwarder) Route(src, dst netip.Addr) (int, error) {
 	q, now := routeQuery{src.Unmap(), dst.Unmap()}, time.Now()
 	f.routeMu.Lock()
 	defer f.routeMu.Unlock()
-	if a, ok := f.routes[q]; ok && now.Sub(a.at) < routeTTL {
+	if a, ok := f.routes[q]; ok && now.Sub(a.at) < RouteTTL {
 		return a.ifindex, a.err
 	}
 	ifindex, err := f.route(src, dst)
 	if len(f.routes) >= routeCacheMax {
-		maps.DeleteFunc(f.routes, func(_ routeQuery, a routeAnswer) bool { return now.Sub(a.at) >= routeTTL })
+		maps.DeleteFunc(f.routes, func(_ routeQuery, a routeAnswer) bool { return now.Sub(a.at) >= RouteTTL })
 		if len(f.routes) >= routeCacheMax {
 			clear(f.routes)
 		}
@@ -220,7 +220,7 @@ func (f *Forwarder) Route(src, dst netip.Addr) (int, error) {
 	return ifindex, err
 }
 
-// route asks the kernel what Route answers; routeMu is held.
+// route asks the kernel what Route answers.
 func (f *Forwarder) route(src, dst netip.Addr) (int, error) {
 	// The handle's socket was opened in the namespace: no need to enter it.
 	routes, err := f.nl.RouteGetWithOptions(net.IP(dst.Unmap().AsSlice()), &netlink.RouteGetOptions{SrcAddr: net.IP(src.Unmap().AsSlice())})
@@ -234,19 +234,12 @@ func (f *Forwarder) route(src, dst netip.Addr) (int, error) {
 	if r.Type != unix.RTN_UNICAST {
 		return 0, fmt.Errorf("route to %v from %v: type %d, not unicast", dst, src, r.Type)
 	}
-	ether, known := f.ethernet[r.LinkIndex]
-	if !known {
-		l, err := f.nl.LinkByIndex(r.LinkIndex)
-		if err != nil {
-			return 0, fmt.Errorf("route to %v from %v: interface %d: %w", dst, src, r.LinkIndex, err)
-		}
-		if a := l.Attrs(); a.EncapType != "ether" {
-			ether = fmt.Errorf("interface %s is %s, not Ethernet", a.Name, a.EncapType)
-		}
-		f.ethernet[r.LinkIndex] = ether
+	l, err := f.nl.LinkByIndex(r.LinkIndex)
+	if err != nil {
+		return 0, fmt.Errorf("route to %v from %v: interface %d: %w", dst, src, r.LinkIndex, err)
 	}
-	if ether != nil {
-		return 0, fmt.Errorf("route to %v from %v: %w", dst, src, ether)
+	if a := l.Attrs(); a.EncapType != "ether" {
+		return 0, fmt.Errorf("route to %v from %v: interface %s is %s, not Ethernet", dst, src, a.Name, a.EncapType)
 	}
 	return r.LinkIndex, nil
 }
