@@ -281,21 +281,31 @@ func isTimeout(err error) bool {
 
 // enqueue queues msg for the writer. onFail, when set, is told if it cannot be written. A
 // connection whose queue is full does not read: it is closed.
+//
+// The check that the connection is open and the queueing happen under cmu, which close holds
+// while it closes done: a message is either refused here or queued before done closes, so the
+// drain after close (writeLoop's, or failQueued's when a dial fails) always sees it. Without
+// that, a connect refused in the moment between the two would leave the message queued on a
+// dead connection and its sender without the 503.
 func (c *streamConn) enqueue(msg []byte, onFail func(error)) error {
+	c.cmu.Lock()
 	select {
 	case <-c.done:
+		c.cmu.Unlock()
 		return fmt.Errorf("connection to %v closed", c.remote)
 	default:
 	}
 	select {
 	case c.out <- outMsg{b: msg, onFail: onFail}:
+		c.cmu.Unlock()
 		return nil
 	default:
-		c.t.metrics.connsClosed.WithLabelValues("write-queue").Inc()
-		err := fmt.Errorf("connection to %v: %d messages unwritten: closed", c.remote, writeQueue)
-		c.close(err)
-		return err
 	}
+	c.cmu.Unlock()
+	c.t.metrics.connsClosed.WithLabelValues("write-queue").Inc()
+	err := fmt.Errorf("connection to %v: %d messages unwritten: closed", c.remote, writeQueue)
+	c.close(err)
+	return err
 }
 
 // writeLoop writes queued messages until the connection closes; then it tells the senders of
@@ -349,8 +359,8 @@ func (c *streamConn) close(err error) {
 		c.cmu.Lock()
 		conn, transport := c.conn, c.transport
 		c.err = err
+		close(c.done) // under cmu: see enqueue
 		c.cmu.Unlock()
-		close(c.done)
 		if conn != nil {
 			conn.Close()
 		}
