@@ -130,6 +130,17 @@ func TestCases(t *testing.T) {
 					Stream{Index: 2, Media: "application", Proto: "UDP/DTLS/SCTP", RTP: unknown, RTCP: unknown,
 						Placeholder: true, Disposition: Relayed, Binding: MediaBinding{RTP: ap("1.1.1.10:3338"), RTCPPort: 3339}})
 			})},
+		// RFC 8840: candidates trickled in an INFO after sipcar removed ICE from the call's SDP.
+		{"trickle-info", all(
+			contains("Content-Type: application/trickle-ice-sdpfrag\r\nContent-Disposition: Info-Package\r\nContent-Length: 42\r\n\r\n"+
+				"m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n", "Info-Package: trickle-ice\r\n"),
+			lacks("candidate", "ice-ufrag", "ice-pwd", "192.168.1.1")),
+		},
+		{"trickle-info-multipart", all(
+			contains("Content-Type: application/trickle-ice-sdpfrag\r\nContent-Length: 42\r\n\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n\r\n--b1\r\n",
+				"192.168.1.1 is opaque bytes here\r\n--b1--"),
+			lacks("candidate")),
+		},
 		{"multicast", all(
 			contains("o=- 1 1 IN IP4 1.1.1.10\r\n", "c=IN IP4 224.2.17.12/127\r\nt=0 0\r\nm=audio 49170 RTP/AVP 0\r\na=rtcp:49171 IN IP4 224.2.17.12\r\n",
 				"m=video 51372 RTP/AVP 99\r\nc=IN IP6 ff15::101\r\n", "m=audio 3334 RTP/AVP 0\r\nc=IN IP4 1.1.1.10\r\n"),

@@ -33,6 +33,7 @@ type Result struct {
 	arena   []byte
 	media   []sdpMedia
 	parts   []sdpPart
+	frags   []sdpFrag
 	strip   []span
 	rtpmaps []RTPMap // of every media section, in order (sdpMedia.rtpmaps indexes it)
 }
@@ -48,7 +49,8 @@ type pendingEdit struct {
 // Every address literal in the Request-URI, Via (sent-by, received/rport, maddr), Contact,
 // Record-Route, Route and Path is passed to tr.Translate, every relayed SDP stream to tr.Media,
 // and the answers are spliced into the original bytes; ICE attributes are removed from SDP (see
-// iceAttribute) and Content-Length is recomputed. Nothing else changes.
+// iceAttribute), also from trickle-ICE fragments (see planFrag), and Content-Length is
+// recomputed. Nothing else changes.
 //
 // The SDP is checked before the translator is asked anything, so a malformed body makes no
 // binding. An error from the translator is returned wrapped, with no output; the caller releases
@@ -96,6 +98,7 @@ func (r *Result) reset() {
 	r.arena = r.arena[:0]
 	r.media = r.media[:0]
 	r.parts = r.parts[:0]
+	r.frags = r.frags[:0]
 	r.strip = r.strip[:0]
 	r.rtpmaps = r.rtpmaps[:0]
 }
@@ -129,6 +132,11 @@ func (r *Result) planEntity(raw, ct []byte, body span, encoded bool, lenHdr span
 			return &Error{Kind: ErrUnsupported, Where: "body", Offset: body.start, Reason: "SDP with a Content-Encoding cannot be translated"}
 		}
 		return r.planSDP(raw, body, len(r.parts), lenHdr)
+	case equalFold(mt, "application/trickle-ice-sdpfrag"):
+		if encoded {
+			return nil
+		}
+		return r.planFrag(raw, body, lenHdr)
 	case hasPrefixFold(mt, "multipart/"):
 		if encoded {
 			return nil
@@ -888,15 +896,21 @@ func (w *rewriter) contentLength(m *Message) {
 		}
 		return n
 	}
-	for _, p := range res.parts {
-		if p.lenHdr.len() > 0 {
-			if d := growth(p.body); d != 0 {
-				n := p.body.len() + d
-				w.edit(FieldNone, "part Content-Length", p.lenHdr, func(dst []byte) []byte {
+	partLength := func(body, lenHdr span) {
+		if lenHdr.len() > 0 {
+			if d := growth(body); d != 0 {
+				n := body.len() + d
+				w.edit(FieldNone, "part Content-Length", lenHdr, func(dst []byte) []byte {
 					return strconv.AppendUint(dst, uint64(n), 10)
 				})
 			}
 		}
+	}
+	for _, p := range res.parts {
+		partLength(p.body, p.lenHdr)
+	}
+	for _, f := range res.frags {
+		partLength(f.body, f.lenHdr)
 	}
 	d := growth(m.body)
 	n := m.body.len() + d

@@ -250,6 +250,52 @@ func (r *Result) planSDP(raw []byte, b span, partIdx int, lenHdr span) error {
 	return nil
 }
 
+// sdpFrag is an SDP fragment body (RFC 8840's application/trickle-ice-sdpfrag), or part.
+type sdpFrag struct {
+	body   span
+	lenHdr span // value of a multipart part's own Content-Length header, if it has one
+}
+
+// planFrag strips the ICE attributes of a trickle-ICE fragment, which an INFO carries in the
+// middle of a call (RFC 8840): sipcar removed ICE from the call's SDP (see iceAttribute), so the
+// peer runs no ICE with the sender and the candidates mean nothing to it, while they name the
+// sender's inside addresses (raddr too). The rest of the fragment (m=, a=mid) is carried. The
+// lines are read like SDP's: one readable as an ICE attribute by a lenient parser goes too, and a
+// carriage return inside a line is refused, since what follows it may be a line sipcar cannot see.
+func (r *Result) planFrag(raw []byte, b span, lenHdr span) error {
+	lineNo := 0
+	for pos := b.start; pos < b.end; {
+		lineEnd := b.end
+		if eol := bytes.IndexByte(raw[pos:b.end], '\n'); eol >= 0 {
+			lineEnd = pos + eol + 1
+		}
+		content := trimEOL(raw[pos:lineEnd])
+		if n := len(content); lineEnd == b.end && n > 0 && content[n-1] == '\r' {
+			content = content[:n-1]
+		}
+		line, cs := span{pos, lineEnd}, pos
+		pos = lineEnd
+		lineNo++
+		if bytes.IndexByte(content, '\r') >= 0 {
+			return sdpError("SDP fragment", cs, lineNo, "carriage return inside a line")
+		}
+		t, v, ok := byte(0), 2, len(content) >= 2 && content[1] == '='
+		if ok {
+			t = content[0]
+		} else {
+			t, v, ok = readsAs(content)
+		}
+		if !ok || t != 'a' {
+			continue
+		}
+		if name, _ := attribute(raw, span{cs + v, cs + len(content)}); iceAttribute(raw[name.start:name.end]) {
+			r.strip = append(r.strip, line)
+		}
+	}
+	r.frags = append(r.frags, sdpFrag{body: b, lenHdr: lenHdr})
+	return nil
+}
+
 // readsAs reports the type a line that is not <type>=<value> would have for a parser that skips
 // white space around the type letter, and where its value starts.
 func readsAs(content []byte) (t byte, value int, ok bool) {
