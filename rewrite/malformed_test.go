@@ -54,6 +54,7 @@ func TestMalformed(t *testing.T) {
 		{"SDP two o=", okHead + "Content-Type: application/sdp\n\nv=0\no=- 1 1 IN IP4 192.168.1.1\no=- 1 1 IN IP4 1.1.1.10\nc=IN IP4 192.168.1.1\n", ErrMalformed, "SDP o="},
 		{"SDP two session c=", okHead + "Content-Type: application/sdp\n\nv=0\nc=IN IP4 192.168.1.1\nc=IN IP4 1.1.1.10\nm=audio 3000 RTP/AVP 0\n", ErrMalformed, "SDP c="},
 		{"SDP two a=rtcp", okHead + "Content-Type: application/sdp\n\nv=0\nc=IN IP4 192.168.1.1\nm=audio 3000 RTP/AVP 0\na=rtcp:3001 IN IP4 192.168.1.1\na=rtcp:3003\n", ErrMalformed, "SDP a=rtcp"},
+		{"SDP fragment bare CR", okHead + "Content-Type: application/trickle-ice-sdpfrag\n\nm=audio 9 RTP/AVP 0\na=mid:0\ra=candidate:1 1 UDP 1 192.168.1.1 5000 typ host\n", ErrMalformed, "SDP fragment"},
 		{"gzip SDP", okHead + "Content-Type: application/sdp\nContent-Encoding: gzip\n\nv=0\n", ErrUnsupported, "body"},
 		{"multipart without boundary", okHead + "Content-Type: multipart/mixed\n\n--x\n\nv=0\n--x--\n", ErrMalformed, "Content-Type"},
 		{"multipart not closed", okHead + "Content-Type: multipart/mixed;boundary=x\n\n--x\nContent-Type: application/sdp\n\nv=0\n", ErrMalformed, "body"},
