@@ -69,12 +69,12 @@ func TestTrickleOfferAnchored(t *testing.T) {
 		return "a=ice-ufrag:EsAw\na=ice-pwd:P2uYro0UCOQ4zxjKXaWCBui1\nm=audio 9 UDP/TLS/RTP/SAVPF 0\na=mid:0\n" +
 			"a=candidate:1 1 UDP 2130706431 " + host + " 5000 typ host\na=end-of-candidates\n"
 	}
-	info := func(to *net.UDPConn, uri sip.Uri, from, toTag, host string, cseq int) {
+	info := func(sender *net.UDPConn, uri sip.Uri, fromHdr, toHdr, host string, cseq int) {
 		dst := netip.AddrPortFrom(netip.MustParseAddr(uri.Host), uint16(uri.Port))
 		body := strings.ReplaceAll(frag(host), "\n", "\r\n")
-		b.send(to, dst, fmt.Sprintf("INFO %s SIP/2.0\nVia: SIP/2.0/UDP %s;branch=z9hG4bKti%d\nFrom: %s\nTo: %s\n"+
+		b.send(sender, dst, fmt.Sprintf("INFO %s SIP/2.0\nVia: SIP/2.0/UDP %s;branch=z9hG4bKti%d\nFrom: %s\nTo: %s\n"+
 			"Call-ID: trickle\nCSeq: %d INFO\nMax-Forwards: 70\nInfo-Package: trickle-ice\n"+
-			"Content-Type: application/trickle-ice-sdpfrag\nContent-Length: %d\n\n", uri.String(), addrOf(to), cseq, from, toTag, cseq, len(body))+frag(host))
+			"Content-Type: application/trickle-ice-sdpfrag\nContent-Length: %d\n\n", uri.String(), addrOf(sender), cseq, fromHdr, toHdr, cseq, len(body))+frag(host))
 	}
 	// The PBX to the phone's contact as sipcar gave it.
 	info(b.pbx, req.Contact().Address, req.To().Value()+";tag=p", req.From().Value(), "127.0.0.2", 2)
