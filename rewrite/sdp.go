@@ -105,29 +105,18 @@ func (r *Result) planSDP(raw []byte, b span, partIdx int, lenHdr span) error {
 	first := true
 	lineNo := 0
 	for pos < b.end {
-		eol := bytes.IndexByte(raw[pos:b.end], '\n')
-		lineEnd := b.end
-		if eol >= 0 {
-			lineEnd = pos + eol + 1
+		line, content := sdpLine(raw, pos, b.end)
+		if first && raw[line.end-1] == '\n' {
+			p.crlf = bytes.HasSuffix(raw[line.start:line.end], []byte("\r\n"))
 		}
-		content := trimEOL(raw[pos:lineEnd])
-		if n := len(content); eol < 0 && n > 0 && content[n-1] == '\r' {
-			content = content[:n-1] // the last line, ended by a CR whose LF was lost
-		}
-		if first && eol >= 0 {
-			p.crlf = eol > 0 && raw[pos+eol-1] == '\r'
-		}
-		line := span{pos, lineEnd}
 		cs := pos
-		pos = lineEnd
+		pos = line.end
 		lineNo++
 		if len(trimRightLWS(content)) == 0 {
 			continue
 		}
 		if bytes.IndexByte(content, '\r') >= 0 {
-			// A bare CR would end the line for some parsers and not for others: what follows it
-			// may be a line sipcar cannot see.
-			return sdpError("SDP", cs, lineNo, "carriage return inside a line")
+			return sdpError("SDP", cs, lineNo, bareCR)
 		}
 		if len(content) < 2 || content[1] != '=' || !isAlpha(content[0]) {
 			if first {
@@ -250,6 +239,24 @@ func (r *Result) planSDP(raw []byte, b span, partIdx int, lenHdr span) error {
 	return nil
 }
 
+// sdpLine returns the line of an SDP body that starts at pos (its end included) and its content
+// (without it). A last line without LF may end in the CR of a CRLF whose LF was lost.
+func sdpLine(raw []byte, pos, end int) (line span, content []byte) {
+	line = span{pos, end}
+	if eol := bytes.IndexByte(raw[pos:end], '\n'); eol >= 0 {
+		line.end = pos + eol + 1
+	}
+	content = trimEOL(raw[pos:line.end])
+	if n := len(content); raw[line.end-1] != '\n' && n > 0 && content[n-1] == '\r' {
+		content = content[:n-1]
+	}
+	return line, content
+}
+
+// bareCR is why a body line with a CR inside is refused: a bare CR would end the line for some
+// parsers and not for others, so what follows it may be a line sipcar cannot see.
+const bareCR = "carriage return inside a line"
+
 // sdpFrag is an SDP fragment body (RFC 8840's application/trickle-ice-sdpfrag), or part.
 type sdpFrag struct {
 	body   span
@@ -261,23 +268,16 @@ type sdpFrag struct {
 // peer runs no ICE with the sender and the candidates mean nothing to it, while they name the
 // sender's inside addresses (raddr too). The rest of the fragment (m=, a=mid) is carried. The
 // lines are read like SDP's: one readable as an ICE attribute by a lenient parser goes too, and a
-// carriage return inside a line is refused, since what follows it may be a line sipcar cannot see.
+// carriage return inside a line is refused.
 func (r *Result) planFrag(raw []byte, b span, lenHdr span) error {
 	lineNo := 0
 	for pos := b.start; pos < b.end; {
-		lineEnd := b.end
-		if eol := bytes.IndexByte(raw[pos:b.end], '\n'); eol >= 0 {
-			lineEnd = pos + eol + 1
-		}
-		content := trimEOL(raw[pos:lineEnd])
-		if n := len(content); lineEnd == b.end && n > 0 && content[n-1] == '\r' {
-			content = content[:n-1]
-		}
-		line, cs := span{pos, lineEnd}, pos
-		pos = lineEnd
+		line, content := sdpLine(raw, pos, b.end)
+		cs := pos
+		pos = line.end
 		lineNo++
 		if bytes.IndexByte(content, '\r') >= 0 {
-			return sdpError("SDP fragment", cs, lineNo, "carriage return inside a line")
+			return sdpError("SDP fragment", cs, lineNo, bareCR)
 		}
 		t, v, ok := byte(0), 2, len(content) >= 2 && content[1] == '='
 		if ok {
