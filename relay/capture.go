@@ -15,7 +15,7 @@ import (
 // Capturer takes copies of what sipcar sends and receives, for a HEP collector (Homer). Send
 // must not block: it is called on the message path.
 type Capturer interface {
-	Send(*hep.Packet)
+	Send(hep.Packet)
 }
 
 // captureSIP hands one SIP message as it crossed the wire to the capturer. Both versions of a
@@ -26,7 +26,7 @@ func (r *Relay) captureSIP(src, dst netip.AddrPort, transport, callID string, ms
 		return
 	}
 	src, dst = r.wireAddr(src, dst), r.wireAddr(dst, src)
-	r.cfg.Capture.Send(&hep.Packet{Src: src, Dst: dst, Transport: hepTransport(transport), Time: time.Now(),
+	r.cfg.Capture.Send(hep.Packet{Src: src, Dst: dst, Transport: hepTransport(transport), Time: time.Now(),
 		Proto: hep.ProtoSIP, Correlation: callID, Payload: msg})
 }
 
@@ -120,7 +120,7 @@ func (r *Relay) audit(p *msgPass) {
 		"to", rec.Dst, "transport", rec.Transport, "changes", changes, "before", rec.Before, "after", rec.After)
 	if traced && r.cfg.Capture != nil {
 		if b, err := json.Marshal(rec); err == nil {
-			r.cfg.Capture.Send(&hep.Packet{Src: p.in.src, Dst: p.next, Transport: hepTransport(p.out), Time: time.Now(),
+			r.cfg.Capture.Send(hep.Packet{Src: p.in.src, Dst: p.next, Transport: hepTransport(p.out), Time: time.Now(),
 				Proto: hep.ProtoLog, Correlation: p.callID, Payload: b})
 		}
 	}

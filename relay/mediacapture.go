@@ -62,22 +62,22 @@ func (mc *mediaCapture) rtcp(p *mediarelay.RTCPPacket) {
 	}
 }
 
-// run encodes queued RTCP packets and hands them to the capturer until ctx is done.
+// run encodes queued RTCP packets and hands them to the capturer until ctx is done. Like the
+// exporter's writer, it looks at the queue every few milliseconds while packets come rather than
+// being woken by each one on the media path.
 func (mc *mediaCapture) run(ctx context.Context) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case c := <-mc.queue:
-			js, err := mediarelay.RTCPJSON(*c.data)
-			mc.bufs.Put(c.data)
-			if err != nil {
-				continue // no sender or receiver report in it (an APP or BYE alone)
-			}
-			mc.capture.Send(&hep.Packet{Src: c.src, Dst: c.dst, Transport: hep.UDP, Time: c.at,
-				Proto: hep.ProtoRTCP, Correlation: c.callID, Payload: js})
-		}
+	hep.DrainQueue(ctx, mc.queue, mc.encode, nil)
+}
+
+// encode hands one RTCP packet to the capturer as Homer's JSON.
+func (mc *mediaCapture) encode(c rtcpCopy) {
+	js, err := mediarelay.RTCPJSON(*c.data)
+	mc.bufs.Put(c.data)
+	if err != nil {
+		return // no sender or receiver report in it (an APP or BYE alone)
 	}
+	mc.capture.Send(hep.Packet{Src: c.src, Dst: c.dst, Transport: hep.UDP, Time: c.at,
+		Proto: hep.ProtoRTCP, Correlation: c.callID, Payload: js})
 }
 
 // ended sends the quality report of each leg of a stream that carried media from its peer.
@@ -88,7 +88,7 @@ func (mc *mediaCapture) ended(s *mediarelay.Stream, st mediarelay.StreamStats) {
 			continue // the peer never sent: nothing measured
 		}
 		q := leg.Quality()
-		mc.capture.Send(&hep.Packet{Src: q.Peer, Dst: q.Relay, Transport: hep.UDP, Time: now,
+		mc.capture.Send(hep.Packet{Src: q.Peer, Dst: q.Relay, Transport: hep.UDP, Time: now,
 			Proto: hep.ProtoReport, Correlation: s.CallID(), Payload: q.Report(s.CallID(), now, true).JSON()})
 	}
 }

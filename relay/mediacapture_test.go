@@ -23,12 +23,11 @@ type capturedPackets struct {
 	pkts []hep.Packet
 }
 
-func (c *capturedPackets) Send(p *hep.Packet) {
+func (c *capturedPackets) Send(p hep.Packet) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	q := *p
-	q.Payload = slices.Clone(p.Payload)
-	c.pkts = append(c.pkts, q)
+	p.Payload = slices.Clone(p.Payload)
+	c.pkts = append(c.pkts, p)
 }
 
 func (c *capturedPackets) of(proto uint8) []hep.Packet {

@@ -153,7 +153,7 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 	defer stopRelay()
 	if exporter != nil {
 		// The exporter outlives the relay's last message: it stops with the relay's context,
-		// after Run has returned (see below), dropping what is still queued.
+		// after Run has returned (see below), and writes what is still queued first.
 		exportDone := make(chan struct{})
 		defer func() { stopRelay(); <-exportDone }()
 		go func() { defer close(exportDone); _ = exporter.Run(relayCtx) }()

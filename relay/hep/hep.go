@@ -5,7 +5,8 @@
 //
 // Export never slows or blocks relaying: [Exporter.Send] encodes into a buffer from a pool and
 // queues it without waiting; a full queue drops the packet and counts it. One goroutine writes
-// the queue to the collector, reconnecting a TCP collector that went away.
+// the queue to the collector in batches, looking at it every few milliseconds while packets
+// flow rather than being woken by each one, and reconnects a TCP collector that went away.
 package hep
 
 import (

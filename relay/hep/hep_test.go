@@ -3,8 +3,10 @@ package hep
 import (
 	"context"
 	"encoding/binary"
+	"io"
 	"net"
 	"net/netip"
+	"strconv"
 	"testing"
 	"time"
 
@@ -83,7 +85,7 @@ func TestExporter(t *testing.T) {
 	p := &Packet{Src: netip.MustParseAddrPort("198.51.100.20:5060"), Dst: netip.MustParseAddrPort("198.51.100.1:5060"),
 		Transport: UDP, Time: time.Now(), Proto: ProtoSIP, Payload: []byte("x")}
 	for range 5 {
-		e.Send(p) // nobody drains yet: two wait, three are dropped
+		e.Send(*p) // nobody drains yet: two wait, three are dropped
 	}
 	if got := counter(t, reg, "dropped"); got != 3 {
 		t.Errorf("dropped %v, want 3", got)
@@ -108,10 +110,134 @@ func TestExporter(t *testing.T) {
 		t.Errorf("sent %v, want 2", got)
 	}
 	var none *Exporter
-	none.Send(p) // a nil exporter (HEP off) takes anything
+	none.Send(*p) // a nil exporter (HEP off) takes anything
 }
 
-func counter(t *testing.T, reg *prometheus.Registry, result string) float64 {
+// Over TCP the writer sends the queue in batches (one writev each); the collector reads every
+// packet, whole and in order, from the stream. What is queued when Run stops is written, not
+// dropped, even when Run stops before it has written anything.
+func TestExporterTCPStreamAndStop(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	reg := prometheus.NewRegistry()
+	const n = 3*maxBatch + 5 // more than one batch
+	e, err := New(Config{Collector: ln.Addr().(*net.TCPAddr).AddrPort(), Network: "tcp", AgentID: 7, Queue: n, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		e.Send(Packet{Src: netip.MustParseAddrPort("198.51.100.20:5060"), Dst: netip.MustParseAddrPort("198.51.100.1:5060"),
+			Transport: TCP, Time: time.Now(), Proto: ProtoSIP, Payload: []byte(strconv.Itoa(i))})
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // Run starts stopped: all it does is write what is queued
+	if err := e.Run(ctx); err != context.Canceled {
+		t.Errorf("Run: %v", err)
+	}
+	if got := counter(t, reg, "sent"); got != n {
+		t.Errorf("sent %v, want %d", got, n)
+	}
+	_ = ln.(*net.TCPListener).SetDeadline(time.Now().Add(5 * time.Second))
+	conn, err := ln.Accept()
+	if err != nil {
+		t.Fatalf("Run never connected: %v", err)
+	}
+	defer conn.Close()
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	stream, err := io.ReadAll(conn) // Run closed its end
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; len(stream) > 0; i++ {
+		if len(stream) < 6 {
+			t.Fatalf("packet %d: %d bytes left", i, len(stream))
+		}
+		size := int(binary.BigEndian.Uint16(stream[4:]))
+		if size > len(stream) {
+			t.Fatalf("packet %d: length %d, %d bytes left", i, size, len(stream))
+		}
+		if got := string(decode(t, stream[:size])[chunkPayload]); got != strconv.Itoa(i) {
+			t.Fatalf("packet %d carries %q", i, got)
+		}
+		if stream = stream[size:]; len(stream) == 0 && i != n-1 {
+			t.Errorf("the collector read %d packets, want %d", i+1, n)
+		}
+	}
+}
+
+// A writer that has parked for want of packets is woken by the next one.
+func TestExporterWakesAfterIdle(t *testing.T) {
+	col, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer col.Close()
+	e, err := New(Config{Collector: col.LocalAddr().(*net.UDPAddr).AddrPort(), AgentID: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	buf := make([]byte, 65535)
+	for _, payload := range []string{"first", "after a quiet spell"} {
+		e.Send(Packet{Src: netip.MustParseAddrPort("198.51.100.20:5060"), Dst: netip.MustParseAddrPort("198.51.100.1:5060"),
+			Transport: UDP, Time: time.Now(), Proto: ProtoSIP, Payload: []byte(payload)})
+		_ = col.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, _, err := col.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("%s: the collector got nothing: %v", payload, err)
+		}
+		if got := string(decode(t, buf[:n])[chunkPayload]); got != payload {
+			t.Fatalf("payload %q, want %q", got, payload)
+		}
+		time.Sleep(3 * idleLooks * flushInterval) // the writer parks
+	}
+}
+
+// A UDP collector that is not listening refuses a datagram (the port unreachable the last
+// one met comes back as an error on the next send): that one is counted as failed and the rest
+// of its batch still goes.
+func TestExporterRefusedDatagram(t *testing.T) {
+	col, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := col.LocalAddr().(*net.UDPAddr).AddrPort()
+	col.Close() // nobody listens on addr now
+	reg := prometheus.NewRegistry()
+	e, err := New(Config{Collector: addr, AgentID: 7, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := Packet{Src: netip.MustParseAddrPort("198.51.100.20:5060"), Dst: netip.MustParseAddrPort("198.51.100.1:5060"),
+		Transport: UDP, Time: time.Now(), Proto: ProtoSIP, Payload: []byte("x")}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	e.Send(p) // sent, and answered with a port unreachable
+	for deadline := time.Now().Add(5 * time.Second); counter(t, reg, "sent")+counter(t, reg, "failed") < 1; {
+		if time.Now().After(deadline) {
+			t.Fatal("the first packet was never written")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	for range 5 {
+		e.Send(p)
+	}
+	cancel()
+	<-done
+	sent, failed := counter(t, reg, "sent"), counter(t, reg, "failed")
+	if failed < 1 || sent+failed != 6 {
+		t.Errorf("sent %v, failed %v: want 6 in all, at least one refused", sent, failed)
+	}
+}
+
+func counter(t testing.TB, reg *prometheus.Registry, result string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
