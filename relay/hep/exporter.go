@@ -112,10 +112,18 @@ const (
 )
 
 // DrainQueue receives from queue until ctx is done, calling take for each value and then
-// taken once it has taken what there was (taken may be nil). It is how a goroutine that works
-// off a queue filled on a packet path keeps from being woken by each value: it parks on the
-// queue only after a quiet spell, and otherwise looks at it every few milliseconds.
+// taken once it has taken what there was (taken may be nil); when ctx is done it takes what is
+// still queued, calls taken and returns. It is how a goroutine that works off a queue filled on
+// a packet path keeps from being woken by each value: it parks on the queue only after a quiet
+// spell, and otherwise looks at it every few milliseconds.
 func DrainQueue[T any](ctx context.Context, queue <-chan T, take func(T), taken func()) {
+	defer func() {
+		// At most what the queue holds: a producer that is still running cannot keep it here.
+		takeQueued(queue, take, cap(queue))
+		if taken != nil {
+			taken()
+		}
+	}()
 	look := time.NewTimer(flushInterval)
 	defer look.Stop()
 	for {
@@ -126,15 +134,10 @@ func DrainQueue[T any](ctx context.Context, queue <-chan T, take func(T), taken 
 			take(v)
 		}
 		for idle := 0; idle < idleLooks; {
-			idle++
-			for more := true; more; {
-				select {
-				case v := <-queue:
-					take(v)
-					idle = 0
-				default:
-					more = false
-				}
+			if takeQueued(queue, take, -1) > 0 {
+				idle = 0
+			} else {
+				idle++
 			}
 			if taken != nil {
 				taken()
@@ -149,6 +152,22 @@ func DrainQueue[T any](ctx context.Context, queue <-chan T, take func(T), taken 
 	}
 }
 
+// takeQueued takes what is queued now, at most limit values (all when limit is negative), and
+// returns how many it took.
+func takeQueued[T any](queue <-chan T, take func(T), limit int) int {
+	for n := 0; ; n++ {
+		if n == limit {
+			return n
+		}
+		select {
+		case v := <-queue:
+			take(v)
+		default:
+			return n
+		}
+	}
+}
+
 // Run writes queued packets to the collector until ctx is done, then what is still queued
 // (waiting at most a second for the collector). A TCP collector that goes away is dialled
 // again, at most once a second; what is queued meanwhile waits or, once the queue is full, is
@@ -156,16 +175,25 @@ func DrainQueue[T any](ctx context.Context, queue <-chan T, take func(T), taken 
 func (e *Exporter) Run(ctx context.Context) error {
 	w := collectorWriter{e: e}
 	defer w.close()
+	var final time.Time // one deadline for all that is written once ctx is done
+	deadline := func() time.Time {
+		if ctx.Err() == nil {
+			return time.Now().Add(2 * time.Second)
+		}
+		if final.IsZero() {
+			final = time.Now().Add(finalWrite)
+		}
+		return final
+	}
 	DrainQueue(ctx, e.queue, func(b *[]byte) {
 		if w.batch = append(w.batch, b); len(w.batch) == maxBatch {
-			w.write(time.Now().Add(2 * time.Second))
+			w.write(deadline())
 		}
 	}, func() {
 		if len(w.batch) > 0 {
-			w.write(time.Now().Add(2 * time.Second))
+			w.write(deadline())
 		}
 	})
-	w.finish()
 	return ctx.Err()
 }
 
@@ -218,30 +246,6 @@ func (w *collectorWriter) writeDatagrams() {
 	}
 	for i := range w.batch {
 		w.msgs[i].Buffers[0] = nil
-	}
-}
-
-// takeQueued moves queued packets to the batch, up to maxBatch.
-func (w *collectorWriter) takeQueued() {
-	for len(w.batch) < maxBatch {
-		select {
-		case b := <-w.e.queue:
-			w.batch = append(w.batch, b)
-		default:
-			return
-		}
-	}
-}
-
-// finish writes what is still queued when Run stops, giving the collector at most finalWrite.
-func (w *collectorWriter) finish() {
-	deadline := time.Now().Add(finalWrite)
-	for {
-		w.takeQueued()
-		if len(w.batch) == 0 {
-			return
-		}
-		w.write(deadline)
 	}
 }
 
